@@ -1,0 +1,13 @@
+//! wspush — a WebSocket push gateway.
+//!
+//! Reactor threads (`reactor`) own the WebSocket connections; one dispatcher
+//! thread (`dispatch`) owns the Redis-protocol control port (`control`) and routes
+//! pushes to the reactors. `ws` is the pure RFC 6455 code both sides build on.
+//! No async runtime anywhere: each thread is a plain `mio::Poll` loop.
+
+pub mod config;
+pub mod control;
+pub mod dispatch;
+pub mod names;
+pub mod reactor;
+pub mod ws;

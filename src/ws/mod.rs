@@ -1,0 +1,9 @@
+//! RFC 6455, server side, as pure code: bytes in, values out. Nothing in this
+//! module touches a socket, a clock or a thread, so every rule can be unit- and
+//! property-tested byte for byte.
+
+pub mod close;
+pub mod frame;
+pub mod handshake;
+pub mod mask;
+pub mod utf8;
