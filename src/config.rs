@@ -1,0 +1,1 @@
+//! Flags, defaults and validation.

@@ -1,0 +1,1 @@
+//! The dispatcher thread: control port, routing, room counts.

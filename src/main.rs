@@ -1,0 +1,2 @@
+//! The wspush server binary: CLI and start-up only.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Reactor threads: event loop, connections, timers, write queues.
