@@ -1,1 +1,269 @@
 //! Flags, defaults and validation.
+//!
+//! `wspush` with no flags is a working server: WebSocket on `0.0.0.0:8080/ws`,
+//! control port on `127.0.0.1:7379`. Everything here is checked once at start-up so
+//! the threads never have to second-guess a value.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::ws::handshake::OriginPattern;
+
+/// What to do with a connection whose unsent bytes exceed `--max-pending`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SlowPolicy {
+    /// Close it with code 1008 "slow consumer".
+    Close,
+    /// Keep it, but drop the pushes that do not fit.
+    Drop,
+}
+
+/// Command-line configuration of the server.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "wspush",
+    version,
+    about = "WebSocket push gateway: clients hold WebSocket connections, backends push \
+             through a Redis-protocol control port.",
+    after_help = "Durations take a unit: 500ms, 10s, 2m (a bare number is seconds). \
+                  Sizes take an optional unit: 65536, 64KiB, 1MiB, 16MiB."
+)]
+pub struct Config {
+    /// Address the WebSocket listeners bind to (port 0 picks a free port).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// HTTP path of the WebSocket endpoint.
+    #[arg(long, default_value = "/ws")]
+    pub path: String,
+
+    /// Address of the control port (Redis protocol). Keep it on loopback or a private
+    /// network: anyone who reaches it can push to every client.
+    #[arg(long, default_value = "127.0.0.1:7379")]
+    pub control: SocketAddr,
+
+    /// Password the control port requires (AUTH) before any other command.
+    #[arg(long, env = "WSPUSH_CONTROL_PASSWORD", hide_env_values = true)]
+    pub control_password: Option<String>,
+
+    /// Reactor threads [default: available cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// Most connections held at once; more get HTTP 503 [default: the open-file limit
+    /// minus descriptors reserved for listeners and the control port].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+
+    /// Allowed Origin (repeatable): an exact origin (https://app.example.com) or a host
+    /// pattern (*.example.com). Default: any origin.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origin: Vec<String>,
+
+    /// Time a client has to complete its HTTP upgrade.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Largest WebSocket message accepted from a client, and largest push payload.
+    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+    pub max_message: usize,
+
+    /// The server pings a connection that has sent nothing for this long (0 = never).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A connection that has sent nothing (not even a pong) for this long is closed
+    /// (0 = never).
+    #[arg(long, default_value = "75s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Echo data messages back to their sender (for conformance runs).
+    #[arg(long)]
+    pub echo: bool,
+
+    /// On SIGINT/SIGTERM, time given to clients to answer the 1001 close.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Most rooms one connection may be in.
+    #[arg(long, default_value_t = 64)]
+    pub max_rooms_per_conn: usize,
+
+    /// Most bytes queued for one connection that is not reading fast enough.
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    pub max_pending: usize,
+
+    /// What happens to a connection over --max-pending.
+    #[arg(long, value_enum, default_value_t = SlowPolicy::Close)]
+    pub slow_policy: SlowPolicy,
+
+    /// Hold pushes this long to send them to the reactors in bigger batches
+    /// (0 = no added latency).
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    pub batch_delay: Duration,
+}
+
+/// A configuration error, reported before any thread starts.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The largest --max-message: a message is held in memory whole.
+pub const MAX_MESSAGE_LIMIT: usize = 256 << 20;
+
+impl Config {
+    /// Checks values that clap cannot check alone.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |s: &str| Err(ConfigError(s.to_string()));
+        if !self.path.starts_with('/') || self.path.contains('?') || self.path == "/healthz" {
+            return err("--path must start with '/', contain no '?' and not be /healthz");
+        }
+        if self.threads == Some(0) || self.threads.is_some_and(|t| t > 1024) {
+            return err("--threads must be between 1 and 1024");
+        }
+        if self.max_connections == Some(0) {
+            return err("--max-connections must be at least 1");
+        }
+        if self.max_message == 0 || self.max_message > MAX_MESSAGE_LIMIT {
+            return err("--max-message must be between 1 byte and 256MiB");
+        }
+        if self.max_pending == 0 {
+            return err("--max-pending must be at least 1 byte");
+        }
+        if self.max_rooms_per_conn == 0 || self.max_rooms_per_conn > 4096 {
+            return err("--max-rooms-per-conn must be between 1 and 4096");
+        }
+        if self.handshake_timeout.is_zero() {
+            return err("--handshake-timeout must be more than 0");
+        }
+        if !self.idle_timeout.is_zero()
+            && !self.ping_interval.is_zero()
+            && self.ping_interval >= self.idle_timeout
+        {
+            return err("--ping-interval must be shorter than --idle-timeout, or clients that only answer pings are closed as idle");
+        }
+        if self.batch_delay > Duration::from_secs(1) {
+            return err("--batch-delay must be at most 1s");
+        }
+        self.origins()?;
+        Ok(())
+    }
+
+    /// The parsed --allow-origin patterns (empty: any origin).
+    pub fn origins(&self) -> Result<Vec<OriginPattern>, ConfigError> {
+        self.allow_origin
+            .iter()
+            .map(|o| OriginPattern::parse(o).map_err(|e| ConfigError(format!("--allow-origin {o}: {e}"))))
+            .collect()
+    }
+
+    /// Reactor thread count: --threads or the available cores.
+    pub fn reactor_threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+    }
+}
+
+/// Parses `500ms`, `10s`, `2m`, `1h`, or a bare number of seconds (`1.5`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = split_unit(s);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 500ms, 10s, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (ms, s, m, h)")),
+    };
+    if !secs.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&secs) {
+        return Err(format!("'{s}' is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `65536`, `64KiB`, `64K`, `1MiB`, `1M`, `1GiB` (binary units).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (num, unit) = split_unit(s);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 65536, 64KiB, 1MiB)"))?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult)
+        .and_then(|v| usize::try_from(v).ok())
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+fn split_unit(s: &str) -> (&str, &str) {
+    let at = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    (&s[..at], s[at..].trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_and_bare_seconds() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5 weeks").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("16M"), Ok(16 << 20));
+        assert!(parse_size("1.5MiB").is_err());
+        assert!(parse_size("1PiB").is_err());
+    }
+
+    #[test]
+    fn defaults_are_a_valid_configuration() {
+        let cfg = Config::parse_from(["wspush"]);
+        assert_eq!(cfg.validate(), Ok(()));
+        assert_eq!(cfg.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(cfg.control.to_string(), "127.0.0.1:7379");
+        assert_eq!(cfg.path, "/ws");
+        assert_eq!(cfg.max_message, 64 << 10);
+        assert_eq!(cfg.max_pending, 1 << 20);
+        assert_eq!(cfg.slow_policy, SlowPolicy::Close);
+    }
+
+    #[test]
+    fn ping_interval_must_be_shorter_than_idle_timeout() {
+        let cfg = Config::parse_from(["wspush", "--ping-interval", "80s"]);
+        assert!(cfg.validate().is_err());
+        let cfg = Config::parse_from(["wspush", "--ping-interval", "0", "--idle-timeout", "1s"]);
+        assert_eq!(cfg.validate(), Ok(()));
+    }
+}

@@ -8,6 +8,8 @@
 pub mod config;
 pub mod control;
 pub mod dispatch;
+pub mod limits;
 pub mod names;
 pub mod reactor;
+pub mod server;
 pub mod ws;

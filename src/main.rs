@@ -1,2 +1,102 @@
-//! The wspush server binary: CLI and start-up only.
-fn main() {}
+//! The wspush server binary: flags, logging, limits, start-up and signals only.
+//! Everything else lives in the library (`wspush::server`).
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use log::{error, info, warn};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use wspush::config::Config;
+use wspush::limits;
+use wspush::reactor::listener::BACKLOG;
+use wspush::server::Server;
+
+fn main() -> ExitCode {
+    let cfg = Config::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Err(e) = cfg.validate() {
+        eprintln!("wspush: {e}");
+        return ExitCode::from(2);
+    }
+    let threads = cfg.reactor_threads();
+    let nofile = match limits::raise_nofile_limit() {
+        Ok(l) => l,
+        Err(e) => {
+            error!("cannot read the open-file limit: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let max_connections = cfg
+        .max_connections
+        .unwrap_or_else(|| limits::default_max_connections(nofile.soft, threads));
+    for w in limits::capacity_warnings(max_connections, &nofile, BACKLOG as u32) {
+        warn!("{w}");
+    }
+    if cfg.allow_origin.is_empty() {
+        warn!("no --allow-origin given: WebSocket connections are accepted from any origin");
+    }
+    if cfg.max_pending < cfg.max_message {
+        warn!(
+            "--max-pending ({}) is below --max-message ({}): a push that does not fit a slow client's socket at once counts as over the limit",
+            cfg.max_pending, cfg.max_message
+        );
+    }
+    let signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let server = match Server::start(&cfg, max_connections) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    info!(
+        "listening: WebSocket ws://{}{} ({} reactors), control port {}; open-file limit {} → up to {} connections",
+        server.ws_addr, cfg.path, server.threads, server.control_addr, nofile.soft, server.max_connections
+    );
+    // One machine-readable line for scripts and tests.
+    println!(
+        "wspush ready: ws={} control={} threads={} max_connections={}",
+        server.ws_addr, server.control_addr, server.threads, server.max_connections
+    );
+    let _ = std::io::stdout().flush();
+    wait_for_signal(signals, &server);
+    info!(
+        "shutting down: closing connections with 1001 (grace {:?})",
+        cfg.shutdown_grace
+    );
+    server.shutdown();
+    info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// Blocks until SIGINT/SIGTERM. A second signal during the grace period exits at once;
+/// a server thread that dies (it never should) exits non-zero so a supervisor restarts
+/// the process rather than leaving a part of it dead.
+fn wait_for_signal(mut signals: Signals, server: &Server) {
+    loop {
+        if signals.pending().next().is_some() {
+            break;
+        }
+        if server.thread_died() {
+            error!("a server thread exited unexpectedly; stopping");
+            std::process::exit(70);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            warn!("second signal: exiting without waiting for clients");
+            std::process::exit(130);
+        }
+    });
+}

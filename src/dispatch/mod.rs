@@ -1,1 +1,724 @@
-//! The dispatcher thread: control port, routing, room counts.
+//! The dispatcher thread: owns the control port, parses commands, routes pushes.
+//!
+//! Each pushed payload is encoded here ONCE into a complete WebSocket frame
+//! (`Arc<[u8]>`) and handed to the reactors that have recipients; everything a turn
+//! produces for one reactor travels as one channel message and one wake-up. Replies
+//! to pushes are written only after the turn's batches are on their way, so "acked"
+//! means "queued, in order" — the order every connection then sees.
+//!
+//! Must never block: control sockets are non-blocking, a client that does not read
+//! its replies is paused (and eventually disconnected) rather than buffered without
+//! bound, and JOIN / LEAVE / KICK wait for the reactors' acks without holding up
+//! other clients.
+
+pub mod counts;
+pub mod event;
+mod info;
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use log::{debug, error, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use crate::control::command::{Command, CommandError};
+use crate::control::resp::{self, Limits, Parsed, Parser};
+use crate::reactor::{self, ReactorHandle, ReactorMsg, Target};
+use crate::ws::close::CloseCode;
+use crate::ws::frame::{encode_close, encode_frame, OpCode};
+use counts::CountTable;
+use event::Event;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX);
+/// Stop executing a client's commands while this many reply bytes wait unread.
+const OUTPUT_SOFT_LIMIT: usize = 1 << 20;
+/// A client whose replies have not moved for this long while over the soft limit is
+/// disconnected.
+const OUTPUT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Stop reading control input while a reactor has this many batches unapplied.
+const MAX_QUEUED_BATCHES: usize = 1024;
+/// Most commands run for one client per turn, so one pipelining client cannot
+/// starve the others.
+const COMMANDS_PER_TURN: usize = 4096;
+/// Housekeeping interval (stalled clients).
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// Dispatcher settings, fixed at start-up.
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    pub max_message: usize,
+    pub password: Option<String>,
+    pub batch_delay: Duration,
+    pub max_connections: usize,
+    pub listen: SocketAddr,
+    pub control: SocketAddr,
+}
+
+/// How main stops the dispatcher.
+pub struct DispatcherHandle {
+    pub waker: Arc<Waker>,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl DispatcherHandle {
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+}
+
+/// One control-port client.
+struct Client {
+    /// Unique id (slab keys are reused; acks must not reach a newcomer).
+    id: u64,
+    stream: TcpStream,
+    parser: Parser,
+    /// Received bytes not yet parsed.
+    input: Vec<u8>,
+    /// Replies not yet written.
+    output: Vec<u8>,
+    authed: bool,
+    /// Waiting for the reactors to ack request `req`; its commands are paused.
+    waiting: Option<u64>,
+    /// Close once `output` is written (QUIT, protocol error).
+    closing: bool,
+    /// Peer closed its side or the socket failed.
+    eof: bool,
+    writable: bool,
+    /// Since when `output` has been over the soft limit without draining.
+    stalled_since: Option<Instant>,
+}
+
+/// A JOIN/LEAVE/KICK waiting for the acks of the reactors it was sent to.
+struct PendingRequest {
+    client: usize,
+    client_id: u64,
+    remaining: usize,
+    affected: u64,
+}
+
+/// Counters the dispatcher keeps for INFO.
+#[derive(Default)]
+struct DispatchStats {
+    publish: u64,
+    broadcast: u64,
+    send: u64,
+    commands: u64,
+    control_connections: u64,
+    batches: u64,
+    wakeups: u64,
+    rejected_commands: u64,
+}
+
+pub struct Dispatcher {
+    poll: Poll,
+    listener: TcpListener,
+    clients: Slab<Client>,
+    next_client_id: u64,
+    reactors: Vec<ReactorHandle>,
+    events: Receiver<Vec<Event>>,
+    rooms: CountTable,
+    users: CountTable,
+    /// Open WebSocket connections per reactor.
+    online: Vec<u64>,
+    /// Commands for each reactor gathered this turn.
+    batches: Vec<Vec<reactor::Command>>,
+    /// When the oldest command in `batches` was added (for --batch-delay).
+    batch_started: Option<Instant>,
+    pending: HashMap<u64, PendingRequest>,
+    next_req: u64,
+    /// Clients with input to process without waiting for a socket event.
+    ready: Vec<usize>,
+    settings: DispatchSettings,
+    stats: DispatchStats,
+    started: Instant,
+    stop: Arc<AtomicBool>,
+    shared: Arc<reactor::Shared>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        listener: std::net::TcpListener,
+        reactors: Vec<ReactorHandle>,
+        events: Receiver<Vec<Event>>,
+        poll: Poll,
+        waker: Arc<Waker>,
+        settings: DispatchSettings,
+        shared: Arc<reactor::Shared>,
+    ) -> io::Result<(Dispatcher, DispatcherHandle)> {
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let n = reactors.len();
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = DispatcherHandle {
+            waker,
+            stop: stop.clone(),
+        };
+        Ok((
+            Dispatcher {
+                poll,
+                listener,
+                clients: Slab::new(),
+                next_client_id: 0,
+                reactors,
+                events,
+                rooms: CountTable::new(n),
+                users: CountTable::new(n),
+                online: vec![0; n],
+                batches: (0..n).map(|_| Vec::new()).collect(),
+                batch_started: None,
+                pending: HashMap::new(),
+                next_req: 0,
+                ready: Vec::new(),
+                settings,
+                stats: DispatchStats::default(),
+                started: Instant::now(),
+                stop,
+                shared,
+            },
+            handle,
+        ))
+    }
+
+    /// A poll with its waker, created before the reactors so they can wake it.
+    pub fn poll_and_waker() -> io::Result<(Poll, Arc<Waker>)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        Ok((poll, waker))
+    }
+
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        let mut last_housekeeping = Instant::now();
+        while !self.stop.load(Ordering::SeqCst) {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    error!("dispatcher: poll failed: {e}");
+                    return;
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    Token(key) => {
+                        if let Some(c) = self.clients.get_mut(key) {
+                            if ev.is_writable() {
+                                c.writable = true;
+                            }
+                            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                                self.ready.push(key);
+                            } else if ev.is_writable() && !c.output.is_empty() {
+                                // Draining may unpause its commands.
+                                self.ready.push(key);
+                            }
+                        }
+                    }
+                }
+            }
+            self.apply_events();
+            self.serve_ready();
+            self.end_turn();
+            if last_housekeeping.elapsed() >= HOUSEKEEPING {
+                self.housekeeping();
+                last_housekeeping = Instant::now();
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Duration {
+        if !self.ready.is_empty() {
+            return Duration::ZERO;
+        }
+        if let Some(t) = self.batch_started {
+            return self.settings.batch_delay.saturating_sub(t.elapsed());
+        }
+        HOUSEKEEPING
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    let entry = self.clients.vacant_entry();
+                    let key = entry.key();
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        Token(key),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        warn!("control: register {addr}: {e}");
+                        continue;
+                    }
+                    debug!("control: client {addr} connected");
+                    self.next_client_id += 1;
+                    self.stats.control_connections += 1;
+                    entry.insert(Client {
+                        id: self.next_client_id,
+                        stream,
+                        parser: Parser::new(Limits {
+                            max_bulk: self.settings.max_message,
+                            max_args: 1024,
+                        }),
+                        input: Vec::new(),
+                        output: Vec::new(),
+                        authed: self.settings.password.is_none(),
+                        waiting: None,
+                        closing: false,
+                        eof: false,
+                        writable: true,
+                        stalled_since: None,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    warn!("control: accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Applies the reactors' membership changes and acks.
+    fn apply_events(&mut self) {
+        while let Ok(batch) = self.events.try_recv() {
+            for ev in batch {
+                match ev {
+                    Event::Conn {
+                        reactor,
+                        user,
+                        delta,
+                    } => {
+                        if let Some(n) = self.online.get_mut(reactor) {
+                            *n = (*n as i64 + delta as i64).max(0) as u64;
+                        }
+                        if let Some(u) = user {
+                            self.users.apply(&u, reactor, delta);
+                        }
+                    }
+                    Event::Room {
+                        reactor,
+                        room,
+                        delta,
+                    } => self.rooms.apply(&room, reactor, delta),
+                    Event::Ack { req, affected } => self.on_ack(req, affected),
+                }
+            }
+        }
+    }
+
+    fn on_ack(&mut self, req: u64, affected: u32) {
+        let Some(p) = self.pending.get_mut(&req) else {
+            return;
+        };
+        p.affected += affected as u64;
+        p.remaining = p.remaining.saturating_sub(1);
+        if p.remaining > 0 {
+            return;
+        }
+        let Some(p) = self.pending.remove(&req) else {
+            return;
+        };
+        if let Some(c) = self.clients.get_mut(p.client) {
+            if c.id == p.client_id && c.waiting == Some(req) {
+                c.waiting = None;
+                resp::write_integer(&mut c.output, p.affected as i64);
+                self.ready.push(p.client);
+            }
+        }
+    }
+
+    fn serve_ready(&mut self) {
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.sort_unstable();
+        ready.dedup();
+        for key in ready {
+            self.serve(key);
+        }
+    }
+
+    /// Reads what the client sent and runs its commands, unless it must wait.
+    fn serve(&mut self, key: usize) {
+        let congested = self
+            .reactors
+            .iter()
+            .any(|r| r.tx.len() >= MAX_QUEUED_BATCHES);
+        let mut budget = COMMANDS_PER_TURN;
+        loop {
+            let Some(c) = self.clients.get_mut(key) else {
+                return;
+            };
+            if c.waiting.is_some() || c.closing {
+                return;
+            }
+            if c.output.len() >= OUTPUT_SOFT_LIMIT {
+                c.stalled_since.get_or_insert_with(Instant::now);
+                return;
+            }
+            if congested || budget == 0 {
+                self.ready.push(key);
+                return;
+            }
+            // Parse what is buffered before reading more.
+            let parsed = c.parser.parse(&c.input);
+            match parsed {
+                Ok((used, cmd)) => {
+                    c.input.drain(..used);
+                    if let Some(cmd) = cmd {
+                        budget -= 1;
+                        self.run_parsed(key, cmd);
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    resp::write_error(&mut c.output, &format!("ERR protocol error: {}", e.0));
+                    c.closing = true;
+                    c.input = Vec::new();
+                    return;
+                }
+            }
+            if c.eof {
+                return;
+            }
+            // Need more bytes.
+            if c.input.len() > 2 * self.settings.max_message + (64 << 10) {
+                resp::write_error(&mut c.output, "ERR protocol error: command too large");
+                c.closing = true;
+                return;
+            }
+            let mut buf = [0u8; 16 * 1024];
+            match c.stream.read(&mut buf) {
+                Ok(0) => {
+                    c.eof = true;
+                    return;
+                }
+                Ok(n) => c.input.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    c.eof = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn run_parsed(&mut self, key: usize, parsed: Parsed) {
+        self.stats.commands += 1;
+        let cmd = match parsed {
+            Parsed::Command(args) => Command::parse(args, self.settings.max_message),
+            Parsed::TooLarge { .. } => Err(CommandError::PayloadTooLarge),
+        };
+        let Some(c) = self.clients.get_mut(key) else {
+            return;
+        };
+        let cmd = match cmd {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                self.stats.rejected_commands += 1;
+                resp::write_error(&mut c.output, &e.message());
+                return;
+            }
+        };
+        if !c.authed && !cmd.allowed_unauthenticated() {
+            self.stats.rejected_commands += 1;
+            resp::write_error(&mut c.output, "NOAUTH Authentication required.");
+            return;
+        }
+        self.execute(key, cmd);
+    }
+
+    /// Runs one command for client `key`; each arm is one command's handler.
+    fn execute(&mut self, key: usize, cmd: Command) {
+        match cmd {
+            Command::Ping(msg) => {
+                let c = &mut self.clients[key];
+                match msg {
+                    None => resp::write_simple(&mut c.output, "PONG"),
+                    Some(m) => resp::write_bulk(&mut c.output, &m),
+                }
+            }
+            Command::Auth(password) => {
+                let c = &mut self.clients[key];
+                match &self.settings.password {
+                    None => resp::write_error(
+                        &mut c.output,
+                        "ERR AUTH called without any password configured (start wspush with --control-password)",
+                    ),
+                    Some(p) if constant_time_eq(p.as_bytes(), &password) => {
+                        c.authed = true;
+                        resp::write_simple(&mut c.output, "OK");
+                    }
+                    Some(_) => {
+                        c.authed = false;
+                        resp::write_error(
+                            &mut c.output,
+                            "WRONGPASS invalid username-password pair or user is disabled.",
+                        )
+                    }
+                }
+            }
+            Command::Publish { room, payload } => {
+                self.stats.publish += 1;
+                let n = match self.rooms.get(&room) {
+                    None => 0,
+                    Some(counts) => {
+                        let frame = push_frame(&payload);
+                        let target = self.rooms.key(&room).unwrap_or_else(|| room.into());
+                        let reactors: Vec<usize> = counts.reactors().collect();
+                        let total = counts.total;
+                        for r in reactors {
+                            self.add_to_batch(
+                                r,
+                                reactor::Command::Push {
+                                    target: Target::Room(target.clone()),
+                                    frame: frame.clone(),
+                                },
+                            );
+                        }
+                        total
+                    }
+                };
+                resp::write_integer(&mut self.clients[key].output, n as i64);
+            }
+            Command::Broadcast { payload } => {
+                self.stats.broadcast += 1;
+                let total: u64 = self.online.iter().sum();
+                if total > 0 {
+                    let frame = push_frame(&payload);
+                    for r in 0..self.online.len() {
+                        if self.online[r] > 0 {
+                            self.add_to_batch(
+                                r,
+                                reactor::Command::Push {
+                                    target: Target::All,
+                                    frame: frame.clone(),
+                                },
+                            );
+                        }
+                    }
+                }
+                resp::write_integer(&mut self.clients[key].output, total as i64);
+            }
+            Command::Send { user, payload } => {
+                self.stats.send += 1;
+                let n = match self.users.get(&user) {
+                    None => 0,
+                    Some(counts) => {
+                        let frame = push_frame(&payload);
+                        let target = self.users.key(&user).unwrap_or_else(|| user.into());
+                        let reactors: Vec<usize> = counts.reactors().collect();
+                        let total = counts.total;
+                        for r in reactors {
+                            self.add_to_batch(
+                                r,
+                                reactor::Command::Push {
+                                    target: Target::User(target.clone()),
+                                    frame: frame.clone(),
+                                },
+                            );
+                        }
+                        total
+                    }
+                };
+                resp::write_integer(&mut self.clients[key].output, n as i64);
+            }
+            Command::Join { user, room } => {
+                let room: Arc<str> = room.into();
+                self.user_request(key, &user, |req, user| reactor::Command::Join {
+                    req,
+                    user,
+                    room: room.clone(),
+                });
+            }
+            Command::Leave { user, room } => {
+                let room: Arc<str> = room.into();
+                self.user_request(key, &user, |req, user| reactor::Command::Leave {
+                    req,
+                    user,
+                    room: room.clone(),
+                });
+            }
+            Command::Kick { user, reason } => {
+                let frame: Arc<[u8]> = encode_close(CloseCode::KICKED, &reason).into();
+                self.user_request(key, &user, |req, user| reactor::Command::Kick {
+                    req,
+                    user,
+                    frame: frame.clone(),
+                });
+            }
+            Command::Online { room } => {
+                let n = match room {
+                    Some(room) => self.rooms.total(&room),
+                    None => self.online.iter().sum(),
+                };
+                resp::write_integer(&mut self.clients[key].output, n as i64);
+            }
+            Command::Info(section) => {
+                let text = info::render(self, section.as_deref());
+                resp::write_bulk(&mut self.clients[key].output, text.as_bytes());
+            }
+            Command::Quit => {
+                let c = &mut self.clients[key];
+                resp::write_simple(&mut c.output, "OK");
+                c.closing = true;
+            }
+        }
+    }
+
+    /// Sends a per-user command to every reactor holding the user's connections; the
+    /// client's reply waits for all their acks.
+    fn user_request(
+        &mut self,
+        key: usize,
+        user: &str,
+        make: impl Fn(u64, Arc<str>) -> reactor::Command,
+    ) {
+        let Some(counts) = self.users.get(user) else {
+            resp::write_integer(&mut self.clients[key].output, 0);
+            return;
+        };
+        let reactors: Vec<usize> = counts.reactors().collect();
+        let name = self.users.key(user).unwrap_or_else(|| user.into());
+        self.next_req += 1;
+        let req = self.next_req;
+        for &r in &reactors {
+            self.add_to_batch(r, make(req, name.clone()));
+        }
+        let c = &mut self.clients[key];
+        c.waiting = Some(req);
+        self.pending.insert(
+            req,
+            PendingRequest {
+                client: key,
+                client_id: c.id,
+                remaining: reactors.len(),
+                affected: 0,
+            },
+        );
+    }
+
+    fn add_to_batch(&mut self, reactor: usize, cmd: reactor::Command) {
+        if let Some(b) = self.batches.get_mut(reactor) {
+            b.push(cmd);
+            self.batch_started.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Sends the turn's batches (unless --batch-delay holds them), then writes replies.
+    fn end_turn(&mut self) {
+        if let Some(t) = self.batch_started {
+            if t.elapsed() < self.settings.batch_delay {
+                // Replies wait with the pushes they acknowledge.
+                return;
+            }
+            for (r, batch) in self.batches.iter_mut().enumerate() {
+                if batch.is_empty() {
+                    continue;
+                }
+                let cmds = std::mem::take(batch);
+                self.stats.batches += 1;
+                self.stats.wakeups += 1;
+                if !self.reactors[r].send(ReactorMsg::Batch(cmds)) {
+                    warn!("dispatcher: reactor {r} is gone");
+                }
+            }
+            self.batch_started = None;
+        }
+        let keys: Vec<usize> = self.clients.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.flush_client(key);
+        }
+    }
+
+    fn flush_client(&mut self, key: usize) {
+        let Some(c) = self.clients.get_mut(key) else {
+            return;
+        };
+        while !c.output.is_empty() && c.writable {
+            match c.stream.write(&c.output) {
+                Ok(0) => break,
+                Ok(n) => {
+                    c.output.drain(..n);
+                    c.stalled_since = None;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.writable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    c.eof = true;
+                    c.output.clear();
+                }
+            }
+        }
+        if c.output.capacity() > OUTPUT_SOFT_LIMIT && c.output.is_empty() {
+            c.output = Vec::new();
+        }
+        let done = c.output.is_empty() && (c.closing || (c.eof && c.waiting.is_none()));
+        if done {
+            self.drop_client(key);
+        } else if c.output.len() < OUTPUT_SOFT_LIMIT && c.stalled_since.is_some() {
+            c.stalled_since = None;
+            self.ready.push(key);
+        }
+    }
+
+    fn drop_client(&mut self, key: usize) {
+        if self.clients.contains(key) {
+            let c = self.clients.remove(key);
+            debug!("control: client {} disconnected", c.id);
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let stalled: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| {
+                c.stalled_since
+                    .is_some_and(|t| t.elapsed() >= OUTPUT_STALL_TIMEOUT)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for key in stalled {
+            warn!("control: disconnecting a client that has not read its replies for {OUTPUT_STALL_TIMEOUT:?}");
+            self.drop_client(key);
+        }
+    }
+}
+
+impl Dispatcher {
+    /// Room memberships over all rooms.
+    fn rooms_memberships(&self) -> u64 {
+        self.rooms.sum_totals()
+    }
+}
+
+/// Encodes a push once: a text frame if the payload is UTF-8, else binary.
+pub fn push_frame(payload: &[u8]) -> Arc<[u8]> {
+    let opcode = if std::str::from_utf8(payload).is_ok() {
+        OpCode::Text
+    } else {
+        OpCode::Binary
+    };
+    encode_frame(opcode, payload).into()
+}
+
+/// Compares secrets without an early exit that would leak the matching prefix length.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

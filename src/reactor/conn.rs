@@ -1,0 +1,141 @@
+//! One client connection: the slab entry a reactor keeps per socket.
+//!
+//! This struct is what an idle connection costs in user space, so it must stay small
+//! (≤ 128 bytes, asserted below) and own no heap buffer while idle: `input` exists only
+//! while a request head, frame or fragmented message is incomplete, `output` only while
+//! the socket would block. Rooms are a short inline list of interned ids.
+
+use mio::net::TcpStream;
+use smallvec::SmallVec;
+
+use super::groups::Membership;
+use super::outbox::{Chain, WriteQueue};
+use crate::ws::frame::OpCode;
+use crate::ws::utf8::Utf8Validator;
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the HTTP upgrade request.
+    Handshake,
+    /// A WebSocket connection; may receive pushes.
+    Open,
+    /// A close frame or HTTP error response is queued or sent; reads are discarded
+    /// until EOF or the close timeout.
+    Closing,
+}
+
+/// Connection flags (bits of `Conn::flags`).
+pub mod flag {
+    /// The socket took our last write: try writing without waiting for an event.
+    pub const WRITABLE: u8 = 1;
+    /// In the outbox's dirty list this turn.
+    pub const DIRTY: u8 = 2;
+    /// A ping is out and unanswered.
+    pub const PINGED: u8 = 4;
+    /// Reading stopped because this connection's replies are not being read.
+    pub const READ_PAUSED: u8 = 8;
+    /// A readable event arrived while reading was paused.
+    pub const READ_PENDING: u8 = 16;
+    /// Shut down the write side once the queue drains.
+    pub const SHUTDOWN_AFTER_FLUSH: u8 = 32;
+    /// Accepted over --max-connections: answer 503.
+    pub const OVER_CAPACITY: u8 = 64;
+    /// The write side is shut down.
+    pub const WRITE_SHUT: u8 = 128;
+}
+
+/// State kept only while input is incomplete.
+#[derive(Default)]
+pub struct Input {
+    /// Received bytes not yet consumed: an incomplete request head or frame.
+    pub buf: Vec<u8>,
+    /// Payload bytes of the incomplete frame at the front of `buf` already unmasked
+    /// (and UTF-8 checked, for text).
+    pub scanned: usize,
+    /// Opcode (Text or Binary) of the fragmented message in progress.
+    pub message: Option<OpCode>,
+    /// Payload of the fragmented message so far.
+    pub data: Vec<u8>,
+    /// UTF-8 state of the text message in progress.
+    pub utf8: Utf8Validator,
+}
+
+impl Input {
+    /// True when nothing is in progress and the box can be freed.
+    pub fn is_idle(&self) -> bool {
+        self.buf.is_empty() && self.message.is_none() && self.scanned == 0
+    }
+}
+
+/// A client connection.
+pub struct Conn {
+    /// The socket (a file descriptor).
+    pub stream: TcpStream,
+    /// Life-cycle phase.
+    pub phase: Phase,
+    /// `flag::*` bits.
+    pub flags: u8,
+    /// Reactor clock tick of the last received byte (or of entering `Closing`).
+    pub last_seen: u32,
+    /// This turn's output chain in the reactor's outbox.
+    pub chain: Chain,
+    /// The user this connection belongs to (`Membership::NONE` if anonymous).
+    pub user: Membership,
+    /// Rooms joined.
+    pub rooms: SmallVec<[Membership; 2]>,
+    /// Incomplete input, if any.
+    pub input: Option<Box<Input>>,
+    /// Unsent output, if the socket would block.
+    pub output: Option<Box<WriteQueue>>,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, now: u32) -> Conn {
+        Conn {
+            stream,
+            phase: Phase::Handshake,
+            flags: flag::WRITABLE,
+            last_seen: now,
+            chain: Chain::EMPTY,
+            user: Membership::NONE,
+            rooms: SmallVec::new(),
+            input: None,
+            output: None,
+        }
+    }
+
+    pub fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+
+    pub fn set(&mut self, f: u8) {
+        self.flags |= f;
+    }
+
+    pub fn clear(&mut self, f: u8) {
+        self.flags &= !f;
+    }
+
+    /// Bytes waiting in the write queue.
+    pub fn pending(&self) -> usize {
+        self.output.as_deref().map_or(0, |q| q.bytes())
+    }
+
+    /// The index in `rooms` of the membership in room `id`.
+    pub fn room_index(&self, id: u32) -> Option<usize> {
+        self.rooms.iter().position(|m| m.group == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slab_entry_stays_within_128_bytes() {
+        // A slab stores `Entry<T>`: the value plus at most a word of discriminant.
+        let conn = std::mem::size_of::<Conn>();
+        assert!(conn + 8 <= 128, "Conn is {conn} bytes");
+    }
+}

@@ -1,0 +1,103 @@
+//! Counters a reactor publishes for `INFO`.
+//!
+//! Each reactor owns one `ReactorStats` (its own cache lines); it counts locally during
+//! a loop turn and adds to these atomics once per turn, so the hot path never touches
+//! shared memory. The dispatcher only reads them.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::ws::handshake::HandshakeError;
+
+/// Handshake failure reasons, in the order of `HANDSHAKE_FAILURES`.
+pub const HANDSHAKE_FAILURES: [HandshakeError; 12] = [
+    HandshakeError::Malformed,
+    HandshakeError::MethodNotAllowed,
+    HandshakeError::NotUpgrade,
+    HandshakeError::MissingHost,
+    HandshakeError::MissingKey,
+    HandshakeError::BadKey,
+    HandshakeError::VersionUnsupported,
+    HandshakeError::OriginForbidden,
+    HandshakeError::NotFound,
+    HandshakeError::HeadTooLarge,
+    HandshakeError::AtCapacity,
+    HandshakeError::BadQuery,
+];
+
+macro_rules! counters {
+    ($($name:ident),* $(,)?) => {
+        /// Published counters (monotonic unless noted).
+        #[derive(Default)]
+        pub struct ReactorStats {
+            $(pub $name: AtomicU64,)*
+            /// Handshake failures by reason (index into HANDSHAKE_FAILURES), plus one
+            /// slot for handshake timeouts.
+            pub handshake_failures: [AtomicU64; HANDSHAKE_FAILURES.len() + 1],
+        }
+
+        /// Counts of one loop turn, added to `ReactorStats` at its end.
+        #[derive(Default)]
+        pub struct LocalStats {
+            $(pub $name: u64,)*
+            pub handshake_failures: [u64; HANDSHAKE_FAILURES.len() + 1],
+        }
+
+        impl LocalStats {
+            /// Adds the turn's counts to `to` and zeroes them.
+            pub fn publish(&mut self, to: &ReactorStats) {
+                $(if self.$name != 0 {
+                    to.$name.fetch_add(self.$name, Relaxed);
+                    self.$name = 0;
+                })*
+                for (i, n) in self.handshake_failures.iter_mut().enumerate() {
+                    if *n != 0 {
+                        to.handshake_failures[i].fetch_add(*n, Relaxed);
+                        *n = 0;
+                    }
+                }
+            }
+        }
+    };
+}
+
+counters!(
+    accepted,
+    handshakes,
+    closed,
+    deliveries,
+    bytes_written,
+    writev_calls,
+    slow_closes,
+    slow_drops,
+    messages_received,
+    bytes_received,
+    pings_sent,
+    idle_closes,
+    protocol_closes,
+    kicked,
+    accept_pauses,
+);
+
+/// Index of the "handshake timeout" slot in `handshake_failures`.
+pub const HANDSHAKE_TIMEOUT: usize = HANDSHAKE_FAILURES.len();
+
+/// Slot of a handshake error in `handshake_failures`.
+pub fn failure_index(e: HandshakeError) -> usize {
+    HANDSHAKE_FAILURES
+        .iter()
+        .position(|&x| x == e)
+        .unwrap_or(HANDSHAKE_TIMEOUT)
+}
+
+/// Gauges a reactor overwrites every turn.
+#[derive(Default)]
+pub struct Gauges {
+    /// Open WebSocket connections.
+    pub open: AtomicU64,
+    /// Sockets in any phase.
+    pub sockets: AtomicU64,
+    /// Rooms with members in this reactor.
+    pub rooms: AtomicU64,
+    /// Bytes queued for slow connections.
+    pub pending_bytes: AtomicU64,
+}
