@@ -8,6 +8,7 @@
 pub mod config;
 pub mod control;
 pub mod dispatch;
+pub mod limits;
 pub mod names;
 pub mod reactor;
 pub mod ws;
