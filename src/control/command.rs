@@ -253,3 +253,313 @@ fn printable_name(name: &[u8]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MAX: usize = 16;
+
+    fn parse(args: &[&[u8]]) -> Result<Command, CommandError> {
+        Command::parse(args.iter().map(|a| a.to_vec()).collect(), MAX)
+    }
+
+    #[test]
+    fn matches_command_names_case_insensitively() {
+        for name in [&b"publish"[..], b"PUBLISH", b"PuBlIsH"] {
+            assert_eq!(
+                parse(&[name, b"news", b"hi"]),
+                Ok(Command::Publish {
+                    room: "news".into(),
+                    payload: b"hi".to_vec()
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn ping_takes_an_optional_message() {
+        assert_eq!(parse(&[b"PING"]), Ok(Command::Ping(None)));
+        assert_eq!(
+            parse(&[b"ping", b"hi"]),
+            Ok(Command::Ping(Some(b"hi".to_vec())))
+        );
+        assert_eq!(parse(&[b"ping", b""]), Ok(Command::Ping(Some(Vec::new()))));
+    }
+
+    #[test]
+    fn auth_uses_its_last_argument_as_the_password() {
+        assert_eq!(
+            parse(&[b"AUTH", b"s3cret"]),
+            Ok(Command::Auth(b"s3cret".to_vec()))
+        );
+        assert_eq!(
+            parse(&[b"AUTH", b"default", b"s3cret"]),
+            Ok(Command::Auth(b"s3cret".to_vec()))
+        );
+    }
+
+    #[test]
+    fn parses_push_commands() {
+        assert_eq!(
+            parse(&[b"BROADCAST", b"\xff\x00"]),
+            Ok(Command::Broadcast {
+                payload: b"\xff\x00".to_vec()
+            })
+        );
+        assert_eq!(
+            parse(&[b"SEND", b"u42", b""]),
+            Ok(Command::Send {
+                user: "u42".into(),
+                payload: Vec::new()
+            })
+        );
+    }
+
+    #[test]
+    fn parses_membership_commands() {
+        assert_eq!(
+            parse(&[b"JOIN", b"u1", b"news"]),
+            Ok(Command::Join {
+                user: "u1".into(),
+                room: "news".into()
+            })
+        );
+        assert_eq!(
+            parse(&[b"LEAVE", b"u1", b"news"]),
+            Ok(Command::Leave {
+                user: "u1".into(),
+                room: "news".into()
+            })
+        );
+    }
+
+    #[test]
+    fn kick_reason_is_optional_and_defaults_to_empty() {
+        assert_eq!(
+            parse(&[b"KICK", b"u1"]),
+            Ok(Command::Kick {
+                user: "u1".into(),
+                reason: String::new()
+            })
+        );
+        assert_eq!(
+            parse(&[b"KICK", b"u1", "bye \u{1f44b}".as_bytes()]),
+            Ok(Command::Kick {
+                user: "u1".into(),
+                reason: "bye \u{1f44b}".into()
+            })
+        );
+    }
+
+    #[test]
+    fn kick_reason_may_be_exactly_123_bytes() {
+        let reason = "r".repeat(MAX_KICK_REASON);
+        assert_eq!(
+            parse(&[b"KICK", b"u1", reason.as_bytes()]),
+            Ok(Command::Kick {
+                user: "u1".into(),
+                reason
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_kick_reason_over_123_bytes_or_not_utf8() {
+        let long = "r".repeat(MAX_KICK_REASON + 1);
+        assert_eq!(
+            parse(&[b"KICK", b"u1", long.as_bytes()]),
+            Err(CommandError::InvalidReason)
+        );
+        assert_eq!(
+            parse(&[b"KICK", b"u1", b"\xc3\x28"]),
+            Err(CommandError::InvalidReason)
+        );
+    }
+
+    #[test]
+    fn online_takes_an_optional_room() {
+        assert_eq!(parse(&[b"ONLINE"]), Ok(Command::Online { room: None }));
+        assert_eq!(
+            parse(&[b"online", b"news"]),
+            Ok(Command::Online {
+                room: Some("news".into())
+            })
+        );
+    }
+
+    #[test]
+    fn info_section_is_optional_and_lowercased() {
+        assert_eq!(parse(&[b"INFO"]), Ok(Command::Info(None)));
+        assert_eq!(
+            parse(&[b"INFO", b"Stats"]),
+            Ok(Command::Info(Some("stats".into())))
+        );
+    }
+
+    #[test]
+    fn quit_ignores_its_arguments() {
+        assert_eq!(parse(&[b"QUIT"]), Ok(Command::Quit));
+        assert_eq!(parse(&[b"quit", b"now", b"please"]), Ok(Command::Quit));
+    }
+
+    #[test]
+    fn rejects_wrong_arity_for_every_command() {
+        let cases: &[(&[&[u8]], &str)] = &[
+            (&[b"PING", b"a", b"b"], "ping"),
+            (&[b"AUTH"], "auth"),
+            (&[b"AUTH", b"u", b"p", b"x"], "auth"),
+            (&[b"PUBLISH", b"news"], "publish"),
+            (&[b"PUBLISH", b"news", b"a", b"b"], "publish"),
+            (&[b"BROADCAST"], "broadcast"),
+            (&[b"BROADCAST", b"a", b"b"], "broadcast"),
+            (&[b"SEND", b"u1"], "send"),
+            (&[b"JOIN", b"u1"], "join"),
+            (&[b"LEAVE", b"u1", b"news", b"x"], "leave"),
+            (&[b"KICK"], "kick"),
+            (&[b"KICK", b"u1", b"why", b"x"], "kick"),
+            (&[b"ONLINE", b"a", b"b"], "online"),
+            (&[b"INFO", b"a", b"b"], "info"),
+        ];
+        for (args, name) in cases {
+            assert_eq!(parse(args), Err(CommandError::WrongArity(name)), "{name}");
+        }
+    }
+
+    #[test]
+    fn checks_arity_before_names() {
+        assert_eq!(
+            parse(&[b"PUBLISH", b"bad room"]),
+            Err(CommandError::WrongArity("publish"))
+        );
+    }
+
+    #[test]
+    fn rejects_invalid_room_and_user_names() {
+        assert_eq!(
+            parse(&[b"PUBLISH", b"a,b", b"hi"]),
+            Err(CommandError::InvalidName("room"))
+        );
+        assert_eq!(
+            parse(&[b"SEND", b"", b"hi"]),
+            Err(CommandError::InvalidName("user"))
+        );
+        assert_eq!(
+            parse(&[b"JOIN", b"u1", b"two words"]),
+            Err(CommandError::InvalidName("room"))
+        );
+        assert_eq!(
+            parse(&[b"LEAVE", "caf\u{e9}".as_bytes(), b"news"]),
+            Err(CommandError::InvalidName("user"))
+        );
+        assert_eq!(
+            parse(&[b"KICK", &[b'u'; 129]]),
+            Err(CommandError::InvalidName("user"))
+        );
+        assert_eq!(
+            parse(&[b"ONLINE", b"a\tb"]),
+            Err(CommandError::InvalidName("room"))
+        );
+    }
+
+    #[test]
+    fn rejects_payload_over_max_message() {
+        let big = [b'x'; MAX + 1];
+        assert_eq!(
+            parse(&[b"PUBLISH", b"news", &big]),
+            Err(CommandError::PayloadTooLarge)
+        );
+        assert_eq!(
+            parse(&[b"BROADCAST", &big]),
+            Err(CommandError::PayloadTooLarge)
+        );
+        assert_eq!(
+            parse(&[b"SEND", b"u1", &big]),
+            Err(CommandError::PayloadTooLarge)
+        );
+        assert!(parse(&[b"PUBLISH", b"news", &[b'x'; MAX]]).is_ok());
+    }
+
+    #[test]
+    fn rejects_unknown_command_naming_it() {
+        assert_eq!(
+            parse(&[b"SUBSCRIBE", b"news"]),
+            Err(CommandError::Unknown("SUBSCRIBE".into()))
+        );
+        assert_eq!(
+            CommandError::Unknown("foo".into()).message(),
+            "ERR unknown command 'foo'"
+        );
+        assert_eq!(
+            Command::parse(Vec::new(), MAX),
+            Err(CommandError::Unknown(String::new()))
+        );
+    }
+
+    #[test]
+    fn unknown_command_name_is_escaped_and_truncated_to_128_bytes() {
+        assert_eq!(
+            parse(&[b"a\r\nb'\\\xff"]),
+            Err(CommandError::Unknown("a\\x0d\\x0ab\\x27\\x5c\\xff".into()))
+        );
+        let long = [b'z'; 300];
+        assert_eq!(parse(&[&long]), Err(CommandError::Unknown("z".repeat(128))));
+    }
+
+    #[test]
+    fn error_messages_match_the_control_port_spec() {
+        assert_eq!(
+            CommandError::WrongArity("publish").message(),
+            "ERR wrong number of arguments for 'publish' command"
+        );
+        assert_eq!(
+            CommandError::InvalidName("room").message(),
+            "ERR invalid room name"
+        );
+        assert_eq!(
+            CommandError::InvalidName("user").message(),
+            "ERR invalid user name"
+        );
+        assert_eq!(
+            CommandError::InvalidReason.message(),
+            "ERR kick reason must be UTF-8 of at most 123 bytes"
+        );
+        assert_eq!(
+            CommandError::PayloadTooLarge.message(),
+            "ERR payload exceeds --max-message"
+        );
+        assert_eq!(too_large_error(), CommandError::PayloadTooLarge);
+    }
+
+    #[test]
+    fn only_auth_and_quit_are_allowed_before_auth() {
+        assert!(Command::Auth(b"pw".to_vec()).allowed_unauthenticated());
+        assert!(Command::Quit.allowed_unauthenticated());
+        assert!(!Command::Ping(None).allowed_unauthenticated());
+        assert!(!Command::Info(None).allowed_unauthenticated());
+        assert!(!Command::Broadcast {
+            payload: Vec::new()
+        }
+        .allowed_unauthenticated());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_arguments_never_panic_and_errors_stay_on_one_line(
+            args in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..5),
+            known in prop::sample::select(&["publish", "SEND", "kick", "Join", "online", "auth", "x"][..]),
+            replace_name in any::<bool>(),
+        ) {
+            let mut args = args;
+            if replace_name && !args.is_empty() {
+                args[0] = known.as_bytes().to_vec();
+            }
+            if let Err(e) = Command::parse(args, MAX) {
+                let msg = e.message();
+                prop_assert!(msg.starts_with("ERR "));
+                prop_assert!(!msg.contains('\r') && !msg.contains('\n'));
+            }
+        }
+    }
+}

@@ -52,7 +52,9 @@ pub enum Parsed {
     /// A complete command: its arguments (command name first), from a RESP array of bulk
     /// strings or an inline command line.
     Command(Vec<Vec<u8>>),
-    /// A complete command one of whose bulk arguments exceeded `max_bulk`. Its bytes were
+    /// A complete command one of whose bulk arguments exceeded `max_bulk` (or would
+    /// have taken the command's bulk total past `max_bulk + MAX_INLINE`, see
+    /// [`Limits::max_bulk`]). Its bytes were
     /// consumed WITHOUT being buffered (streamed past, across calls), so the caller can
     /// reply `-ERR ...` and keep the connection usable. `name` is the first argument if it
     /// was small enough to keep, `len` the oversized length.
@@ -458,11 +460,12 @@ fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | 0x0b | 0x0c)
 }
 
+/// The value of a hex digit, if `b` is one.
 fn hex_value(b: Option<&u8>) -> Option<u8> {
-    match b? {
-        &d @ b'0'..=b'9' => Some(d - b'0'),
-        &d @ b'a'..=b'f' => Some(d - b'a' + 10),
-        &d @ b'A'..=b'F' => Some(d - b'A' + 10),
+    match *b? {
+        d @ b'0'..=b'9' => Some(d - b'0'),
+        d @ b'a'..=b'f' => Some(d - b'a' + 10),
+        d @ b'A'..=b'F' => Some(d - b'A' + 10),
         _ => None,
     }
 }
@@ -787,7 +790,7 @@ mod tests {
     #[test]
     fn rejects_multibulk_header_without_crlf_within_64k() {
         let mut input = b"*".to_vec();
-        input.extend(std::iter::repeat(b'1').take(MAX_INLINE + 1));
+        input.extend_from_slice(&[b'1'; MAX_INLINE + 1]);
         assert_eq!(error_of(&input), "invalid multibulk length");
         // Rejected as soon as the line cannot be a number: no waiting, no rescans.
         let mut parser = Parser::new(LIMITS);
