@@ -162,7 +162,9 @@ impl Config {
     pub fn origins(&self) -> Result<Vec<OriginPattern>, ConfigError> {
         self.allow_origin
             .iter()
-            .map(|o| OriginPattern::parse(o).map_err(|e| ConfigError(format!("--allow-origin {o}: {e}"))))
+            .map(|o| {
+                OriginPattern::parse(o).map_err(|e| ConfigError(format!("--allow-origin {o}: {e}")))
+            })
             .collect()
     }
 

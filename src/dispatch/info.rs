@@ -11,19 +11,26 @@ use crate::reactor::stats::{ReactorStats, HANDSHAKE_FAILURES, HANDSHAKE_TIMEOUT}
 pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
     let want = |name: &str| {
         section.is_none_or(|s| {
-            s.eq_ignore_ascii_case(name) || s.eq_ignore_ascii_case("all") || s.eq_ignore_ascii_case("everything") || s.eq_ignore_ascii_case("default")
+            s.eq_ignore_ascii_case(name)
+                || s.eq_ignore_ascii_case("all")
+                || s.eq_ignore_ascii_case("everything")
+                || s.eq_ignore_ascii_case("default")
         })
     };
     let sum = |f: fn(&ReactorStats) -> u64| -> u64 { d.reactors.iter().map(|r| f(&r.stats)).sum() };
     let mut out = String::new();
-    let mut line = |out: &mut String, k: &str, v: &dyn std::fmt::Display| {
+    let line = |out: &mut String, k: &str, v: &dyn std::fmt::Display| {
         let _ = write!(out, "{k}:{v}\r\n");
     };
     if want("server") {
         out.push_str("# Server\r\n");
         line(&mut out, "wspush_version", &env!("CARGO_PKG_VERSION"));
         line(&mut out, "process_id", &std::process::id());
-        line(&mut out, "uptime_in_seconds", &d.started.elapsed().as_secs());
+        line(
+            &mut out,
+            "uptime_in_seconds",
+            &d.started.elapsed().as_secs(),
+        );
         line(&mut out, "reactors", &d.reactors.len());
         line(&mut out, "websocket_listen", &d.settings.listen);
         line(&mut out, "control_listen", &d.settings.control);
@@ -35,11 +42,7 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
         let online: u64 = d.online.iter().sum();
         line(&mut out, "connected_clients", &online);
         line(&mut out, "max_connections", &d.settings.max_connections);
-        line(
-            &mut out,
-            "sockets",
-            &d.shared.sockets.load(Relaxed),
-        );
+        line(&mut out, "sockets", &d.shared.sockets.load(Relaxed));
         for (i, r) in d.reactors.iter().enumerate() {
             let _ = write!(
                 out,
@@ -49,7 +52,11 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
                 r.gauges.pending_bytes.load(Relaxed)
             );
         }
-        let pending: u64 = d.reactors.iter().map(|r| r.gauges.pending_bytes.load(Relaxed)).sum();
+        let pending: u64 = d
+            .reactors
+            .iter()
+            .map(|r| r.gauges.pending_bytes.load(Relaxed))
+            .sum();
         line(&mut out, "pending_bytes", &pending);
         line(&mut out, "control_clients", &d.clients.len());
         line(&mut out, "users", &d.users.len());
@@ -64,11 +71,19 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
     }
     if want("stats") {
         out.push_str("# Stats\r\n");
-        line(&mut out, "total_connections_received", &sum(|s| s.accepted.load(Relaxed)));
+        line(
+            &mut out,
+            "total_connections_received",
+            &sum(|s| s.accepted.load(Relaxed)),
+        );
         line(&mut out, "handshakes", &sum(|s| s.handshakes.load(Relaxed)));
         let mut failures = 0;
         for (i, e) in HANDSHAKE_FAILURES.iter().enumerate() {
-            let n: u64 = d.reactors.iter().map(|r| r.stats.handshake_failures[i].load(Relaxed)).sum();
+            let n: u64 = d
+                .reactors
+                .iter()
+                .map(|r| r.stats.handshake_failures[i].load(Relaxed))
+                .sum();
             failures += n;
             line(&mut out, &format!("handshake_failures_{}", e.reason()), &n);
         }
@@ -82,24 +97,68 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
         line(&mut out, "publish_commands", &d.stats.publish);
         line(&mut out, "broadcast_commands", &d.stats.broadcast);
         line(&mut out, "send_commands", &d.stats.send);
-        line(&mut out, "messages_published", &(d.stats.publish + d.stats.broadcast + d.stats.send));
+        line(
+            &mut out,
+            "messages_published",
+            &(d.stats.publish + d.stats.broadcast + d.stats.send),
+        );
         line(&mut out, "control_commands", &d.stats.commands);
         line(&mut out, "control_errors", &d.stats.rejected_commands);
-        line(&mut out, "control_connections_received", &d.stats.control_connections);
+        line(
+            &mut out,
+            "control_connections_received",
+            &d.stats.control_connections,
+        );
         line(&mut out, "reactor_batches", &d.stats.batches);
         line(&mut out, "deliveries", &sum(|s| s.deliveries.load(Relaxed)));
-        line(&mut out, "bytes_written", &sum(|s| s.bytes_written.load(Relaxed)));
-        line(&mut out, "writev_calls", &sum(|s| s.writev_calls.load(Relaxed)));
-        line(&mut out, "slow_consumer_closes", &sum(|s| s.slow_closes.load(Relaxed)));
-        line(&mut out, "slow_consumer_drops", &sum(|s| s.slow_drops.load(Relaxed)));
-        line(&mut out, "messages_received", &sum(|s| s.messages_received.load(Relaxed)));
-        line(&mut out, "bytes_received", &sum(|s| s.bytes_received.load(Relaxed)));
+        line(
+            &mut out,
+            "bytes_written",
+            &sum(|s| s.bytes_written.load(Relaxed)),
+        );
+        line(
+            &mut out,
+            "writev_calls",
+            &sum(|s| s.writev_calls.load(Relaxed)),
+        );
+        line(
+            &mut out,
+            "slow_consumer_closes",
+            &sum(|s| s.slow_closes.load(Relaxed)),
+        );
+        line(
+            &mut out,
+            "slow_consumer_drops",
+            &sum(|s| s.slow_drops.load(Relaxed)),
+        );
+        line(
+            &mut out,
+            "messages_received",
+            &sum(|s| s.messages_received.load(Relaxed)),
+        );
+        line(
+            &mut out,
+            "bytes_received",
+            &sum(|s| s.bytes_received.load(Relaxed)),
+        );
         line(&mut out, "pings_sent", &sum(|s| s.pings_sent.load(Relaxed)));
-        line(&mut out, "idle_closes", &sum(|s| s.idle_closes.load(Relaxed)));
-        line(&mut out, "protocol_error_closes", &sum(|s| s.protocol_closes.load(Relaxed)));
+        line(
+            &mut out,
+            "idle_closes",
+            &sum(|s| s.idle_closes.load(Relaxed)),
+        );
+        line(
+            &mut out,
+            "protocol_error_closes",
+            &sum(|s| s.protocol_closes.load(Relaxed)),
+        );
         line(&mut out, "kicked", &sum(|s| s.kicked.load(Relaxed)));
         line(&mut out, "closed_sockets", &sum(|s| s.closed.load(Relaxed)));
-        line(&mut out, "accept_pauses", &sum(|s| s.accept_pauses.load(Relaxed)));
+        line(
+            &mut out,
+            "accept_pauses",
+            &sum(|s| s.accept_pauses.load(Relaxed)),
+        );
     }
     out
 }

@@ -128,7 +128,10 @@ mod tests {
 
     #[test]
     fn replies_are_json_with_escaped_names() {
-        assert_eq!(room_reply("joined", "news"), r#"{"op":"joined","room":"news"}"#);
+        assert_eq!(
+            room_reply("joined", "news"),
+            r#"{"op":"joined","room":"news"}"#
+        );
         let v: Value = serde_json::from_str(&room_reply("left", r#"a"b\c"#)).unwrap();
         assert_eq!(v["room"], r#"a"b\c"#);
         let v: Value = serde_json::from_str(&error_reply(ClientError::UnknownOp)).unwrap();

@@ -658,11 +658,19 @@ impl Reactor {
             if !h.opcode.is_control() {
                 match (h.opcode, message) {
                     (OpCode::Continuation, None) => {
-                        self.fail(key, CloseCode::PROTOCOL_ERROR, "continuation without a message");
+                        self.fail(
+                            key,
+                            CloseCode::PROTOCOL_ERROR,
+                            "continuation without a message",
+                        );
                         return buf.len();
                     }
                     (OpCode::Text | OpCode::Binary, Some(_)) => {
-                        self.fail(key, CloseCode::PROTOCOL_ERROR, "new message before the last one ended");
+                        self.fail(
+                            key,
+                            CloseCode::PROTOCOL_ERROR,
+                            "new message before the last one ended",
+                        );
                         return buf.len();
                     }
                     _ => {}
@@ -765,7 +773,10 @@ impl Reactor {
             ),
             Err(code) => {
                 self.local.protocol_closes += 1;
-                self.queue(key, Chunk::Owned(encode_close(code, "invalid close frame").into_boxed_slice()));
+                self.queue(
+                    key,
+                    Chunk::Owned(encode_close(code, "invalid close frame").into_boxed_slice()),
+                );
             }
         }
         self.begin_closing(key);
@@ -779,7 +790,10 @@ impl Reactor {
 
     /// Queues a Close frame and starts closing.
     fn close_with(&mut self, key: u32, code: CloseCode, reason: &str) {
-        self.queue(key, Chunk::Owned(encode_close(code, reason).into_boxed_slice()));
+        self.queue(
+            key,
+            Chunk::Owned(encode_close(code, reason).into_boxed_slice()),
+        );
         self.begin_closing(key);
     }
 
@@ -793,14 +807,20 @@ impl Reactor {
             return;
         }
         if opcode != OpCode::Text {
-            self.reply_text(key, &client_msg::error_reply(client_msg::ClientError::Binary));
+            self.reply_text(
+                key,
+                &client_msg::error_reply(client_msg::ClientError::Binary),
+            );
             return;
         }
         let reply = match client_msg::parse(payload) {
             Ok(ClientRequest::Ping) => client_msg::PONG_REPLY.to_string(),
             Ok(ClientRequest::Join(room)) => {
                 let conn = &self.conns[key as usize];
-                let member = self.rooms.id(&room).is_some_and(|id| conn.room_index(id).is_some());
+                let member = self
+                    .rooms
+                    .id(&room)
+                    .is_some_and(|id| conn.room_index(id).is_some());
                 if member || conn.rooms.len() < self.shared.settings.max_rooms {
                     if !member {
                         self.join_room(key, &room);
@@ -1021,7 +1041,10 @@ impl Reactor {
                 let mut affected = 0;
                 for key in keys {
                     let conn = &self.conns[key as usize];
-                    let member = self.rooms.id(&room).is_some_and(|id| conn.room_index(id).is_some());
+                    let member = self
+                        .rooms
+                        .id(&room)
+                        .is_some_and(|id| conn.room_index(id).is_some());
                     if !member && conn.rooms.len() < self.shared.settings.max_rooms {
                         self.join_room(key, &room);
                         affected += 1;
@@ -1102,9 +1125,10 @@ impl Reactor {
                 conn.output = None;
                 continue;
             }
+            let writable = conn.has(flag::WRITABLE);
             let res = self.outbox.flush(
                 &mut conn.stream,
-                conn.has(flag::WRITABLE),
+                writable,
                 &mut conn.chain,
                 &mut conn.output,
                 max_pending,
@@ -1158,7 +1182,11 @@ impl Reactor {
     /// takes their place.
     fn slow_close(&mut self, key: u32) {
         self.local.slow_closes += 1;
-        if let Some(q) = self.conns.get_mut(key as usize).and_then(|c| c.output.as_deref_mut()) {
+        if let Some(q) = self
+            .conns
+            .get_mut(key as usize)
+            .and_then(|c| c.output.as_deref_mut())
+        {
             q.keep_partial_front();
         }
         self.close_with(key, CloseCode::POLICY_VIOLATION, "slow consumer");
@@ -1178,8 +1206,12 @@ impl Reactor {
             let age = now.wrapping_sub(conn.last_seen);
             pending_bytes += conn.pending() as u64;
             match conn.phase {
-                Phase::Handshake if age >= t.handshake => expired.push((key as u32, Expiry::Handshake)),
-                Phase::Open if t.idle > 0 && age >= t.idle => expired.push((key as u32, Expiry::Idle)),
+                Phase::Handshake if age >= t.handshake => {
+                    expired.push((key as u32, Expiry::Handshake))
+                }
+                Phase::Open if t.idle > 0 && age >= t.idle => {
+                    expired.push((key as u32, Expiry::Idle))
+                }
                 Phase::Open if t.ping > 0 && age >= t.ping && !conn.has(flag::PINGED) => {
                     conn.set(flag::PINGED);
                     let idx = self.outbox.add_frame(Chunk::Static(&PING_FRAME));
@@ -1213,7 +1245,10 @@ impl Reactor {
         g.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);
         g.pending_bytes.store(pending_bytes, Ordering::Relaxed);
         g.open.store(
-            self.conns.iter().filter(|(_, c)| c.phase == Phase::Open).count() as u64,
+            self.conns
+                .iter()
+                .filter(|(_, c)| c.phase == Phase::Open)
+                .count() as u64,
             Ordering::Relaxed,
         );
     }
@@ -1225,7 +1260,11 @@ impl Reactor {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
-        let keys: Vec<(u32, Phase)> = self.conns.iter().map(|(k, c)| (k as u32, c.phase)).collect();
+        let keys: Vec<(u32, Phase)> = self
+            .conns
+            .iter()
+            .map(|(k, c)| (k as u32, c.phase))
+            .collect();
         let frame: Arc<[u8]> = encode_close(CloseCode::GOING_AWAY, "server shutting down").into();
         for (key, phase) in keys {
             match phase {
