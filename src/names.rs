@@ -13,9 +13,7 @@ pub const MAX_NAME_LEN: usize = 128;
 pub fn is_valid_name(name: &[u8]) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME_LEN
-        && name
-            .iter()
-            .all(|&b| (0x21..=0x7e).contains(&b) && b != b',')
+        && name.iter().all(|&b| (0x21..=0x7e).contains(&b) && b != b',')
 }
 
 #[cfg(test)]
