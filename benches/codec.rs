@@ -54,6 +54,7 @@ fn utf8(c: &mut Criterion) {
         .into_bytes();
     let multibyte = "grüße, 你好, κόσμε, 🚀 ".repeat(2048).into_bytes();
     for (name, text) in [("ascii", &ascii), ("multibyte", &multibyte)] {
+        assert!(std::str::from_utf8(text).is_ok());
         g.throughput(Throughput::Bytes(text.len() as u64));
         g.bench_function(BenchmarkId::new("whole", name), |b| {
             b.iter(|| {
@@ -98,6 +99,8 @@ fn handshake(c: &mut Criterion) {
         Cookie: session=0123456789abcdef0123456789abcdef; theme=dark\r\n\
         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
         Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+    // A benchmark of the error path would mislead: make sure this one upgrades.
+    assert!(matches!(parse_request(request, &cfg), Ok(Some(_))));
     g.bench_function("parse_browser_request", |b| {
         b.iter(|| parse_request(black_box(request), &cfg))
     });

@@ -458,6 +458,36 @@ mod tests {
         }
 
         #[test]
+        fn agrees_with_tungstenite_on_client_and_server_headers(
+            fin in any::<bool>(),
+            opcode in any_opcode(),
+            len in prop_oneof![0u64..=130, 65530u64..=65540, 0u64..=(1 << 40)],
+            key in any::<[u8; 4]>(),
+        ) {
+            use tungstenite::protocol::frame::FrameHeader as TFrameHeader;
+            let fin = fin || opcode.is_control();
+            let len = if opcode.is_control() { len % 126 } else { len };
+            let theirs = TFrameHeader {
+                is_final: fin,
+                opcode: opcode.as_u8().into(),
+                mask: Some(key),
+                ..TFrameHeader::default()
+            };
+            let mut client = Vec::new();
+            theirs.format(len, &mut client).unwrap();
+            let (ours, n) = decode_client_header(&client).unwrap().unwrap();
+            prop_assert_eq!(n, client.len());
+            prop_assert_eq!(ours, FrameHeader { fin, opcode, mask: key, payload_len: len });
+
+            let mut out = [0u8; 10];
+            let n = encode_header(fin, opcode, len as usize, &mut out);
+            let mut cursor = std::io::Cursor::new(&out[..n]);
+            let (parsed, parsed_len) = TFrameHeader::parse(&mut cursor).unwrap().unwrap();
+            prop_assert_eq!(parsed_len, len);
+            prop_assert_eq!(parsed, TFrameHeader { mask: None, ..theirs });
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..20)) {
             if let Ok(Some((_, n))) = decode_client_header(&bytes) {
                 prop_assert!(n <= bytes.len() && n <= MAX_HEADER_LEN);

@@ -15,6 +15,9 @@
 //!   that is not asking for a WebSocket gains nothing from 426), version (→ 426,
 //!   checked before the key so a client speaking another version learns which
 //!   one to speak), key, origin (→ 403), query (→ 400).
+//! - The path is compared exactly with the configured one (no trailing-slash or
+//!   case folding); only origin-form targets (`/ws?…`) are recognised, so an
+//!   absolute-form `GET http://host/ws` is a 404.
 //! - `Sec-WebSocket-Key` and `Sec-WebSocket-Version` may appear only once
 //!   (RFC 6455 §11.3.1, §11.3.5); a repeat is malformed (400). A missing version
 //!   is answered like a wrong one (426).
@@ -637,6 +640,22 @@ mod tests {
                 rooms: vec![]
             })
         );
+    }
+
+    #[test]
+    fn accepts_request_generated_by_tungstenite_client() {
+        use tungstenite::client::IntoClientRequest;
+        let request = "ws://push.example.com/ws?user=u1&rooms=a,b"
+            .into_client_request()
+            .unwrap();
+        let (bytes, key) = tungstenite::handshake::client::generate_request(request).unwrap();
+        let u = upgrade(&bytes, &cfg()).unwrap();
+        assert_eq!(
+            u.accept,
+            tungstenite::handshake::derive_accept_key(key.as_bytes())
+        );
+        assert_eq!(u.user.as_deref(), Some("u1"));
+        assert_eq!(u.rooms, ["a", "b"]);
     }
 
     #[test]
