@@ -1,0 +1,376 @@
+//! Test harness: starts the real `wspush` binary on ephemeral ports, stops it when
+//! the test ends, and gives independent clients — tungstenite for WebSocket, a
+//! tiny RESP client written here (not the server's parser), raw sockets for
+//! malformed input.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tungstenite::protocol::WebSocket;
+
+/// A running server process; SIGTERM + wait on drop.
+pub struct Server {
+    child: Option<Child>,
+    pub ws: SocketAddr,
+    pub control: SocketAddr,
+    pub pid: u32,
+}
+
+impl Server {
+    /// Starts `wspush` with `args`; `--listen`/`--control` default to 127.0.0.1:0.
+    pub fn start(args: &[&str]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wspush"));
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        if !args.contains(&"--control") {
+            cmd.args(["--control", "127.0.0.1:0"]);
+        }
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .env("RUST_LOG", std::env::var("WSPUSH_TEST_LOG").unwrap_or_else(|_| "error".into()));
+        if std::env::var_os("WSPUSH_TEST_LOG").is_none() {
+            cmd.stderr(Stdio::null());
+        }
+        let mut child = cmd.spawn().expect("spawn wspush");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("wspush did not print its ready line");
+        let field = |name: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+                .parse()
+                .expect("address")
+        };
+        let pid = child.id();
+        Server {
+            ws: field("ws="),
+            control: field("control="),
+            child: Some(child),
+            pid,
+        }
+    }
+
+    /// `ws://addr/ws` + `suffix` (e.g. `?user=bob&rooms=a,b`).
+    pub fn url(&self, suffix: &str) -> String {
+        format!("ws://{}/ws{}", self.ws, suffix)
+    }
+
+    /// Sends SIGTERM (graceful shutdown) and waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().expect("wait");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// True while the process runs.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Resident set size in bytes (from /proc).
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    /// A RESP connection to the control port.
+    pub fn control(&self) -> Resp {
+        Resp::connect(self.control)
+    }
+
+    /// INFO as key → value.
+    pub fn info(&self) -> std::collections::HashMap<String, String> {
+        let mut c = self.control();
+        match c.cmd(&["INFO"]) {
+            Reply::Bulk(Some(b)) => String::from_utf8(b)
+                .expect("utf8")
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+                .collect(),
+            other => panic!("INFO replied {other:?}"),
+        }
+    }
+
+    /// One INFO field as a number.
+    pub fn info_u64(&self, key: &str) -> u64 {
+        self.info()
+            .get(key)
+            .unwrap_or_else(|| panic!("INFO has no {key}"))
+            .parse()
+            .expect("number")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.terminate();
+        }
+    }
+}
+
+/// A RESP2 reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<Reply>),
+}
+
+/// A minimal blocking RESP2 client.
+pub struct Resp {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Resp {
+    pub fn connect(addr: SocketAddr) -> Resp {
+        let stream = TcpStream::connect(addr).expect("connect control");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Resp { stream, reader }
+    }
+
+    /// Encodes a command as an array of bulk strings.
+    pub fn encode<A: AsRef<[u8]>>(args: &[A]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            let a = a.as_ref();
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a);
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    pub fn send<A: AsRef<[u8]>>(&mut self, args: &[A]) {
+        self.stream.write_all(&Self::encode(args)).expect("write");
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    pub fn cmd<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Reply {
+        self.send(args);
+        self.read()
+    }
+
+    pub fn read(&mut self) -> Reply {
+        self.try_read().expect("reply")
+    }
+
+    pub fn try_read(&mut self) -> std::io::Result<Reply> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let line = line.trim_end_matches("\r\n");
+        let (kind, rest) = line.split_at(1);
+        Ok(match kind {
+            "+" => Reply::Simple(rest.to_string()),
+            "-" => Reply::Error(rest.to_string()),
+            ":" => Reply::Int(rest.parse().expect("int")),
+            "$" => {
+                let n: i64 = rest.parse().expect("len");
+                if n < 0 {
+                    Reply::Bulk(None)
+                } else {
+                    let mut b = vec![0; n as usize + 2];
+                    self.reader.read_exact(&mut b)?;
+                    b.truncate(n as usize);
+                    Reply::Bulk(Some(b))
+                }
+            }
+            "*" => {
+                let n: i64 = rest.parse().expect("len");
+                let mut v = Vec::new();
+                for _ in 0..n.max(0) {
+                    v.push(self.try_read()?);
+                }
+                Reply::Array(v)
+            }
+            _ => panic!("bad reply line {line:?}"),
+        })
+    }
+
+    /// Expects an integer reply.
+    pub fn int<A: AsRef<[u8]>>(&mut self, args: &[A]) -> i64 {
+        match self.cmd(args) {
+            Reply::Int(n) => n,
+            other => panic!("expected integer, got {other:?}"),
+        }
+    }
+}
+
+pub type Ws = WebSocket<TcpStream>;
+
+/// Opens a WebSocket with tungstenite (an independent implementation).
+pub fn ws_connect(url: &str) -> Ws {
+    try_ws_connect(url).unwrap_or_else(|e| panic!("connect {url}: {e}"))
+}
+
+pub fn try_ws_connect(url: &str) -> Result<Ws, String> {
+    let addr = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let stream = TcpStream::connect(&addr).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (ws, _resp) = tungstenite::client::client(url, stream).map_err(|e| e.to_string())?;
+    Ok(ws)
+}
+
+/// Reads the next text or binary message (skipping pings/pongs).
+pub fn next_data(ws: &mut Ws) -> tungstenite::Message {
+    loop {
+        match ws.read().expect("read message") {
+            m @ (tungstenite::Message::Text(_) | tungstenite::Message::Binary(_)) => return m,
+            tungstenite::Message::Close(c) => panic!("closed: {c:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Reads the next data message as a String.
+pub fn next_text(ws: &mut Ws) -> String {
+    match next_data(ws) {
+        tungstenite::Message::Text(t) => t.to_string(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+/// A raw TCP connection that has completed the upgrade by hand.
+pub fn raw_upgrade(addr: SocketAddr, query: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /ws{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let head = read_http_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s
+}
+
+/// Reads an HTTP response head (up to the blank line) byte by byte.
+pub fn read_http_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(0) => break,
+            Ok(_) => head.push(b[0]),
+            Err(e) => panic!("reading response head: {e} (got {:?})", String::from_utf8_lossy(&head)),
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A masked client frame.
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
+    let len = payload.len();
+    if len < 126 {
+        f.push(0x80 | len as u8);
+    } else if len <= 0xffff {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        f.push(0x80 | 127);
+        f.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Reads one unmasked server frame: (fin, opcode, payload).
+pub fn read_server_frame(s: &mut TcpStream) -> std::io::Result<(bool, u8, Vec<u8>)> {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h)?;
+    assert_eq!(h[1] & 0x80, 0, "server frames must not be masked");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b)?;
+            u16::from_be_bytes(b) as usize
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b)?;
+            u64::from_be_bytes(b) as usize
+        }
+        n => n as usize,
+    };
+    let mut p = vec![0; len];
+    s.read_exact(&mut p)?;
+    Ok((h[0] & 0x80 != 0, h[0] & 0x0f, p))
+}
+
+/// Reads frames until a Close frame; returns its code (None for an empty body).
+pub fn read_close_code(s: &mut TcpStream) -> Option<u16> {
+    loop {
+        let (_, op, p) = read_server_frame(s).expect("expected a close frame");
+        if op == 8 {
+            return (p.len() >= 2).then(|| u16::from_be_bytes([p[0], p[1]]));
+        }
+    }
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
