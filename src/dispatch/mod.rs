@@ -137,6 +137,8 @@ pub struct Dispatcher {
     next_req: u64,
     /// Clients with input to process without waiting for a socket event.
     ready: Vec<usize>,
+    /// A reactor's channel was full at the last look: control input waits.
+    congested: bool,
     settings: DispatchSettings,
     stats: DispatchStats,
     started: Instant,
@@ -179,6 +181,7 @@ impl Dispatcher {
                 pending: HashMap::new(),
                 next_req: 0,
                 ready: Vec::new(),
+                congested: false,
                 settings,
                 stats: DispatchStats::default(),
                 started: Instant::now(),
@@ -237,6 +240,10 @@ impl Dispatcher {
     }
 
     fn poll_timeout(&self) -> Duration {
+        if self.congested {
+            // Give the reactors time to catch up instead of spinning.
+            return Duration::from_millis(1);
+        }
         if !self.ready.is_empty() {
             return Duration::ZERO;
         }
@@ -341,6 +348,10 @@ impl Dispatcher {
     }
 
     fn serve_ready(&mut self) {
+        self.congested = self
+            .reactors
+            .iter()
+            .any(|r| r.tx.len() >= MAX_QUEUED_BATCHES);
         let mut ready = std::mem::take(&mut self.ready);
         ready.sort_unstable();
         ready.dedup();
@@ -351,10 +362,7 @@ impl Dispatcher {
 
     /// Reads what the client sent and runs its commands, unless it must wait.
     fn serve(&mut self, key: usize) {
-        let congested = self
-            .reactors
-            .iter()
-            .any(|r| r.tx.len() >= MAX_QUEUED_BATCHES);
+        let congested = self.congested;
         let mut budget = COMMANDS_PER_TURN;
         loop {
             let Some(c) = self.clients.get_mut(key) else {
