@@ -1,2 +1,0 @@
-//! Load generator.
-fn main() {}
