@@ -11,6 +11,7 @@ fn pushes_reach_a_room_member_and_echo_works() {
     let mut ctl = server.control();
     assert_eq!(ctl.int(&["PUBLISH", "news", "hello"]), 1);
     assert_eq!(next_text(&mut ws), "hello");
-    ws.send(tungstenite::Message::text(r#"{"op":"ping"}"#)).unwrap();
+    ws.send(tungstenite::Message::text(r#"{"op":"ping"}"#))
+        .unwrap();
     assert_eq!(next_text(&mut ws), r#"{"op":"pong"}"#);
 }

@@ -7,37 +7,49 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Connection counts of one room or user, per reactor.
-#[derive(Debug, Clone, PartialEq, Eq)]
+use smallvec::SmallVec;
+
+/// Connection counts of one room or user: `(reactor, count)` pairs with count > 0,
+/// sorted by reactor. Inline for the common case of one reactor (most users hold one
+/// connection), so a million users cost no extra heap block each.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Counts {
-    pub per_reactor: Box<[u32]>,
+    per_reactor: SmallVec<[(u32, u32); 1]>,
+    /// Sum of the counts.
     pub total: u64,
 }
 
 impl Counts {
-    fn new(reactors: usize) -> Counts {
-        Counts {
-            per_reactor: vec![0; reactors].into_boxed_slice(),
-            total: 0,
-        }
-    }
-
     /// Reactors that have at least one connection here.
     pub fn reactors(&self) -> impl Iterator<Item = usize> + '_ {
+        self.per_reactor.iter().map(|&(r, _)| r as usize)
+    }
+
+    /// Connections in `reactor`.
+    pub fn in_reactor(&self, reactor: usize) -> u32 {
         self.per_reactor
             .iter()
-            .enumerate()
-            .filter(|(_, &n)| n > 0)
-            .map(|(r, _)| r)
+            .find(|&&(r, _)| r as usize == reactor)
+            .map_or(0, |&(_, n)| n)
     }
 
     fn apply(&mut self, reactor: usize, delta: i32) {
-        let Some(n) = self.per_reactor.get_mut(reactor) else {
-            return;
+        let r = reactor as u32;
+        let i = match self.per_reactor.binary_search_by_key(&r, |&(r, _)| r) {
+            Ok(i) => i,
+            Err(i) if delta > 0 => {
+                self.per_reactor.insert(i, (r, 0));
+                i
+            }
+            Err(_) => return,
         };
+        let n = &mut self.per_reactor[i].1;
         let new = (*n as i64 + delta as i64).max(0) as u32;
         self.total = self.total + new as u64 - *n as u64;
         *n = new;
+        if new == 0 {
+            self.per_reactor.remove(i);
+        }
     }
 }
 
@@ -82,11 +94,10 @@ impl CountTable {
     }
 
     pub fn apply(&mut self, name: &Arc<str>, reactor: usize, delta: i32) {
-        let reactors = self.reactors;
-        let counts = self
-            .map
-            .entry(name.clone())
-            .or_insert_with(|| Counts::new(reactors));
+        if reactor >= self.reactors {
+            return;
+        }
+        let counts = self.map.entry(name.clone()).or_default();
         counts.apply(reactor, delta);
         if counts.total == 0 {
             self.map.remove(name);

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use slab::Slab;
+use smallvec::SmallVec;
 
 /// Where one connection sits in one group: the group's id and its index in the
 /// group's member list.
@@ -36,8 +37,10 @@ impl Membership {
 struct Group {
     /// The interned name, shared with events sent to the dispatcher.
     name: Arc<str>,
-    /// Slab keys of the member connections, in no particular order.
-    members: Vec<u32>,
+    /// Slab keys of the member connections, in no particular order. Inline up to two:
+    /// most users have one or two connections, and a million users must not mean a
+    /// million tiny heap blocks.
+    members: SmallVec<[u32; 2]>,
 }
 
 /// One kind of group (rooms, or users) in one reactor.
@@ -85,7 +88,7 @@ impl Groups {
                 let name: Arc<str> = Arc::from(name);
                 let id = self.groups.insert(Group {
                     name: name.clone(),
-                    members: Vec::new(),
+                    members: SmallVec::new(),
                 }) as u32;
                 self.ids.insert(name, id);
                 id

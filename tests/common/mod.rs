@@ -33,7 +33,10 @@ impl Server {
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .env("RUST_LOG", std::env::var("WSPUSH_TEST_LOG").unwrap_or_else(|_| "error".into()));
+            .env(
+                "RUST_LOG",
+                std::env::var("WSPUSH_TEST_LOG").unwrap_or_else(|_| "error".into()),
+            );
         if std::env::var_os("WSPUSH_TEST_LOG").is_none() {
             cmd.stderr(Stdio::null());
         }
@@ -98,7 +101,8 @@ impl Server {
 
     /// Resident set size in bytes (from /proc).
     pub fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -305,7 +309,10 @@ pub fn read_http_head(s: &mut TcpStream) -> String {
         match s.read(&mut b) {
             Ok(0) => break,
             Ok(_) => head.push(b[0]),
-            Err(e) => panic!("reading response head: {e} (got {:?})", String::from_utf8_lossy(&head)),
+            Err(e) => panic!(
+                "reading response head: {e} (got {:?})",
+                String::from_utf8_lossy(&head)
+            ),
         }
     }
     String::from_utf8_lossy(&head).into_owned()

@@ -40,7 +40,9 @@ pub enum LoadError {
 impl std::fmt::Display for LoadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LoadError::BadUrl(u) => write!(f, "bad WebSocket URL {u:?} (expected ws://HOST:PORT/PATH)"),
+            LoadError::BadUrl(u) => {
+                write!(f, "bad WebSocket URL {u:?} (expected ws://HOST:PORT/PATH)")
+            }
             LoadError::Resolve(a, e) => write!(f, "cannot resolve {a:?}: {e}"),
             LoadError::Spawn(e) => write!(f, "cannot start worker process: {e}"),
             LoadError::Poll(e) => write!(f, "cannot create event loop: {e}"),
@@ -246,10 +248,11 @@ fn spawn_workers(cmd: &Command, tx: &Sender<Event>) -> Result<Vec<Handle>, LoadE
             std::thread::spawn(move || {
                 for line in BufReader::new(out).lines() {
                     let Ok(line) = line else { break };
-                    let ev = serde_json::from_str::<Event>(&line).unwrap_or_else(|e| Event::Fatal {
-                        worker: i,
-                        error: format!("unreadable report line ({e}): {line}"),
-                    });
+                    let ev =
+                        serde_json::from_str::<Event>(&line).unwrap_or_else(|e| Event::Fatal {
+                            worker: i,
+                            error: format!("unreadable report line ({e}): {line}"),
+                        });
                     if tx.send(ev).is_err() {
                         break;
                     }
@@ -540,7 +543,10 @@ pub fn run(cmd: &Command, show_progress: bool) -> Result<Report, LoadError> {
                             continue;
                         }
                         Err(_) => {
-                            outcome = Err(LoadError::Worker(u32::MAX, "publisher thread panicked".into()));
+                            outcome = Err(LoadError::Worker(
+                                u32::MAX,
+                                "publisher thread panicked".into(),
+                            ));
                             phase = stop_all(&mut handles, Some(0), now);
                             continue;
                         }
@@ -726,9 +732,10 @@ fn build_report(i: Inputs) -> Report {
         report.problems.push("no connection opened".into());
     }
     if i.hit_bound {
-        report
-            .problems
-            .push(format!("stopped by --duration {} before the scenario finished", common.duration));
+        report.problems.push(format!(
+            "stopped by --duration {} before the scenario finished",
+            common.duration
+        ));
     }
     let mut server = common.pid.map(|pid| ServerReport {
         pid,
@@ -762,9 +769,10 @@ fn build_report(i: Inputs) -> Report {
                 mismatches: m.echo_mismatches,
             });
             if m.echo_mismatches > 0 {
-                report
-                    .problems
-                    .push(format!("{} echoes did not match what was sent", m.echo_mismatches));
+                report.problems.push(format!(
+                    "{} echoes did not match what was sent",
+                    m.echo_mismatches
+                ));
             }
         }
         Command::Fanout(a) => {
@@ -781,7 +789,11 @@ fn build_report(i: Inputs) -> Report {
             } else {
                 i.publish_started_ns
             };
-            let span = i.last_delivery_ns.max(p.last_reply_ns).saturating_sub(first) as f64 / 1e9;
+            let span = i
+                .last_delivery_ns
+                .max(p.last_reply_ns)
+                .saturating_sub(first) as f64
+                / 1e9;
             let rate = |n: u64| if span > 0.0 { n as f64 / span } else { 0.0 };
             report.fanout = Some(FanoutReport {
                 subscribers: check.subscribers,
@@ -811,7 +823,10 @@ fn build_report(i: Inputs) -> Report {
                 (check.lost, "lost"),
                 (check.reordered, "reordered"),
                 (check.duplicated, "duplicated"),
-                (check.foreign, "delivered to a subscriber outside the message's room"),
+                (
+                    check.foreign,
+                    "delivered to a subscriber outside the message's room",
+                ),
                 (check.malformed, "malformed"),
                 (p.errors, "control errors"),
             ] {
@@ -830,9 +845,11 @@ fn build_report(i: Inputs) -> Report {
                     p.queued, check.expected
                 ));
             }
-            if let (Some(s), Some(b), Some(e)) =
-                (server.as_mut(), i.before_publish.as_ref(), i.after_publish.as_ref())
-            {
+            if let (Some(s), Some(b), Some(e)) = (
+                server.as_mut(),
+                i.before_publish.as_ref(),
+                i.after_publish.as_ref(),
+            ) {
                 if let (Some(x), Some(y)) = (b.cpu, e.cpu) {
                     let cpu = (y - x).max(0.0);
                     s.cpu_seconds = Some(cpu);
@@ -865,7 +882,10 @@ mod tests {
 
     #[test]
     fn authority_defaults_to_port_80() {
-        assert_eq!(url_authority("ws://localhost/ws").ok(), Some("localhost:80".into()));
+        assert_eq!(
+            url_authority("ws://localhost/ws").ok(),
+            Some("localhost:80".into())
+        );
     }
 
     #[test]

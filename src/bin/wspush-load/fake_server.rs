@@ -246,7 +246,12 @@ fn conns_counts_http_rejections_by_status() {
         "conns --url ws://{addr}/ws -n 3 --rate 0 --hold 0 --duration 10"
     ));
     let r = coord::run(&cmd, false).unwrap();
-    assert_eq!(r.connections.failures.get("http 503"), Some(&3), "{}", r.human());
+    assert_eq!(
+        r.connections.failures.get("http 503"),
+        Some(&3),
+        "{}",
+        r.human()
+    );
 }
 
 #[test]

@@ -114,7 +114,8 @@ mod tests {
 
     #[test]
     fn sockstat_tcp_mem_is_the_value_after_mem() {
-        let s = "sockets: used 300\nTCP: inuse 12 orphan 0 tw 3 alloc 20 mem 7\nUDP: inuse 1 mem 2\n";
+        let s =
+            "sockets: used 300\nTCP: inuse 12 orphan 0 tw 3 alloc 20 mem 7\nUDP: inuse 1 mem 2\n";
         assert_eq!(parse_sockstat_tcp_mem(s), Some(7));
     }
 
