@@ -362,63 +362,64 @@ impl Dispatcher {
 
     /// Reads what the client sent and runs its commands, unless it must wait.
     fn serve(&mut self, key: usize) {
-        let congested = self.congested;
         let mut budget = COMMANDS_PER_TURN;
+        // Parsed bytes are dropped from the input once, at the end, not per command.
+        let mut parsed_upto = 0;
         loop {
             let Some(c) = self.clients.get_mut(key) else {
                 return;
             };
             if c.waiting.is_some() || c.closing {
-                return;
+                break;
             }
             if c.output.len() >= OUTPUT_SOFT_LIMIT {
                 c.stalled_since.get_or_insert_with(Instant::now);
-                return;
+                break;
             }
-            if congested || budget == 0 {
+            if self.congested || budget == 0 {
                 self.ready.push(key);
-                return;
+                break;
             }
-            // Parse what is buffered before reading more.
-            let parsed = c.parser.parse(&c.input);
-            match parsed {
+            // Run what is buffered before reading more.
+            match c.parser.parse(&c.input[parsed_upto..]) {
                 Ok((used, cmd)) => {
-                    c.input.drain(..used);
+                    parsed_upto += used;
                     if let Some(cmd) = cmd {
                         budget -= 1;
                         self.run_parsed(key, cmd);
                         continue;
                     }
+                    if used > 0 {
+                        continue;
+                    }
                 }
                 Err(e) => {
-                    resp::write_error(&mut c.output, &format!("ERR protocol error: {}", e.0));
+                    resp::write_error(&mut c.output, &e.message());
                     c.closing = true;
                     c.input = Vec::new();
                     return;
                 }
             }
             if c.eof {
-                return;
+                break;
             }
-            // Need more bytes.
-            if c.input.len() > 2 * self.settings.max_message + (64 << 10) {
-                resp::write_error(&mut c.output, "ERR protocol error: command too large");
-                c.closing = true;
-                return;
-            }
+            c.input.drain(..parsed_upto);
+            parsed_upto = 0;
             let mut buf = [0u8; 16 * 1024];
             match c.stream.read(&mut buf) {
-                Ok(0) => {
-                    c.eof = true;
-                    return;
-                }
+                Ok(0) => c.eof = true,
                 Ok(n) => c.input.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    c.eof = true;
-                    return;
-                }
+                Err(_) => c.eof = true,
+            }
+        }
+        if let Some(c) = self.clients.get_mut(key) {
+            if parsed_upto > 0 {
+                c.input.drain(..parsed_upto.min(c.input.len()));
+            }
+            if c.input.is_empty() && c.input.capacity() > 64 << 10 {
+                c.input = Vec::new();
             }
         }
     }

@@ -528,7 +528,11 @@ impl Reactor {
                 None
             }
             Ok(Some((Request::Upgrade(up), head_len))) => {
-                if self.conns[key as usize].has(flag::OVER_CAPACITY) {
+                if self
+                    .conns
+                    .get(key as usize)
+                    .is_none_or(|c| c.has(flag::OVER_CAPACITY))
+                {
                     self.reject(key, HandshakeError::AtCapacity);
                     None
                 } else {
@@ -566,8 +570,10 @@ impl Reactor {
     /// Completes the upgrade: memberships first (events reach the dispatcher before
     /// the 101 is written), then the 101.
     fn open(&mut self, key: u32, up: crate::ws::handshake::Upgrade) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
         self.local.handshakes += 1;
-        let conn = &mut self.conns[key as usize];
         conn.phase = Phase::Open;
         let user = up.user.as_deref().map(|u| {
             let (m, name) = self.users.add(u, key);
@@ -816,7 +822,9 @@ impl Reactor {
         let reply = match client_msg::parse(payload) {
             Ok(ClientRequest::Ping) => client_msg::PONG_REPLY.to_string(),
             Ok(ClientRequest::Join(room)) => {
-                let conn = &self.conns[key as usize];
+                let Some(conn) = self.conns.get(key as usize) else {
+                    return;
+                };
                 let member = self
                     .rooms
                     .id(&room)
@@ -850,8 +858,11 @@ impl Reactor {
 
     /// Adds a connection to a room (the caller checked it is not a member).
     fn join_room(&mut self, key: u32, room: &str) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
         let (m, name) = self.rooms.add(room, key);
-        self.conns[key as usize].rooms.push(m);
+        conn.rooms.push(m);
         self.events.push(Event::Room {
             reactor: self.id,
             room: name,
@@ -864,7 +875,9 @@ impl Reactor {
         let Some(id) = self.rooms.id(room) else {
             return false;
         };
-        let conn = &mut self.conns[key as usize];
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return false;
+        };
         let Some(i) = conn.room_index(id) else {
             return false;
         };
@@ -890,7 +903,9 @@ impl Reactor {
 
     /// An open connection stops being one: out of every room and the user table.
     fn leave_all(&mut self, key: u32) {
-        let conn = &mut self.conns[key as usize];
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
         let rooms = std::mem::take(&mut conn.rooms);
         let user = std::mem::replace(&mut conn.user, Membership::NONE);
         for m in rooms {
@@ -1022,14 +1037,18 @@ impl Reactor {
                     Target::Room(name) => {
                         if let Some(id) = rooms.id(&name) {
                             for &key in rooms.members(id) {
-                                deliver(key, &mut conns[key as usize]);
+                                if let Some(conn) = conns.get_mut(key as usize) {
+                                    deliver(key, conn);
+                                }
                             }
                         }
                     }
                     Target::User(name) => {
                         if let Some(id) = users.id(&name) {
                             for &key in users.members(id) {
-                                deliver(key, &mut conns[key as usize]);
+                                if let Some(conn) = conns.get_mut(key as usize) {
+                                    deliver(key, conn);
+                                }
                             }
                         }
                     }
@@ -1040,7 +1059,9 @@ impl Reactor {
                 let keys = self.user_conns(&user);
                 let mut affected = 0;
                 for key in keys {
-                    let conn = &self.conns[key as usize];
+                    let Some(conn) = self.conns.get(key as usize) else {
+                        continue;
+                    };
                     let member = self
                         .rooms
                         .id(&room)
