@@ -4,10 +4,11 @@
 //! Kept from the reactors' events, so a push skips reactors with no recipient and a
 //! PUBLISH is answered with its recipient count without asking any reactor.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
+
+use crate::names::NameTable;
 
 /// Connection counts of one room or user: `(reactor, count)` pairs with count > 0,
 /// sorted by reactor. Inline for the common case of one reactor (most users hold one
@@ -15,11 +16,15 @@ use smallvec::SmallVec;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Counts {
     per_reactor: SmallVec<[(u32, u32); 1]>,
-    /// Sum of the counts.
-    pub total: u64,
 }
 
 impl Counts {
+    /// Connections over all reactors (summed on demand: a handful of pairs, and one
+    /// field less per user).
+    pub fn total(&self) -> u64 {
+        self.per_reactor.iter().map(|&(_, n)| n as u64).sum()
+    }
+
     /// Reactors that have at least one connection here.
     pub fn reactors(&self) -> impl Iterator<Item = usize> + '_ {
         self.per_reactor.iter().map(|&(r, _)| r as usize)
@@ -45,7 +50,6 @@ impl Counts {
         };
         let n = &mut self.per_reactor[i].1;
         let new = (*n as i64 + delta as i64).max(0) as u32;
-        self.total = self.total + new as u64 - *n as u64;
         *n = new;
         if new == 0 {
             self.per_reactor.remove(i);
@@ -56,51 +60,59 @@ impl Counts {
 /// Counts keyed by name; an entry disappears when its total reaches zero.
 pub struct CountTable {
     reactors: usize,
-    map: HashMap<Arc<str>, Counts>,
+    table: NameTable<Counts>,
 }
 
 impl CountTable {
     pub fn new(reactors: usize) -> CountTable {
         CountTable {
             reactors,
-            map: HashMap::new(),
+            table: NameTable::default(),
         }
     }
 
     pub fn get(&self, name: &str) -> Option<&Counts> {
-        self.map.get(name)
+        self.table.by_name(name)
     }
 
     /// The table's own copy of `name` (shared with pushes), if present.
     pub fn key(&self, name: &str) -> Option<Arc<str>> {
-        self.map.get_key_value(name).map(|(k, _)| k.clone())
+        let id = self.table.id(name)?;
+        self.table.get(id).map(|(n, _)| n.clone())
     }
 
     pub fn total(&self, name: &str) -> u64 {
-        self.map.get(name).map_or(0, |c| c.total)
+        self.get(name).map_or(0, Counts::total)
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.table.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.table.is_empty()
     }
 
     /// Sum of all totals.
     pub fn sum_totals(&self) -> u64 {
-        self.map.values().map(|c| c.total).sum()
+        self.table.iter().map(|(_, c)| c.total()).sum()
     }
 
     pub fn apply(&mut self, name: &Arc<str>, reactor: usize, delta: i32) {
         if reactor >= self.reactors {
             return;
         }
-        let counts = self.map.entry(name.clone()).or_default();
+        let id = match self.table.id(name) {
+            Some(id) => id,
+            None if delta > 0 => self.table.intern_shared(name, Counts::default),
+            None => return,
+        };
+        let Some(counts) = self.table.get_mut(id) else {
+            return;
+        };
         counts.apply(reactor, delta);
-        if counts.total == 0 {
-            self.map.remove(name);
+        if counts.per_reactor.is_empty() {
+            self.table.remove(id);
         }
     }
 }
@@ -117,7 +129,7 @@ mod tests {
         t.apply(&news, 2, 1);
         t.apply(&news, 2, 1);
         let c = t.get("news").unwrap();
-        assert_eq!(c.total, 3);
+        assert_eq!(c.total(), 3);
         assert_eq!(c.reactors().collect::<Vec<_>>(), vec![0, 2]);
         t.apply(&news, 0, -1);
         t.apply(&news, 2, -2);

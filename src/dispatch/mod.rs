@@ -487,7 +487,7 @@ impl Dispatcher {
                         let frame = push_frame(&payload);
                         let target = self.rooms.key(&room).unwrap_or_else(|| room.into());
                         let reactors: Vec<usize> = counts.reactors().collect();
-                        let total = counts.total;
+                        let total = counts.total();
                         for r in reactors {
                             self.add_to_batch(
                                 r,
@@ -529,7 +529,7 @@ impl Dispatcher {
                         let frame = push_frame(&payload);
                         let target = self.users.key(&user).unwrap_or_else(|| user.into());
                         let reactors: Vec<usize> = counts.reactors().collect();
-                        let total = counts.total;
+                        let total = counts.total();
                         for r in reactors {
                             self.add_to_batch(
                                 r,

@@ -6,11 +6,11 @@
 //! the hole and its stored position fixed by the caller. A group that empties is freed,
 //! so tables never keep names nobody uses.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use slab::Slab;
 use smallvec::SmallVec;
+
+use crate::names::NameTable;
 
 /// Where one connection sits in one group: the group's id and its index in the
 /// group's member list.
@@ -34,92 +34,71 @@ impl Membership {
     }
 }
 
-struct Group {
-    /// The interned name, shared with events sent to the dispatcher.
-    name: Arc<str>,
-    /// Slab keys of the member connections, in no particular order. Inline up to two:
-    /// most users have one or two connections, and a million users must not mean a
-    /// million tiny heap blocks.
-    members: SmallVec<[u32; 2]>,
-}
+/// Slab keys of a group's member connections, in no particular order. Inline up to
+/// two: most users have one or two connections, and a million users must not mean a
+/// million tiny heap blocks.
+type Members = SmallVec<[u32; 2]>;
 
 /// One kind of group (rooms, or users) in one reactor.
 #[derive(Default)]
 pub struct Groups {
-    /// Name → id, for lookups by name from pushes and client requests.
-    ids: HashMap<Arc<str>, u32>,
-    /// Id → group.
-    groups: Slab<Group>,
+    table: NameTable<Members>,
 }
 
 impl Groups {
     /// The id of the group called `name`, if it has members here.
     pub fn id(&self, name: &str) -> Option<u32> {
-        self.ids.get(name).copied()
+        self.table.id(name)
     }
 
     /// The interned name of group `id`.
     pub fn name(&self, id: u32) -> Option<&Arc<str>> {
-        self.groups.get(id as usize).map(|g| &g.name)
+        self.table.get(id).map(|(n, _)| n)
     }
 
     /// Member connections of group `id`.
     pub fn members(&self, id: u32) -> &[u32] {
-        self.groups
-            .get(id as usize)
-            .map(|g| g.members.as_slice())
-            .unwrap_or(&[])
+        self.table.get(id).map_or(&[], |(_, m)| m.as_slice())
     }
 
     /// Number of groups with at least one member.
     pub fn len(&self) -> usize {
-        self.groups.len()
+        self.table.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.groups.is_empty()
+        self.table.is_empty()
     }
 
     /// Adds connection `conn` to the group called `name`, creating it if needed.
     pub fn add(&mut self, name: &str, conn: u32) -> (Membership, Arc<str>) {
-        let id = match self.ids.get(name) {
-            Some(&id) => id,
-            None => {
-                let name: Arc<str> = Arc::from(name);
-                let id = self.groups.insert(Group {
-                    name: name.clone(),
-                    members: SmallVec::new(),
-                }) as u32;
-                self.ids.insert(name, id);
-                id
+        let id = self.table.intern(name, Members::new);
+        let pos = match self.table.get_mut(id) {
+            Some(members) => {
+                members.push(conn);
+                (members.len() - 1) as u32
             }
+            None => u32::MAX,
         };
-        let group = &mut self.groups[id as usize];
-        group.members.push(conn);
-        (
-            Membership {
-                group: id,
-                pos: (group.members.len() - 1) as u32,
-            },
-            group.name.clone(),
-        )
+        let name = self.name(id).cloned().unwrap_or_else(|| Arc::from(name));
+        (Membership { group: id, pos }, name)
     }
 
     /// Removes the member at `m`. Returns the group's name and, if another connection
     /// was moved into the freed position, that connection's key: the caller must set its
     /// stored position for this group to `m.pos`.
     pub fn remove(&mut self, m: Membership) -> Option<(Arc<str>, Option<u32>)> {
-        let group = self.groups.get_mut(m.group as usize)?;
+        let members = self.table.get_mut(m.group)?;
         let pos = m.pos as usize;
-        if pos >= group.members.len() {
+        if pos >= members.len() {
             return None;
         }
-        group.members.swap_remove(pos);
-        let moved = group.members.get(pos).copied();
-        let name = group.name.clone();
-        if group.members.is_empty() {
-            self.ids.remove(&name);
-            self.groups.remove(m.group as usize);
+        members.swap_remove(pos);
+        let moved = members.get(pos).copied();
+        let empty = members.is_empty();
+        let name = self.name(m.group).cloned()?;
+        if empty {
+            self.table.remove(m.group);
         }
         Some((name, moved))
     }
