@@ -89,7 +89,9 @@ start_server() {
     [ -n "$line" ] || die "server printed no ready line within 15 s (stdout: $(head -c 300 "$TMP/server.out"))"
     WS_ADDR=$(sed -n 's/.* ws=\([^ ]*\).*/\1/p' <<<"$line" | sed 's/^0\.0\.0\.0:/127.0.0.1:/')
     CONTROL_ADDR=$(sed -n 's/.* control=\([^ ]*\).*/\1/p' <<<"$line" | sed 's/^0\.0\.0\.0:/127.0.0.1:/')
-    [ -n "$WS_ADDR" ] && [ -n "$CONTROL_ADDR" ] || die "cannot parse ws=/control= from: $line"
+    if [ -z "$WS_ADDR" ] || [ -z "$CONTROL_ADDR" ]; then
+        die "cannot parse ws=/control= from: $line"
+    fi
     echo "== server pid $SERVER_PID ready: ws=$WS_ADDR control=$CONTROL_ADDR" >&2
 }
 
@@ -117,7 +119,7 @@ run_fanout() {
         echo '{"scenario":"fanout","problems":["run did not complete"]}' >"$TMP/$name.json"
         rc=2
     fi
-    [ "$rc" -gt "$worst" ] && worst=$rc
+    if [ "$rc" -gt "$worst" ]; then worst=$rc; fi
     jq --arg name "$name" '. + {run: $name}' "$TMP/$name.json" >"$TMP/$name.named.json"
 }
 

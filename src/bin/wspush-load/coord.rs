@@ -35,18 +35,28 @@ pub enum LoadError {
     Worker(u32, String),
     /// Workers that never sent their result within the grace period.
     Lost(Vec<u32>),
+    /// The per-subscriber receipt bitmaps would not fit in memory.
+    TooBig(u64),
 }
 
 impl std::fmt::Display for LoadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LoadError::BadUrl(u) => write!(f, "bad WebSocket URL {u:?} (expected ws://HOST:PORT/PATH)"),
+            LoadError::BadUrl(u) => {
+                write!(f, "bad WebSocket URL {u:?} (expected ws://HOST:PORT/PATH)")
+            }
             LoadError::Resolve(a, e) => write!(f, "cannot resolve {a:?}: {e}"),
             LoadError::Spawn(e) => write!(f, "cannot start worker process: {e}"),
             LoadError::Poll(e) => write!(f, "cannot create event loop: {e}"),
             LoadError::Publish(e) => write!(f, "publisher: {e}"),
             LoadError::Worker(i, e) => write!(f, "worker {i}: {e}"),
             LoadError::Lost(w) => write!(f, "workers {w:?} sent no result (crashed or stuck)"),
+            LoadError::TooBig(b) => write!(
+                f,
+                "tracking every message for every subscriber needs {} MiB (max {} MiB): fewer messages or subscribers, or more rooms",
+                b >> 20,
+                MAX_BITMAP_BYTES >> 20
+            ),
         }
     }
 }
@@ -57,6 +67,10 @@ const COLLECT_GRACE_NS: u64 = 15_000_000_000;
 const SETTLE_NS: u64 = 200_000_000;
 /// A worker stops by itself this long after the coordinator's own deadline.
 const WORKER_SLACK_NS: u64 = 20_000_000_000;
+
+/// Bound on the memory spent on receipt bitmaps (one bit per subscriber and message of its
+/// room), over all workers.
+const MAX_BITMAP_BYTES: u64 = 1 << 30;
 
 /// `host:port` of a `ws://` URL (port 80 by default).
 pub fn url_authority(url: &str) -> Result<String, LoadError> {
@@ -114,6 +128,18 @@ pub fn plan_for(cmd: &Command, index: u32, workers: u32) -> Result<Plan, LoadErr
         ),
         Command::Echo(a) => (&a.url, a.c, Mode::Echo { bytes: a.b }, common.connect_rate),
     };
+    if let Mode::Fanout {
+        rooms,
+        messages,
+        broadcast,
+    } = mode
+    {
+        let per_sub = worker::stream_len(0, rooms, broadcast, messages as u64);
+        let bytes = total as u64 * per_sub.div_ceil(64) * 8;
+        if bytes > MAX_BITMAP_BYTES {
+            return Err(LoadError::TooBig(bytes));
+        }
+    }
     let addr = resolve(&url_authority(url)?)?;
     Ok(Plan {
         index,
@@ -246,10 +272,11 @@ fn spawn_workers(cmd: &Command, tx: &Sender<Event>) -> Result<Vec<Handle>, LoadE
             std::thread::spawn(move || {
                 for line in BufReader::new(out).lines() {
                     let Ok(line) = line else { break };
-                    let ev = serde_json::from_str::<Event>(&line).unwrap_or_else(|e| Event::Fatal {
-                        worker: i,
-                        error: format!("unreadable report line ({e}): {line}"),
-                    });
+                    let ev =
+                        serde_json::from_str::<Event>(&line).unwrap_or_else(|e| Event::Fatal {
+                            worker: i,
+                            error: format!("unreadable report line ({e}): {line}"),
+                        });
                     if tx.send(ev).is_err() {
                         break;
                     }
@@ -353,22 +380,31 @@ struct Progress {
 }
 
 impl Progress {
-    fn line(&mut self, now: u64, c: &Counters, phase: &str) -> String {
+    fn line(&mut self, now: u64, c: &Counters, phase: &str, scenario: &str) -> String {
         let dt = (now.saturating_sub(self.last_ns) as f64 / 1e9).max(1e-3);
         let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
-        let line = format!(
-            "[{:>4.0}s] {phase:<10} open {}/{} (+{:.0}/s)  failed {}  dropped {}  delivered {} (+{:.0}/s)  round trips {} (+{:.0}/s)",
+        let mut line = format!(
+            "[{:>4.0}s] {phase:<10} open {}/{} (+{:.0}/s)  failed {}  dropped {}",
             now.saturating_sub(self.start_ns) as f64 / 1e9,
             c.open,
             self.requested,
             rate(c.handshakes, self.last.handshakes),
             c.failed,
             c.dropped,
-            c.delivered,
-            rate(c.delivered, self.last.delivered),
-            c.round_trips,
-            rate(c.round_trips, self.last.round_trips),
         );
+        match scenario {
+            "fanout" => line.push_str(&format!(
+                "  delivered {} (+{:.0}/s)",
+                c.delivered,
+                rate(c.delivered, self.last.delivered)
+            )),
+            "echo" => line.push_str(&format!(
+                "  round trips {} (+{:.0}/s)",
+                c.round_trips,
+                rate(c.round_trips, self.last.round_trips)
+            )),
+            _ => {}
+        }
         self.last_ns = now;
         self.last = c.clone();
         line
@@ -540,7 +576,10 @@ pub fn run(cmd: &Command, show_progress: bool) -> Result<Report, LoadError> {
                             continue;
                         }
                         Err(_) => {
-                            outcome = Err(LoadError::Worker(u32::MAX, "publisher thread panicked".into()));
+                            outcome = Err(LoadError::Worker(
+                                u32::MAX,
+                                "publisher thread panicked".into(),
+                            ));
                             phase = stop_all(&mut handles, Some(0), now);
                             continue;
                         }
@@ -571,7 +610,10 @@ pub fn run(cmd: &Command, show_progress: bool) -> Result<Report, LoadError> {
         if now >= next_tick {
             next_tick = now + 1_000_000_000;
             if show_progress {
-                eprintln!("{}", progress.line(now, &board.total(), phase.label()));
+                eprintln!(
+                    "{}",
+                    progress.line(now, &board.total(), phase.label(), cmd.name())
+                );
             }
         }
         let mut wake = next_tick.min(deadline_ns);
@@ -726,9 +768,10 @@ fn build_report(i: Inputs) -> Report {
         report.problems.push("no connection opened".into());
     }
     if i.hit_bound {
-        report
-            .problems
-            .push(format!("stopped by --duration {} before the scenario finished", common.duration));
+        report.problems.push(format!(
+            "stopped by --duration {} before the scenario finished",
+            common.duration
+        ));
     }
     let mut server = common.pid.map(|pid| ServerReport {
         pid,
@@ -762,9 +805,10 @@ fn build_report(i: Inputs) -> Report {
                 mismatches: m.echo_mismatches,
             });
             if m.echo_mismatches > 0 {
-                report
-                    .problems
-                    .push(format!("{} echoes did not match what was sent", m.echo_mismatches));
+                report.problems.push(format!(
+                    "{} echoes did not match what was sent",
+                    m.echo_mismatches
+                ));
             }
         }
         Command::Fanout(a) => {
@@ -781,7 +825,11 @@ fn build_report(i: Inputs) -> Report {
             } else {
                 i.publish_started_ns
             };
-            let span = i.last_delivery_ns.max(p.last_reply_ns).saturating_sub(first) as f64 / 1e9;
+            let span = i
+                .last_delivery_ns
+                .max(p.last_reply_ns)
+                .saturating_sub(first) as f64
+                / 1e9;
             let rate = |n: u64| if span > 0.0 { n as f64 / span } else { 0.0 };
             report.fanout = Some(FanoutReport {
                 subscribers: check.subscribers,
@@ -811,7 +859,10 @@ fn build_report(i: Inputs) -> Report {
                 (check.lost, "lost"),
                 (check.reordered, "reordered"),
                 (check.duplicated, "duplicated"),
-                (check.foreign, "delivered to a subscriber outside the message's room"),
+                (
+                    check.foreign,
+                    "delivered to a subscriber outside the message's room",
+                ),
                 (check.malformed, "malformed"),
                 (p.errors, "control errors"),
             ] {
@@ -830,9 +881,11 @@ fn build_report(i: Inputs) -> Report {
                     p.queued, check.expected
                 ));
             }
-            if let (Some(s), Some(b), Some(e)) =
-                (server.as_mut(), i.before_publish.as_ref(), i.after_publish.as_ref())
-            {
+            if let (Some(s), Some(b), Some(e)) = (
+                server.as_mut(),
+                i.before_publish.as_ref(),
+                i.after_publish.as_ref(),
+            ) {
                 if let (Some(x), Some(y)) = (b.cpu, e.cpu) {
                     let cpu = (y - x).max(0.0);
                     s.cpu_seconds = Some(cpu);
@@ -865,7 +918,10 @@ mod tests {
 
     #[test]
     fn authority_defaults_to_port_80() {
-        assert_eq!(url_authority("ws://localhost/ws").ok(), Some("localhost:80".into()));
+        assert_eq!(
+            url_authority("ws://localhost/ws").ok(),
+            Some("localhost:80".into())
+        );
     }
 
     #[test]

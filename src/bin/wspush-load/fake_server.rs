@@ -46,6 +46,8 @@ fn query_rooms(uri: &str) -> Vec<String> {
         .collect()
 }
 
+// The callback's error type is tungstenite's `ErrorResponse`, not ours to shrink.
+#[allow(clippy::result_large_err)]
 fn serve_ws(stream: TcpStream, echo: bool, members: Arc<Mutex<Vec<Member>>>) {
     let mut uri = String::new();
     let cb = |req: &Request, resp: Response| {
@@ -246,7 +248,12 @@ fn conns_counts_http_rejections_by_status() {
         "conns --url ws://{addr}/ws -n 3 --rate 0 --hold 0 --duration 10"
     ));
     let r = coord::run(&cmd, false).unwrap();
-    assert_eq!(r.connections.failures.get("http 503"), Some(&3), "{}", r.human());
+    assert_eq!(
+        r.connections.failures.get("http 503"),
+        Some(&3),
+        "{}",
+        r.human()
+    );
 }
 
 #[test]

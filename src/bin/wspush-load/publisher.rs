@@ -98,7 +98,11 @@ pub fn publish(
     let mut stream = TcpStream::from_std(std_stream);
     let mut poll = Poll::new().map_err(PublishError::Io)?;
     poll.registry()
-        .register(&mut stream, CONTROL, Interest::READABLE | Interest::WRITABLE)
+        .register(
+            &mut stream,
+            CONTROL,
+            Interest::READABLE | Interest::WRITABLE,
+        )
         .map_err(PublishError::Io)?;
     let mut events = Events::with_capacity(16);
     let mut out: Vec<u8> = Vec::new();

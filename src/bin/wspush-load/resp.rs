@@ -276,17 +276,26 @@ mod tests {
 
     #[test]
     fn unknown_type_byte_is_an_error() {
-        assert!(matches!(parse_reply(b"!x\r\n"), Err(RespError::UnknownType(b'!'))));
+        assert!(matches!(
+            parse_reply(b"!x\r\n"),
+            Err(RespError::UnknownType(b'!'))
+        ));
     }
 
     #[test]
     fn non_numeric_integer_is_an_error() {
-        assert!(matches!(parse_reply(b":abc\r\n"), Err(RespError::BadNumber(_))));
+        assert!(matches!(
+            parse_reply(b":abc\r\n"),
+            Err(RespError::BadNumber(_))
+        ));
     }
 
     #[test]
     fn bulk_without_trailing_crlf_is_an_error() {
-        assert!(matches!(parse_reply(b"$2\r\nabXY"), Err(RespError::MissingCrlf)));
+        assert!(matches!(
+            parse_reply(b"$2\r\nabXY"),
+            Err(RespError::MissingCrlf)
+        ));
     }
 
     #[test]

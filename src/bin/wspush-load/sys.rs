@@ -34,7 +34,7 @@ pub fn raise_nofile() -> std::io::Result<(u64, u64)> {
             return Err(std::io::Error::last_os_error());
         }
     }
-    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+    Ok((lim.rlim_cur, lim.rlim_max))
 }
 
 fn sysconf(name: libc::c_int, fallback: u64) -> u64 {
@@ -114,7 +114,8 @@ mod tests {
 
     #[test]
     fn sockstat_tcp_mem_is_the_value_after_mem() {
-        let s = "sockets: used 300\nTCP: inuse 12 orphan 0 tw 3 alloc 20 mem 7\nUDP: inuse 1 mem 2\n";
+        let s =
+            "sockets: used 300\nTCP: inuse 12 orphan 0 tw 3 alloc 20 mem 7\nUDP: inuse 1 mem 2\n";
         assert_eq!(parse_sockstat_tcp_mem(s), Some(7));
     }
 

@@ -481,7 +481,10 @@ impl Worker<'_> {
         &mut self,
         key: usize,
         r: Result<
-            (WebSocket<TcpStream>, tungstenite::handshake::client::Response),
+            (
+                WebSocket<TcpStream>,
+                tungstenite::handshake::client::Response,
+            ),
             HandshakeError<ClientHandshake<TcpStream>>,
         >,
     ) {
@@ -597,8 +600,7 @@ impl Worker<'_> {
                 let Some(sub) = self.conns.get_mut(key).and_then(|c| c.sub.as_mut()) else {
                     return false;
                 };
-                if seq >= messages as u64 || (!broadcast && seq % rooms as u64 != sub.room as u64)
-                {
+                if seq >= messages as u64 || (!broadcast && seq % rooms as u64 != sub.room as u64) {
                     self.check.foreign += 1;
                     return false;
                 }
@@ -670,10 +672,13 @@ impl Worker<'_> {
         {
             let published = published.unwrap_or(messages as u64).min(messages as u64);
             let mut check = std::mem::take(&mut self.check);
-            let open = self.conns.iter().filter_map(|(_, c)| match (&c.sub, &c.phase) {
-                (Some(sub), Phase::Open(_)) => Some((sub.room, sub.received)),
-                _ => None,
-            });
+            let open = self
+                .conns
+                .iter()
+                .filter_map(|(_, c)| match (&c.sub, &c.phase) {
+                    (Some(sub), Phase::Open(_)) => Some((sub.room, sub.received)),
+                    _ => None,
+                });
             // Subscribers dropped after their handshake lose what they did not get.
             let all: Vec<(u32, u64)> = open.chain(self.dropped_subs.iter().copied()).collect();
             for (room, received) in all {
@@ -684,7 +689,8 @@ impl Worker<'_> {
             }
             self.result.fanout = Some(check);
         }
-        self.result.counters.delivered = self.result.counters.delivered.max(self.delivered_reported);
+        self.result.counters.delivered =
+            self.result.counters.delivered.max(self.delivered_reported);
         let result = self.result.clone();
         self.sink.emit(Event::Done {
             worker: self.plan.index,
