@@ -35,6 +35,8 @@ pub enum LoadError {
     Worker(u32, String),
     /// Workers that never sent their result within the grace period.
     Lost(Vec<u32>),
+    /// The per-subscriber receipt bitmaps would not fit in memory.
+    TooBig(u64),
 }
 
 impl std::fmt::Display for LoadError {
@@ -49,6 +51,12 @@ impl std::fmt::Display for LoadError {
             LoadError::Publish(e) => write!(f, "publisher: {e}"),
             LoadError::Worker(i, e) => write!(f, "worker {i}: {e}"),
             LoadError::Lost(w) => write!(f, "workers {w:?} sent no result (crashed or stuck)"),
+            LoadError::TooBig(b) => write!(
+                f,
+                "tracking every message for every subscriber needs {} MiB (max {} MiB): fewer messages or subscribers, or more rooms",
+                b >> 20,
+                MAX_BITMAP_BYTES >> 20
+            ),
         }
     }
 }
@@ -59,6 +67,10 @@ const COLLECT_GRACE_NS: u64 = 15_000_000_000;
 const SETTLE_NS: u64 = 200_000_000;
 /// A worker stops by itself this long after the coordinator's own deadline.
 const WORKER_SLACK_NS: u64 = 20_000_000_000;
+
+/// Bound on the memory spent on receipt bitmaps (one bit per subscriber and message of its
+/// room), over all workers.
+const MAX_BITMAP_BYTES: u64 = 1 << 30;
 
 /// `host:port` of a `ws://` URL (port 80 by default).
 pub fn url_authority(url: &str) -> Result<String, LoadError> {
@@ -116,6 +128,18 @@ pub fn plan_for(cmd: &Command, index: u32, workers: u32) -> Result<Plan, LoadErr
         ),
         Command::Echo(a) => (&a.url, a.c, Mode::Echo { bytes: a.b }, common.connect_rate),
     };
+    if let Mode::Fanout {
+        rooms,
+        messages,
+        broadcast,
+    } = mode
+    {
+        let per_sub = worker::stream_len(0, rooms, broadcast, messages as u64);
+        let bytes = total as u64 * per_sub.div_ceil(64) * 8;
+        if bytes > MAX_BITMAP_BYTES {
+            return Err(LoadError::TooBig(bytes));
+        }
+    }
     let addr = resolve(&url_authority(url)?)?;
     Ok(Plan {
         index,
@@ -356,22 +380,31 @@ struct Progress {
 }
 
 impl Progress {
-    fn line(&mut self, now: u64, c: &Counters, phase: &str) -> String {
+    fn line(&mut self, now: u64, c: &Counters, phase: &str, scenario: &str) -> String {
         let dt = (now.saturating_sub(self.last_ns) as f64 / 1e9).max(1e-3);
         let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
-        let line = format!(
-            "[{:>4.0}s] {phase:<10} open {}/{} (+{:.0}/s)  failed {}  dropped {}  delivered {} (+{:.0}/s)  round trips {} (+{:.0}/s)",
+        let mut line = format!(
+            "[{:>4.0}s] {phase:<10} open {}/{} (+{:.0}/s)  failed {}  dropped {}",
             now.saturating_sub(self.start_ns) as f64 / 1e9,
             c.open,
             self.requested,
             rate(c.handshakes, self.last.handshakes),
             c.failed,
             c.dropped,
-            c.delivered,
-            rate(c.delivered, self.last.delivered),
-            c.round_trips,
-            rate(c.round_trips, self.last.round_trips),
         );
+        match scenario {
+            "fanout" => line.push_str(&format!(
+                "  delivered {} (+{:.0}/s)",
+                c.delivered,
+                rate(c.delivered, self.last.delivered)
+            )),
+            "echo" => line.push_str(&format!(
+                "  round trips {} (+{:.0}/s)",
+                c.round_trips,
+                rate(c.round_trips, self.last.round_trips)
+            )),
+            _ => {}
+        }
         self.last_ns = now;
         self.last = c.clone();
         line
@@ -577,7 +610,10 @@ pub fn run(cmd: &Command, show_progress: bool) -> Result<Report, LoadError> {
         if now >= next_tick {
             next_tick = now + 1_000_000_000;
             if show_progress {
-                eprintln!("{}", progress.line(now, &board.total(), phase.label()));
+                eprintln!(
+                    "{}",
+                    progress.line(now, &board.total(), phase.label(), cmd.name())
+                );
             }
         }
         let mut wake = next_tick.min(deadline_ns);

@@ -46,6 +46,8 @@ fn query_rooms(uri: &str) -> Vec<String> {
         .collect()
 }
 
+// The callback's error type is tungstenite's `ErrorResponse`, not ours to shrink.
+#[allow(clippy::result_large_err)]
 fn serve_ws(stream: TcpStream, echo: bool, members: Arc<Mutex<Vec<Member>>>) {
     let mut uri = String::new();
     let cb = |req: &Request, resp: Response| {

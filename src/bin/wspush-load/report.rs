@@ -227,22 +227,34 @@ impl Report {
         if let Some(v) = &self.server {
             let _ = writeln!(
                 s,
-                "server {}    RSS {} -> {} bytes = {} B/conn; kernel TCP mem {} -> {} bytes = {} B/conn",
+                "server pid    {}  RSS {} -> {} bytes",
                 v.pid,
                 opt(v.rss_before_bytes),
-                opt(v.rss_after_bytes),
-                opt_f(v.user_bytes_per_conn, 0),
-                opt(v.tcp_mem_before_bytes),
-                opt(v.tcp_mem_after_bytes),
-                opt_f(v.kernel_bytes_per_conn, 0)
+                opt(v.rss_after_bytes)
             );
+            if v.user_bytes_per_conn.is_some() || v.kernel_bytes_per_conn.is_some() {
+                let _ = writeln!(
+                    s,
+                    "memory/conn   user {} B (RSS delta / opened); kernel TCP {} B (sockstat mem {} -> {} bytes, both ends)",
+                    opt_f(v.user_bytes_per_conn, 0),
+                    opt_f(v.kernel_bytes_per_conn, 0),
+                    opt(v.tcp_mem_before_bytes),
+                    opt(v.tcp_mem_after_bytes)
+                );
+            }
             if v.cpu_seconds.is_some() {
                 let _ = writeln!(
                     s,
-                    "server CPU    {} s = {} us/delivery, {} us/message; writev {} for {} deliveries = {}/delivery",
+                    "server CPU    {} s = {} us/delivery, {} us/message",
                     opt_f(v.cpu_seconds, 3),
                     opt_f(v.cpu_us_per_delivery, 3),
                     opt_f(v.cpu_us_per_message, 1),
+                );
+            }
+            if v.writev_calls.is_some() || v.info_deliveries.is_some() {
+                let _ = writeln!(
+                    s,
+                    "server writev {} calls for {} deliveries = {}/delivery (INFO)",
                     opt(v.writev_calls),
                     opt(v.info_deliveries),
                     opt_f(v.writev_per_delivery, 3)

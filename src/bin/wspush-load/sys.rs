@@ -34,7 +34,7 @@ pub fn raise_nofile() -> std::io::Result<(u64, u64)> {
             return Err(std::io::Error::last_os_error());
         }
     }
-    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+    Ok((lim.rlim_cur, lim.rlim_max))
 }
 
 fn sysconf(name: libc::c_int, fallback: u64) -> u64 {

@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# bench-compare.sh — the same connection and fan-out scenarios against wspush and against
+# the tokio baseline (benches/baseline, binary wspush-baseline), side by side with ratios.
+#
+# For each server, and for each scenario, a fresh server process is started on free
+# loopback ports (so RSS "before" is a freshly started server), driven by wspush-load, and
+# stopped by its PID:
+#   conns     CONNS connections over PROCS load processes at RATE/s (0 = as fast as
+#             possible: the achieved rate is then the server's handshake capacity), held
+#             HOLD s; handshakes/s, handshake p99, user and kernel bytes per connection
+#   rooms     SUBS subscribers in ROOMS rooms, MESSAGES publishes of BYTES bytes
+#   broadcast SUBS subscribers, BCAST_MESSAGES broadcasts of BYTES bytes
+# Prints one table (ratio = wspush / baseline, and which side is better) and writes
+# bench-results/compare-<time>.json. It only ever talks to 127.0.0.0/8 and only stops the
+# servers it started.
+#
+# Environment (defaults fit a 2-core machine with 20,000 fds per process):
+#   CONNS=15000 PROCS=2 RATE=0 HOLD=5 SRC=127.0.0.2-127.0.0.20
+#   SUBS=10000 ROOMS=10 MESSAGES=1000 BCAST_MESSAGES=200 BYTES=100 WINDOW=64
+#   FANOUT_PROCS=1 CONNECT_RATE=3000 THREADS=2 DURATION=180
+#   WSPUSH_BIN=target/release/wspush  WSPUSH_ARGS=
+#   BASELINE_BIN=benches/baseline/target/release/wspush-baseline  BASELINE_ARGS=
+#   SKIP_BUILD=      set to 1 to use the binaries already built
+# Exit status: 0 when every run was clean, 1 when some run found problems (they are listed),
+# 2 when a run could not be carried out.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CONNS=${CONNS:-15000}
+PROCS=${PROCS:-2}
+RATE=${RATE:-0}
+HOLD=${HOLD:-5}
+SRC=${SRC:-127.0.0.2-127.0.0.20}
+SUBS=${SUBS:-10000}
+ROOMS=${ROOMS:-10}
+MESSAGES=${MESSAGES:-1000}
+BCAST_MESSAGES=${BCAST_MESSAGES:-200}
+BYTES=${BYTES:-100}
+WINDOW=${WINDOW:-64}
+FANOUT_PROCS=${FANOUT_PROCS:-1}
+CONNECT_RATE=${CONNECT_RATE:-3000}
+THREADS=${THREADS:-2}
+DURATION=${DURATION:-180}
+WSPUSH_BIN=${WSPUSH_BIN:-target/release/wspush}
+WSPUSH_ARGS=${WSPUSH_ARGS:-}
+BASELINE_BIN=${BASELINE_BIN:-benches/baseline/target/release/wspush-baseline}
+BASELINE_ARGS=${BASELINE_ARGS:-}
+LOAD_BIN=target/release/wspush-load
+
+die() { echo "bench-compare: $*" >&2; exit 2; }
+
+if [ -z "${SKIP_BUILD:-}" ]; then
+    echo "== cargo build --release --bins" >&2
+    cargo build --release --bins >&2 || die "release build of wspush failed"
+    [ -f benches/baseline/Cargo.toml ] || die "benches/baseline/Cargo.toml is missing: the baseline crate is not in this tree"
+    echo "== cargo build --release --manifest-path benches/baseline/Cargo.toml" >&2
+    cargo build --release --manifest-path benches/baseline/Cargo.toml >&2 || die "release build of the baseline failed"
+fi
+[ -x "$WSPUSH_BIN" ] || die "no wspush binary at $WSPUSH_BIN"
+[ -x "$BASELINE_BIN" ] || die "no baseline binary at $BASELINE_BIN"
+[ -x "$LOAD_BIN" ] || die "no load generator at $LOAD_BIN"
+command -v jq >/dev/null || die "jq is needed to print the table (apt-get install jq)"
+
+ulimit -n "$(ulimit -Hn)"
+
+TMP=$(mktemp -d)
+SERVER_PID=
+stop_server() {
+    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 1 100); do
+            kill -0 "$SERVER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$SERVER_PID" 2>/dev/null; then
+            echo "bench-compare: server $SERVER_PID ignored SIGTERM for 10 s, sending SIGKILL" >&2
+            kill -KILL "$SERVER_PID" 2>/dev/null || true
+        fi
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    SERVER_PID=
+}
+trap 'stop_server; rm -rf "$TMP"' EXIT
+
+# start_server BIN ARGS... — sets SERVER_PID, WS_ADDR, CONTROL_ADDR.
+start_server() {
+    "$@" --listen 127.0.0.1:0 --control 127.0.0.1:0 >"$TMP/server.out" 2>"$TMP/server.err" &
+    SERVER_PID=$!
+    local line=
+    for _ in $(seq 1 150); do
+        line=$(grep -m1 ' ready: ' "$TMP/server.out" 2>/dev/null || true)
+        [ -n "$line" ] && break
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+            echo "bench-compare: $1 exited before its ready line; its stderr:" >&2
+            cat "$TMP/server.err" >&2
+            SERVER_PID=
+            exit 2
+        fi
+        sleep 0.1
+    done
+    [ -n "$line" ] || die "$1 printed no ready line within 15 s (stdout: $(head -c 300 "$TMP/server.out"))"
+    WS_ADDR=$(sed -n 's/.* ws=\([^ ]*\).*/\1/p' <<<"$line" | sed 's/^0\.0\.0\.0:/127.0.0.1:/')
+    CONTROL_ADDR=$(sed -n 's/.* control=\([^ ]*\).*/\1/p' <<<"$line" | sed 's/^0\.0\.0\.0:/127.0.0.1:/')
+    if [ -z "$WS_ADDR" ] || [ -z "$CONTROL_ADDR" ]; then
+        die "cannot parse ws=/control= from: $line"
+    fi
+    echo "== $1 pid $SERVER_PID ready: ws=$WS_ADDR control=$CONTROL_ADDR" >&2
+}
+
+worst=0
+# record OUT RC — keeps the worst exit status; an incomplete run leaves a placeholder.
+record() {
+    local out=$1 rc=$2
+    if [ "$rc" -eq 2 ] || ! jq -e . "$out" >/dev/null 2>&1; then
+        echo "bench-compare: run $(basename "$out" .json) did not complete (exit $rc); see above" >&2
+        echo '{"problems":["run did not complete"]}' >"$out"
+        rc=2
+    fi
+    if [ "$rc" -gt "$worst" ]; then worst=$rc; fi
+}
+
+# run_side NAME BIN ARGS — the three scenarios against one server implementation.
+run_side() {
+    local name=$1 bin=$2 args=$3 rc
+    # shellcheck disable=SC2086 # args is a list of flags
+    start_server "$bin" --threads "$THREADS" $args
+    echo "== $name: conns ($CONNS at rate $RATE over $PROCS processes)" >&2
+    rc=0
+    "$LOAD_BIN" conns --url "ws://$WS_ADDR/ws" -n "$CONNS" --rate "$RATE" --hold "$HOLD" \
+        --procs "$PROCS" --src "$SRC" --pid "$SERVER_PID" --duration "$DURATION" --json \
+        >"$TMP/$name-conns.json" || rc=$?
+    record "$TMP/$name-conns.json" "$rc"
+    stop_server
+
+    local kind
+    for kind in rooms broadcast; do
+        local flags=(-r "$ROOMS" -m "$MESSAGES")
+        [ "$kind" = broadcast ] && flags=(-r 1 -m "$BCAST_MESSAGES" --broadcast)
+        # shellcheck disable=SC2086
+        start_server "$bin" --threads "$THREADS" $args
+        echo "== $name: fanout $kind (${flags[*]})" >&2
+        rc=0
+        "$LOAD_BIN" fanout --url "ws://$WS_ADDR/ws" --control "$CONTROL_ADDR" -s "$SUBS" \
+            -b "$BYTES" --window "$WINDOW" --procs "$FANOUT_PROCS" --connect-rate "$CONNECT_RATE" \
+            --src "$SRC" --pid "$SERVER_PID" --duration "$DURATION" --json "${flags[@]}" \
+            >"$TMP/$name-$kind.json" || rc=$?
+        record "$TMP/$name-$kind.json" "$rc"
+        stop_server
+    done
+}
+
+run_side wspush "$WSPUSH_BIN" "$WSPUSH_ARGS"
+run_side baseline "$BASELINE_BIN" "$BASELINE_ARGS"
+
+mkdir -p bench-results
+JSON=bench-results/compare-$(date +%Y%m%d-%H%M%S).json
+jq -n \
+    --slurpfile wc "$TMP/wspush-conns.json" --slurpfile wr "$TMP/wspush-rooms.json" \
+    --slurpfile wb "$TMP/wspush-broadcast.json" --slurpfile bc "$TMP/baseline-conns.json" \
+    --slurpfile br "$TMP/baseline-rooms.json" --slurpfile bb "$TMP/baseline-broadcast.json" \
+    '{wspush: {conns: $wc[0], rooms: $wr[0], broadcast: $wb[0]},
+      baseline: {conns: $bc[0], rooms: $br[0], broadcast: $bb[0]}}' >"$JSON"
+
+echo
+echo "wspush vs baseline ($CONNS conns over $PROCS procs at rate $RATE; $SUBS subscribers, $BYTES B; --threads $THREADS)"
+jq -r '
+  def f(d): if . == null then "n/a" else (. * pow(10; d) | round) / pow(10; d) | tostring end;
+  # row(name; path; digits; higher_is_better)
+  def row(name; p; d; hib):
+    (.wspush | p) as $w | (.baseline | p) as $b
+    | [name, ($w | f(d)), ($b | f(d)),
+       (if $w == null or $b == null or $b == 0 then "n/a" else ($w / $b | f(2)) end),
+       (if $w == null or $b == null then ""
+        elif $w == $b then "="
+        elif ($w > $b) == hib then "wspush" else "baseline" end)];
+  ["metric", "wspush", "baseline", "ratio", "better"],
+  row("handshakes/s"; .conns.connections.handshakes_per_s; 0; true),
+  row("handshake p99 ms"; .conns.connections.handshake.p99_ms; 3; false),
+  row("connections failed"; .conns.connections.failed; 0; false),
+  row("user bytes/conn"; .conns.server.user_bytes_per_conn; 0; false),
+  row("kernel TCP bytes/conn"; .conns.server.kernel_bytes_per_conn; 0; false),
+  row("rooms deliveries/s"; .rooms.fanout.deliveries_per_s; 0; true),
+  row("rooms CPU us/delivery"; .rooms.server.cpu_us_per_delivery; 3; false),
+  row("rooms latency p99 ms"; .rooms.fanout.latency.p99_ms; 3; false),
+  row("rooms last receipt p99 ms"; .rooms.fanout.last_receipt.p99_ms; 3; false),
+  row("broadcast deliveries/s"; .broadcast.fanout.deliveries_per_s; 0; true),
+  row("broadcast CPU us/delivery"; .broadcast.server.cpu_us_per_delivery; 3; false),
+  row("broadcast latency p99 ms"; .broadcast.fanout.latency.p99_ms; 3; false),
+  row("broadcast last receipt p99 ms"; .broadcast.fanout.last_receipt.p99_ms; 3; false)
+  | @tsv' "$JSON" | column -t -s $'\t'
+jq -r 'to_entries[] | .key as $side | .value | to_entries[] | .key as $run
+       | (.value.problems // [])[] | "PROBLEM (\($side) \($run)): \(.)"' "$JSON"
+echo
+echo "results: $JSON"
+exit "$worst"
