@@ -56,6 +56,29 @@ impl Lcg {
     }
 }
 
+/// Raises this process's open-file soft limit to its hard limit (the server,
+/// started afterwards, inherits it): the fan-out test holds 2,000 sockets here and
+/// 2,000 in the server, past the common default of 1,024.
+fn raise_fd_limit(needed: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+        }
+    }
+    assert!(
+        lim.rlim_cur >= needed,
+        "this test needs {needed} open files; the hard limit is {}",
+        lim.rlim_cur
+    );
+}
+
 const FANOUT_SUBSCRIBERS: usize = 2000;
 const FANOUT_ROOMS: usize = 20;
 const FANOUT_PUBLISHES: usize = 1000;
@@ -63,6 +86,7 @@ const FANOUT_READERS: usize = 20;
 
 #[test]
 fn every_subscriber_receives_exactly_its_rooms_messages_in_publish_order() {
+    raise_fd_limit(2 * FANOUT_SUBSCRIBERS as u64 + 200);
     let server = Server::start(&["--threads", "2"]);
     let mut rng = Lcg(0x5eed);
 
