@@ -1,0 +1,266 @@
+//! Slow consumers: a subscriber that stops reading is bounded by `--max-pending`
+//! (closed with 1008 under `--slow-policy close`, its pushes dropped under `drop`),
+//! never slows down a subscriber that keeps reading, and never makes the server's
+//! memory grow without bound.
+//!
+//! The kernel buffers a lot on loopback (the server's send buffer can reach
+//! megabytes), so the tests do not guess how much to push: they publish in batches
+//! until INFO shows the policy acted, with a hard cap so a server that never acts
+//! fails instead of running forever. The publisher is paced by the fast
+//! subscriber's progress, which is what "a subscriber that keeps up" means.
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use socket2::{Domain, Socket, Type};
+use tungstenite::Message;
+
+const PAYLOAD: usize = 1024;
+const BATCH: usize = 100;
+/// Publish at least this many messages before looking at INFO.
+const MIN_MESSAGES: usize = 2000;
+/// Give up (and fail) after this many: 64 MiB at 1 KiB each.
+const MAX_MESSAGES: usize = 64 << 10;
+
+/// A 1 KiB text payload that carries its sequence number in its first 8 bytes.
+fn payload(seq: usize) -> String {
+    let mut p = format!("{seq:08}");
+    p.extend(std::iter::repeat_n('x', PAYLOAD - p.len()));
+    p
+}
+
+/// The sequence number of a payload made by [`payload`], if it is one.
+fn seq_of(p: &[u8]) -> Option<usize> {
+    if p.len() != PAYLOAD || p[8..].iter().any(|&b| b != b'x') {
+        return None;
+    }
+    std::str::from_utf8(&p[..8]).ok()?.parse().ok()
+}
+
+/// Upgrades a raw socket with a tiny receive buffer, so that little of what the
+/// server sends to a non-reader can hide in the client's kernel buffer.
+fn raw_upgrade_small_rcvbuf(addr: SocketAddr, query: &str) -> TcpStream {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.connect(&addr.into()).expect("connect");
+    let mut s: TcpStream = socket.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        format!(
+            "GET /ws{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let head = read_http_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s
+}
+
+/// A subscriber that keeps reading: it counts the in-order payloads it gets
+/// until `end`, and fails on any gap, duplicate, reorder or close. It hands the
+/// socket back so the connection outlives the thread.
+fn spawn_fast_reader(
+    mut ws: Ws,
+    received: Arc<AtomicUsize>,
+) -> thread::JoinHandle<(Ws, Result<usize, String>)> {
+    thread::spawn(move || {
+        let result = read_in_order(&mut ws, &received);
+        (ws, result)
+    })
+}
+
+fn read_in_order(ws: &mut Ws, received: &AtomicUsize) -> Result<usize, String> {
+    loop {
+        let msg = match ws.read() {
+            Ok(m) => m,
+            Err(e) => return Err(format!("fast subscriber: {e}")),
+        };
+        let n = received.load(Ordering::SeqCst);
+        match msg {
+            Message::Text(t) if t.as_str() == "end" => return Ok(n),
+            Message::Text(t) if seq_of(t.as_bytes()) == Some(n) => {
+                received.store(n + 1, Ordering::SeqCst);
+            }
+            Message::Close(c) => return Err(format!("fast subscriber closed: {c:?}")),
+            Message::Text(t) => {
+                return Err(format!(
+                    "fast subscriber: expected message {n}, got {:?}",
+                    &t.as_str()[..t.len().min(16)]
+                ))
+            }
+            other if other.is_binary() => {
+                return Err(format!("fast subscriber: binary frame {other:?}"))
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Publishes 1 KiB payloads to `room` in pipelined batches, never more than a few
+/// hundred ahead of the fast subscriber, until `done` (checked after each batch
+/// once `MIN_MESSAGES` went out). Returns how many were published.
+fn publish_until(
+    server: &Server,
+    room: &str,
+    received: &AtomicUsize,
+    mut done: impl FnMut() -> bool,
+) -> usize {
+    let mut ctl = server.control();
+    let mut seq = 0;
+    loop {
+        let mut burst = Vec::new();
+        for s in seq..seq + BATCH {
+            burst.extend(Resp::encode(&["PUBLISH", room, &payload(s)]));
+        }
+        ctl.send_raw(&burst);
+        for s in seq..seq + BATCH {
+            match ctl.read() {
+                Reply::Int(1 | 2) => {}
+                other => panic!("PUBLISH #{s} replied {other:?}"),
+            }
+        }
+        seq += BATCH;
+        assert!(
+            wait_until(Duration::from_secs(30), || received.load(Ordering::SeqCst)
+                + 3 * BATCH
+                >= seq),
+            "the fast subscriber stopped receiving at {} of {seq}",
+            received.load(Ordering::SeqCst)
+        );
+        if seq >= MIN_MESSAGES && done() {
+            return seq;
+        }
+        assert!(
+            seq < MAX_MESSAGES,
+            "pushed {seq} x 1 KiB at a non-reader and the slow-consumer policy never acted"
+        );
+    }
+}
+
+#[test]
+fn slow_consumer_is_closed_with_1008_while_a_fast_one_gets_every_message() {
+    let server = Server::start(&["--max-pending", "64KiB"]);
+    let mut slow = raw_upgrade_small_rcvbuf(server.ws, "?user=slow&rooms=feed");
+    let received = Arc::new(AtomicUsize::new(0));
+    let fast = spawn_fast_reader(
+        ws_connect(&server.url("?user=fast&rooms=feed")),
+        received.clone(),
+    );
+
+    let sent = publish_until(&server, "feed", &received, || {
+        server.info_u64("slow_consumer_closes") >= 1
+    });
+    assert_eq!(server.control().int(&["PUBLISH", "feed", "end"]), 1);
+    let (_fast, result) = fast.join().expect("fast reader");
+    assert_eq!(result, Ok(sent));
+    assert_eq!(read_close_code(&mut slow), Some(1008));
+    assert!(
+        wait_until(Duration::from_secs(10), || server
+            .info_u64("connected_clients")
+            == 1),
+        "the slow consumer is still counted: {:?}",
+        server.info()
+    );
+}
+
+#[test]
+fn slow_consumer_under_drop_policy_stays_connected_and_loses_only_whole_messages() {
+    let server = Server::start(&["--max-pending", "64KiB", "--slow-policy", "drop"]);
+    let slow = raw_upgrade_small_rcvbuf(server.ws, "?user=slow&rooms=feed,probe");
+    let received = Arc::new(AtomicUsize::new(0));
+    let fast = spawn_fast_reader(
+        ws_connect(&server.url("?user=fast&rooms=feed")),
+        received.clone(),
+    );
+
+    let sent = publish_until(&server, "feed", &received, || {
+        server.info_u64("slow_consumer_drops") > 0
+    });
+    let info = server.info();
+    assert_eq!(info["slow_consumer_closes"], "0", "{info:?}");
+    assert_eq!(info["connected_clients"], "2", "{info:?}");
+    assert_eq!(server.control().int(&["PUBLISH", "feed", "end"]), 2);
+    let (_fast, result) = fast.join().expect("fast reader");
+    assert_eq!(result, Ok(sent));
+
+    // The slow one now reads: whole frames, strictly increasing, never a close,
+    // and once drained it receives new pushes again.
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut slow = slow;
+        let mut last: Option<usize> = None;
+        let mut kept = 0usize;
+        let result = loop {
+            let (fin, op, p) = match read_server_frame(&mut slow) {
+                Ok(f) => f,
+                Err(e) => break Err(format!("slow subscriber: {e}")),
+            };
+            match (fin, op) {
+                (true, 1) if p == b"probe" => break Ok(kept),
+                (true, 1) if p == b"end" => {}
+                (true, 1) => match seq_of(&p) {
+                    Some(s) if last.is_none_or(|l| s > l) && s < sent => {
+                        last = Some(s);
+                        kept += 1;
+                    }
+                    _ => break Err(format!("torn, repeated or reordered push after {last:?}")),
+                },
+                (_, 8) => break Err("the slow subscriber was closed".to_string()),
+                other => break Err(format!("unexpected frame {other:?}")),
+            }
+        };
+        let _ = tx.send(result);
+    });
+    let mut ctl = server.control();
+    let mut outcome = None;
+    for _ in 0..300 {
+        assert_eq!(ctl.int(&["PUBLISH", "probe", "probe"]), 1);
+        if let Ok(r) = rx.recv_timeout(Duration::from_millis(100)) {
+            outcome = Some(r);
+            break;
+        }
+    }
+    let kept = outcome
+        .expect("the slow subscriber never received a push after draining")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(kept < sent, "nothing was dropped for the slow subscriber");
+}
+
+#[test]
+fn memory_stays_bounded_while_pushing_50_mib_at_a_non_reader() {
+    const MESSAGES: usize = 800;
+    const PIPELINE: usize = 16;
+    let server = Server::start(&["--slow-policy", "drop"]);
+    let _non_reader = raw_upgrade(server.ws, "?user=idle&rooms=firehose");
+    let mut ctl = server.control();
+    let big = "z".repeat(64 << 10);
+    let burst: Vec<u8> = (0..PIPELINE)
+        .flat_map(|_| Resp::encode(&["PUBLISH", "firehose", &big]))
+        .collect();
+    let baseline = server.rss();
+    assert!(baseline > 0, "cannot read the server's RSS");
+    let mut peak = baseline;
+    for _ in 0..MESSAGES / PIPELINE {
+        ctl.send_raw(&burst);
+        for _ in 0..PIPELINE {
+            assert_eq!(ctl.read(), Reply::Int(1));
+        }
+        peak = peak.max(server.rss());
+    }
+    assert!(
+        peak.saturating_sub(baseline) < 64 << 20,
+        "RSS grew from {baseline} to {peak} bytes while pushing 50 MiB at a non-reader"
+    );
+    assert!(server.info_u64("slow_consumer_drops") > 0);
+    assert_eq!(server.info_u64("connected_clients"), 1);
+}
