@@ -8,7 +8,12 @@
 #   conns     CONNS connections over PROCS load processes at RATE/s (0 = as fast as
 #             possible: the achieved rate is then the server's handshake capacity), held
 #             HOLD s; handshakes/s, handshake p99, user and kernel bytes per connection
-#   rooms     SUBS subscribers in ROOMS rooms, MESSAGES publishes of BYTES bytes
+#   rooms     SUBS subscribers in ROOMS rooms, MESSAGES publishes of BYTES bytes, as fast
+#             as the window allows (saturates this machine: both servers and the load
+#             generator share its cores, so CPU per delivery there mostly shows how many
+#             frames each server happens to batch per write while starved)
+#   paced     the same rooms at a fixed PACED_RATE messages/s (PACED_MESSAGES of them),
+#             below saturation: the fair per-delivery CPU comparison
 #   broadcast SUBS subscribers, BCAST_MESSAGES broadcasts of BYTES bytes
 # Prints one table (ratio = wspush / baseline, and which side is better) and writes
 # bench-results/compare-<time>.json. It only ever talks to 127.0.0.0/8 and only stops the
@@ -17,6 +22,7 @@
 # Environment (defaults fit a 2-core machine with 20,000 fds per process):
 #   CONNS=15000 PROCS=2 RATE=0 HOLD=5 SRC=127.0.0.2-127.0.0.20
 #   SUBS=10000 ROOMS=10 MESSAGES=1000 BCAST_MESSAGES=200 BYTES=100 WINDOW=64
+#   PACED_RATE=50 PACED_MESSAGES=500
 #   FANOUT_PROCS=1 CONNECT_RATE=3000 THREADS=2 DURATION=180
 #   WSPUSH_BIN=target/release/wspush  WSPUSH_ARGS=
 #   BASELINE_BIN=benches/baseline/target/release/wspush-baseline  BASELINE_ARGS=
@@ -35,6 +41,8 @@ SUBS=${SUBS:-10000}
 ROOMS=${ROOMS:-10}
 MESSAGES=${MESSAGES:-1000}
 BCAST_MESSAGES=${BCAST_MESSAGES:-200}
+PACED_RATE=${PACED_RATE:-50}
+PACED_MESSAGES=${PACED_MESSAGES:-500}
 BYTES=${BYTES:-100}
 WINDOW=${WINDOW:-64}
 FANOUT_PROCS=${FANOUT_PROCS:-1}
@@ -133,15 +141,16 @@ run_side() {
     stop_server
 
     local kind
-    for kind in rooms broadcast; do
-        local flags=(-r "$ROOMS" -m "$MESSAGES")
-        [ "$kind" = broadcast ] && flags=(-r 1 -m "$BCAST_MESSAGES" --broadcast)
+    for kind in rooms paced broadcast; do
+        local flags=(-r "$ROOMS" -m "$MESSAGES" --window "$WINDOW")
+        [ "$kind" = paced ] && flags=(-r "$ROOMS" -m "$PACED_MESSAGES" --rate "$PACED_RATE")
+        [ "$kind" = broadcast ] && flags=(-r 1 -m "$BCAST_MESSAGES" --broadcast --window "$WINDOW")
         # shellcheck disable=SC2086
         start_server "$bin" --threads "$THREADS" $args
         echo "== $name: fanout $kind (${flags[*]})" >&2
         rc=0
         "$LOAD_BIN" fanout --url "ws://$WS_ADDR/ws" --control "$CONTROL_ADDR" -s "$SUBS" \
-            -b "$BYTES" --window "$WINDOW" --procs "$FANOUT_PROCS" --connect-rate "$CONNECT_RATE" \
+            -b "$BYTES" --procs "$FANOUT_PROCS" --connect-rate "$CONNECT_RATE" \
             --src "$SRC" --pid "$SERVER_PID" --duration "$DURATION" --json "${flags[@]}" \
             >"$TMP/$name-$kind.json" || rc=$?
         record "$TMP/$name-$kind.json" "$rc"
@@ -158,11 +167,12 @@ jq -n \
     --slurpfile wc "$TMP/wspush-conns.json" --slurpfile wr "$TMP/wspush-rooms.json" \
     --slurpfile wb "$TMP/wspush-broadcast.json" --slurpfile bc "$TMP/baseline-conns.json" \
     --slurpfile br "$TMP/baseline-rooms.json" --slurpfile bb "$TMP/baseline-broadcast.json" \
-    '{wspush: {conns: $wc[0], rooms: $wr[0], broadcast: $wb[0]},
-      baseline: {conns: $bc[0], rooms: $br[0], broadcast: $bb[0]}}' >"$JSON"
+    --slurpfile wp "$TMP/wspush-paced.json" --slurpfile bp "$TMP/baseline-paced.json" \
+    '{wspush: {conns: $wc[0], rooms: $wr[0], paced: $wp[0], broadcast: $wb[0]},
+      baseline: {conns: $bc[0], rooms: $br[0], paced: $bp[0], broadcast: $bb[0]}}' >"$JSON"
 
 echo
-echo "wspush vs baseline ($CONNS conns over $PROCS procs at rate $RATE; $SUBS subscribers, $BYTES B; --threads $THREADS)"
+echo "wspush vs baseline ($CONNS conns over $PROCS procs at rate $RATE; $SUBS subscribers, $BYTES B; paced = $PACED_RATE msg/s; --threads $THREADS)"
 jq -r '
   def f(d): if . == null then "n/a" else (. * pow(10; d) | round) / pow(10; d) | tostring end;
   # row(name; path; digits; higher_is_better)
@@ -183,6 +193,9 @@ jq -r '
   row("rooms CPU us/delivery"; .rooms.server.cpu_us_per_delivery; 3; false),
   row("rooms latency p99 ms"; .rooms.fanout.latency.p99_ms; 3; false),
   row("rooms last receipt p99 ms"; .rooms.fanout.last_receipt.p99_ms; 3; false),
+  row("paced CPU us/delivery"; .paced.server.cpu_us_per_delivery; 3; false),
+  row("paced latency p50 ms"; .paced.fanout.latency.p50_ms; 3; false),
+  row("paced latency p99 ms"; .paced.fanout.latency.p99_ms; 3; false),
   row("broadcast deliveries/s"; .broadcast.fanout.deliveries_per_s; 0; true),
   row("broadcast CPU us/delivery"; .broadcast.server.cpu_us_per_delivery; 3; false),
   row("broadcast latency p99 ms"; .broadcast.fanout.latency.p99_ms; 3; false),
