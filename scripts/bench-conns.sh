@@ -124,7 +124,8 @@ jq -r '
     ["server RSS before bytes", (.server.rss_before_bytes | f(0))],
     ["server RSS after bytes", (.server.rss_after_bytes | f(0))],
     ["user bytes/conn", (.server.user_bytes_per_conn | f(0))],
-    ["kernel TCP bytes/conn (both ends)", (.server.kernel_bytes_per_conn | f(0))]
+    ["kernel TCP buffer bytes/conn (both ends)", (.server.kernel_bytes_per_conn | f(0))],
+    ["kernel slab bytes/conn (both ends)", (.server.kernel_slab_bytes_per_conn | f(0))]
   ]
   + [.connections.failures | to_entries[] | ["  failure: \(.key)", (.value | tostring)]]
   + [.connections.drops | to_entries[] | ["  drop: \(.key)", (.value | tostring)]]

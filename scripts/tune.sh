@@ -27,7 +27,7 @@ limits_dest=/etc/security/limits.d/90-wspush.conf
 
 # The same figures as src/limits.rs and the comments in tuning/sysctl.conf.
 reserved_base=64            # descriptors wspush keeps for non-connections (plus 16 per reactor)
-listen_backlog=1024         # what each wspush reactor passes to listen()
+listen_backlog=4096         # what each wspush reactor passes to listen() (src/reactor/listener.rs BACKLOG)
 kernel_bytes_per_conn=3712  # slab per idle connection: tcp_sock + inode + file + dentry + epoll
 user_bytes_per_conn=256     # wspush's own per idle connection (design goal)
 tcp_mem_bytes_per_conn=4096 # socket memory one recipient pins while a broadcast is in flight

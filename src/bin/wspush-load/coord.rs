@@ -10,7 +10,7 @@ use crate::cli::{Command, Common};
 use crate::publisher::{publish, Pace, PublishError, PublishPlan, Published};
 use crate::report::{ConnReport, EchoReport, FanoutReport, Pcts, Report, ServerReport};
 use crate::resp::{call, info_fields, info_u64, Reply};
-use crate::sys::{mono_ns, server_cpu_seconds, server_rss_bytes, tcp_mem_bytes};
+use crate::sys::{mono_ns, server_cpu_seconds, server_rss_bytes, slab_bytes, tcp_mem_bytes};
 use crate::wire::{Counters, Event, Sink, StopSignal, WorkerResult};
 use crate::worker::{self, Mode, Plan, WAKER};
 use mio::{Poll, Waker};
@@ -416,6 +416,7 @@ impl Progress {
 struct Sample {
     rss: Option<u64>,
     tcp_mem: Option<u64>,
+    slab: Option<u64>,
     cpu: Option<f64>,
     writev_calls: Option<u64>,
     deliveries: Option<u64>,
@@ -424,6 +425,7 @@ struct Sample {
 fn sample(pid: Option<u32>, control: Option<SocketAddr>) -> Sample {
     let mut s = Sample {
         tcp_mem: tcp_mem_bytes(),
+        slab: slab_bytes(),
         ..Default::default()
     };
     if let Some(p) = pid {
@@ -787,6 +789,9 @@ fn build_report(i: Inputs) -> Report {
                 s.tcp_mem_before_bytes = i.before.tcp_mem;
                 s.tcp_mem_after_bytes = after.tcp_mem;
                 s.kernel_bytes_per_conn = per(i.before.tcp_mem, after.tcp_mem, c.handshakes);
+                s.slab_before_bytes = i.before.slab;
+                s.slab_after_bytes = after.slab;
+                s.kernel_slab_bytes_per_conn = per(i.before.slab, after.slab, c.handshakes);
             }
         }
         Command::Echo(a) => {

@@ -73,6 +73,13 @@ pub struct ServerReport {
     pub tcp_mem_before_bytes: Option<u64>,
     pub tcp_mem_after_bytes: Option<u64>,
     pub kernel_bytes_per_conn: Option<f64>,
+    /// Machine-wide kernel slab memory (/proc/meminfo `Slab:`): socket structures,
+    /// inodes, files, epoll registrations. On loopback it counts both ends of every
+    /// connection (halve it for the server side); it also moves with unrelated
+    /// activity on the machine, so read it over many connections.
+    pub slab_before_bytes: Option<u64>,
+    pub slab_after_bytes: Option<u64>,
+    pub kernel_slab_bytes_per_conn: Option<f64>,
     /// Server CPU (user + system) over the measured phase.
     pub cpu_seconds: Option<f64>,
     pub cpu_us_per_delivery: Option<f64>,
@@ -240,6 +247,15 @@ impl Report {
                     opt_f(v.kernel_bytes_per_conn, 0),
                     opt(v.tcp_mem_before_bytes),
                     opt(v.tcp_mem_after_bytes)
+                );
+            }
+            if v.kernel_slab_bytes_per_conn.is_some() {
+                let _ = writeln!(
+                    s,
+                    "kernel slab   {} B per connection (Slab {} -> {} bytes; both ends on loopback)",
+                    opt_f(v.kernel_slab_bytes_per_conn, 0),
+                    opt(v.slab_before_bytes),
+                    opt(v.slab_after_bytes)
                 );
             }
             if v.cpu_seconds.is_some() {

@@ -96,8 +96,27 @@ pub fn tcp_mem_bytes() -> Option<u64> {
     Some(pages * page_size())
 }
 
+/// The `Slab:` value of /proc/meminfo, in bytes.
+pub fn parse_meminfo_slab(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("Slab:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Kernel slab memory in bytes, machine-wide: where sockets, their inodes, files and
+/// epoll registrations live (on loopback, both ends of every connection).
+pub fn slab_bytes() -> Option<u64> {
+    parse_meminfo_slab(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn meminfo_slab_is_read_in_kibibytes() {
+        let m = "MemTotal:       24000000 kB\nSlab:             179692 kB\nSReclaimable:      50000 kB\n";
+        assert_eq!(super::parse_meminfo_slab(m), Some(179692 * 1024));
+    }
+
     use super::*;
 
     #[test]
