@@ -27,6 +27,7 @@ use log::{debug, error, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
+use smallvec::SmallVec;
 
 use crate::control::command::{Command, CommandError};
 use crate::control::resp::{self, Limits, Parsed, Parser};
@@ -95,6 +96,13 @@ struct Client {
     writable: bool,
     /// Since when `output` has been over the soft limit without draining.
     stalled_since: Option<Instant>,
+}
+
+/// Who a push is for, as the control command named it.
+enum Recipients<'a> {
+    All,
+    Room(&'a str),
+    User(&'a str),
 }
 
 /// A JOIN/LEAVE/KICK waiting for the acks of the reactors it was sent to.
@@ -481,67 +489,17 @@ impl Dispatcher {
             }
             Command::Publish { room, payload } => {
                 self.stats.publish += 1;
-                let n = match self.rooms.get(&room) {
-                    None => 0,
-                    Some(counts) => {
-                        let frame = push_frame(&payload);
-                        let target = self.rooms.key(&room).unwrap_or_else(|| room.into());
-                        let reactors: Vec<usize> = counts.reactors().collect();
-                        let total = counts.total();
-                        for r in reactors {
-                            self.add_to_batch(
-                                r,
-                                reactor::Command::Push {
-                                    target: Target::Room(target.clone()),
-                                    frame: frame.clone(),
-                                },
-                            );
-                        }
-                        total
-                    }
-                };
+                let n = self.push(Recipients::Room(&room), &payload);
                 resp::write_integer(&mut self.clients[key].output, n as i64);
             }
             Command::Broadcast { payload } => {
                 self.stats.broadcast += 1;
-                let total: u64 = self.online.iter().sum();
-                if total > 0 {
-                    let frame = push_frame(&payload);
-                    for r in 0..self.online.len() {
-                        if self.online[r] > 0 {
-                            self.add_to_batch(
-                                r,
-                                reactor::Command::Push {
-                                    target: Target::All,
-                                    frame: frame.clone(),
-                                },
-                            );
-                        }
-                    }
-                }
-                resp::write_integer(&mut self.clients[key].output, total as i64);
+                let n = self.push(Recipients::All, &payload);
+                resp::write_integer(&mut self.clients[key].output, n as i64);
             }
             Command::Send { user, payload } => {
                 self.stats.send += 1;
-                let n = match self.users.get(&user) {
-                    None => 0,
-                    Some(counts) => {
-                        let frame = push_frame(&payload);
-                        let target = self.users.key(&user).unwrap_or_else(|| user.into());
-                        let reactors: Vec<usize> = counts.reactors().collect();
-                        let total = counts.total();
-                        for r in reactors {
-                            self.add_to_batch(
-                                r,
-                                reactor::Command::Push {
-                                    target: Target::User(target.clone()),
-                                    frame: frame.clone(),
-                                },
-                            );
-                        }
-                        total
-                    }
-                };
+                let n = self.push(Recipients::User(&user), &payload);
                 resp::write_integer(&mut self.clients[key].output, n as i64);
             }
             Command::Join { user, room } => {
@@ -585,6 +543,42 @@ impl Dispatcher {
                 c.closing = true;
             }
         }
+    }
+
+    /// Encodes `payload` once and queues it for every reactor holding recipients.
+    /// Returns the number of connections it was queued for.
+    fn push(&mut self, to: Recipients<'_>, payload: &[u8]) -> u64 {
+        let (reactors, total, target): (SmallVec<[usize; 8]>, u64, Target) = match to {
+            Recipients::All => (
+                (0..self.online.len())
+                    .filter(|&r| self.online[r] > 0)
+                    .collect(),
+                self.online.iter().sum(),
+                Target::All,
+            ),
+            Recipients::Room(name) => match (self.rooms.get(name), self.rooms.key(name)) {
+                (Some(c), Some(key)) => (c.reactors().collect(), c.total(), Target::Room(key)),
+                _ => return 0,
+            },
+            Recipients::User(name) => match (self.users.get(name), self.users.key(name)) {
+                (Some(c), Some(key)) => (c.reactors().collect(), c.total(), Target::User(key)),
+                _ => return 0,
+            },
+        };
+        if total == 0 {
+            return 0;
+        }
+        let frame = push_frame(payload);
+        for r in reactors {
+            self.add_to_batch(
+                r,
+                reactor::Command::Push {
+                    target: target.clone(),
+                    frame: frame.clone(),
+                },
+            );
+        }
+        total
     }
 
     /// Sends a per-user command to every reactor holding the user's connections; the

@@ -8,21 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::ws::handshake::HandshakeError;
 
-/// Handshake failure reasons, in the order of `HANDSHAKE_FAILURES`.
-pub const HANDSHAKE_FAILURES: [HandshakeError; 12] = [
-    HandshakeError::Malformed,
-    HandshakeError::MethodNotAllowed,
-    HandshakeError::NotUpgrade,
-    HandshakeError::MissingHost,
-    HandshakeError::MissingKey,
-    HandshakeError::BadKey,
-    HandshakeError::VersionUnsupported,
-    HandshakeError::OriginForbidden,
-    HandshakeError::NotFound,
-    HandshakeError::HeadTooLarge,
-    HandshakeError::AtCapacity,
-    HandshakeError::BadQuery,
-];
+/// Handshake failure reasons, in the order of the `handshake_failures` slots.
+pub const HANDSHAKE_FAILURES: [HandshakeError; 12] = HandshakeError::ALL;
 
 macro_rules! counters {
     ($($name:ident),* $(,)?) => {

@@ -237,6 +237,22 @@ impl HandshakeError {
     }
 
     /// Short label for stats.
+    /// Every variant (for per-reason statistics).
+    pub const ALL: [HandshakeError; 12] = [
+        HandshakeError::Malformed,
+        HandshakeError::MethodNotAllowed,
+        HandshakeError::NotUpgrade,
+        HandshakeError::MissingHost,
+        HandshakeError::MissingKey,
+        HandshakeError::BadKey,
+        HandshakeError::VersionUnsupported,
+        HandshakeError::OriginForbidden,
+        HandshakeError::NotFound,
+        HandshakeError::HeadTooLarge,
+        HandshakeError::AtCapacity,
+        HandshakeError::BadQuery,
+    ];
+
     pub fn reason(self) -> &'static str {
         match self {
             Self::Malformed => "malformed",
@@ -1144,24 +1160,9 @@ mod tests {
         );
     }
 
-    const ALL_ERRORS: [HandshakeError; 12] = [
-        HandshakeError::Malformed,
-        HandshakeError::MethodNotAllowed,
-        HandshakeError::NotUpgrade,
-        HandshakeError::MissingHost,
-        HandshakeError::MissingKey,
-        HandshakeError::BadKey,
-        HandshakeError::VersionUnsupported,
-        HandshakeError::OriginForbidden,
-        HandshakeError::NotFound,
-        HandshakeError::HeadTooLarge,
-        HandshakeError::AtCapacity,
-        HandshakeError::BadQuery,
-    ];
-
     #[test]
     fn every_error_response_is_a_complete_http_response_that_closes() {
-        for e in ALL_ERRORS {
+        for e in HandshakeError::ALL {
             let bytes = e.response();
             let mut headers = [httparse::EMPTY_HEADER; 16];
             let mut resp = httparse::Response::new(&mut headers);
@@ -1190,7 +1191,7 @@ mod tests {
 
     #[test]
     fn maps_each_error_to_its_status() {
-        let statuses: Vec<u16> = ALL_ERRORS.iter().map(|e| e.status()).collect();
+        let statuses: Vec<u16> = HandshakeError::ALL.iter().map(|e| e.status()).collect();
         assert_eq!(
             statuses,
             [400, 405, 400, 400, 400, 400, 426, 403, 404, 431, 503, 400]
