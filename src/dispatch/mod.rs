@@ -147,6 +147,8 @@ pub struct Dispatcher {
     ready: Vec<usize>,
     /// A reactor's channel was full at the last look: control input waits.
     congested: bool,
+    /// accept() failed; try again at the next housekeeping tick.
+    accept_retry: bool,
     settings: DispatchSettings,
     stats: DispatchStats,
     started: Instant,
@@ -190,6 +192,7 @@ impl Dispatcher {
                 next_req: 0,
                 ready: Vec::new(),
                 congested: false,
+                accept_retry: false,
                 settings,
                 stats: DispatchStats::default(),
                 started: Instant::now(),
@@ -299,7 +302,11 @@ impl Dispatcher {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    warn!("control: accept: {e}");
+                    // Out of descriptors, typically: the waiting connections stay in
+                    // the backlog and are retried at the next housekeeping tick (the
+                    // listener is edge-triggered and would not fire again for them).
+                    warn!("control: accept: {e} (retrying in {HOUSEKEEPING:?})");
+                    self.accept_retry = true;
                     return;
                 }
             }
@@ -685,6 +692,9 @@ impl Dispatcher {
     }
 
     fn housekeeping(&mut self) {
+        if std::mem::take(&mut self.accept_retry) {
+            self.accept();
+        }
         let stalled: Vec<usize> = self
             .clients
             .iter()
