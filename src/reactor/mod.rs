@@ -401,7 +401,11 @@ impl Reactor {
             self.shared.sockets.fetch_sub(1, Ordering::Relaxed);
             return;
         }
+        // Pushes are already batched per writev; Nagle would only add latency.
         let _ = stream.set_nodelay(true);
+        // Registered once for both directions: with edge-triggered epoll a writable
+        // event comes only when a full send buffer drains, so a connection is never
+        // re-registered (no epoll_ctl per write or per blocked socket).
         if let Err(e) = self.poll.registry().register(
             &mut stream,
             Token(key),
