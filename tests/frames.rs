@@ -262,7 +262,10 @@ fn accepts_control_frames_interleaved_in_a_fragmented_message() {
 fn echoes_close_1000_and_then_closes_tcp() {
     let server = Server::start(&["--echo"]);
     let mut s = open(&server);
-    send(&mut s, &client_frame(true, CLOSE, &close_payload(1000, b"bye")));
+    send(
+        &mut s,
+        &client_frame(true, CLOSE, &close_payload(1000, b"bye")),
+    );
     let (fin, op, payload) = read_server_frame(&mut s).expect("close reply");
     assert_eq!((fin, op), (true, CLOSE));
     assert_eq!(payload[..2], 1000u16.to_be_bytes());
@@ -287,7 +290,10 @@ fn rejects_close_with_code_not_allowed_on_the_wire_with_1002() {
     let server = Server::start(&["--echo"]);
     for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
         let mut s = open(&server);
-        send(&mut s, &client_frame(true, CLOSE, &close_payload(code, b"")));
+        send(
+            &mut s,
+            &client_frame(true, CLOSE, &close_payload(code, b"")),
+        );
         assert_eq!(read_close_code(&mut s), Some(1002), "close code {code}");
         read_until_server_closes(&mut s);
     }
@@ -357,16 +363,24 @@ fn echoes_fragmented_message_as_one_message() {
     for (i, part) in parts.iter().enumerate() {
         let op = if i == 0 { Data::Text } else { Data::Continue };
         let fin = i + 1 == parts.len();
-        ws.write(Message::Frame(Frame::message(part.to_vec(), OpCode::Data(op), fin)))
-            .unwrap();
+        ws.write(Message::Frame(Frame::message(
+            part.to_vec(),
+            OpCode::Data(op),
+            fin,
+        )))
+        .unwrap();
     }
     ws.flush().unwrap();
     assert_eq!(echo_of(&mut ws), Message::text("fragménted"));
     for (i, part) in parts.iter().enumerate() {
         let op = if i == 0 { Data::Binary } else { Data::Continue };
         let fin = i + 1 == parts.len();
-        ws.write(Message::Frame(Frame::message(part.to_vec(), OpCode::Data(op), fin)))
-            .unwrap();
+        ws.write(Message::Frame(Frame::message(
+            part.to_vec(),
+            OpCode::Data(op),
+            fin,
+        )))
+        .unwrap();
     }
     ws.flush().unwrap();
     assert_eq!(

@@ -71,7 +71,11 @@ fn accept_key_for_the_rfc_sample_key_is_the_rfc_value() {
 #[test]
 fn rejects_missing_key_with_400() {
     let server = Server::start(&[]);
-    expect_status(&server, &request_with(&server, "Sec-WebSocket-Key", ""), 400);
+    expect_status(
+        &server,
+        &request_with(&server, "Sec-WebSocket-Key", ""),
+        400,
+    );
     assert_info_eventually(&server, "handshake_failures_key_missing", 1);
 }
 
@@ -82,7 +86,11 @@ fn rejects_key_that_is_not_16_bytes_of_base64_with_400() {
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25j\r\n", // 15 bytes
         "Sec-WebSocket-Key: not*base64*at*all!!!==\r\n",
     ] {
-        expect_status(&server, &request_with(&server, "Sec-WebSocket-Key", key), 400);
+        expect_status(
+            &server,
+            &request_with(&server, "Sec-WebSocket-Key", key),
+            400,
+        );
     }
     assert_info_eventually(&server, "handshake_failures_key", 2);
 }

@@ -112,7 +112,12 @@ fn closes_connection_that_sends_half_a_request_at_the_handshake_timeout() {
     let server = Server::start(&["--handshake-timeout", "300ms"]);
     let mut s = TcpStream::connect(server.ws).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: webs", server.ws).unwrap();
+    write!(
+        s,
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: webs",
+        server.ws
+    )
+    .unwrap();
     read_until_server_closes(&mut s);
     assert_info_eventually(&server, "handshake_failures_timeout", 1);
 }
@@ -153,7 +158,10 @@ fn closing_connection_that_keeps_sending_is_dropped_at_the_close_timeout() {
         dropped = s.write_all(&[0u8; 64]).is_err();
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(dropped, "a closing connection that kept sending was never dropped");
+    assert!(
+        dropped,
+        "a closing connection that kept sending was never dropped"
+    );
     assert_info_eventually(&server, "sockets", 0);
 }
 
@@ -179,7 +187,11 @@ fn two_thousand_connections_spread_over_every_reactor_all_receive_a_broadcast() 
     assert_eq!(ctl.int(&["BROADCAST", "to everyone"]), CONNS as i64);
     for (i, s) in socks.iter_mut().enumerate() {
         let frame = read_server_frame(s).unwrap_or_else(|e| panic!("connection {i}: {e}"));
-        assert_eq!(frame, (true, 0x1, b"to everyone".to_vec()), "connection {i}");
+        assert_eq!(
+            frame,
+            (true, 0x1, b"to everyone".to_vec()),
+            "connection {i}"
+        );
     }
 }
 

@@ -450,7 +450,11 @@ pub fn read_until_server_closes(s: &mut TcpStream) -> Vec<u8> {
 
 /// One reactor's line of INFO, e.g. `reactor_0` → `connections=3,sockets=3,...`:
 /// the value of `field` in it.
-pub fn reactor_field(info: &std::collections::HashMap<String, String>, reactor: usize, field: &str) -> u64 {
+pub fn reactor_field(
+    info: &std::collections::HashMap<String, String>,
+    reactor: usize,
+    field: &str,
+) -> u64 {
     let line = info
         .get(&format!("reactor_{reactor}"))
         .unwrap_or_else(|| panic!("INFO has no reactor_{reactor}"));
