@@ -76,7 +76,8 @@ pub struct Conn {
     pub phase: Phase,
     /// `flag::*` bits.
     pub flags: u8,
-    /// Reactor clock tick of the last received byte (or of entering `Closing`).
+    /// Reactor clock tick: of accepting (`Handshake`), of the last received byte
+    /// (`Open`), of entering `Closing`.
     pub last_seen: u32,
     /// This turn's output chain in the reactor's outbox.
     pub chain: Chain,

@@ -485,8 +485,13 @@ impl Reactor {
                     return;
                 }
             };
-            conn.last_seen = self.now;
-            conn.clear(flag::PINGED);
+            // Only an open connection's input proves it alive. The handshake and
+            // close timeouts run from accept and from entering Closing: a peer that
+            // trickles bytes must not extend them.
+            if conn.phase == Phase::Open {
+                conn.last_seen = self.now;
+                conn.clear(flag::PINGED);
+            }
             self.local.bytes_received += n as u64;
             match conn.phase {
                 Phase::Closing => {}
@@ -583,6 +588,8 @@ impl Reactor {
         };
         self.local.handshakes += 1;
         conn.phase = Phase::Open;
+        // The ping and idle timers start when the connection opens.
+        conn.last_seen = self.now;
         let user = up.user.as_deref().map(|u| {
             let (m, name) = self.users.add(u, key);
             conn.user = m;

@@ -413,3 +413,66 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// Sends `request` (raw bytes, any HTTP) on a new connection and reads the response
+/// head; the stream is returned for the caller to read on.
+pub fn raw_request(addr: SocketAddr, request: &[u8]) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).expect("write request");
+    let head = read_http_head(&mut s);
+    (s, head)
+}
+
+/// A well-formed upgrade request for `target` with the RFC 6455 sample key, with
+/// `extra` header lines (each ending in `\r\n`) appended.
+pub fn upgrade_request(addr: SocketAddr, target: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+    .into_bytes()
+}
+
+/// Reads until the peer closes its side; panics if it does not within the socket's
+/// read timeout (or resets instead). Returns what was read before the end.
+pub fn read_until_server_closes(s: &mut TcpStream) -> Vec<u8> {
+    let mut rest = Vec::new();
+    match s.read_to_end(&mut rest) {
+        Ok(_) => rest,
+        Err(e) => panic!(
+            "server did not close the connection: {e} (read {} bytes: {:?})",
+            rest.len(),
+            String::from_utf8_lossy(&rest)
+        ),
+    }
+}
+
+/// One reactor's line of INFO, e.g. `reactor_0` → `connections=3,sockets=3,...`:
+/// the value of `field` in it.
+pub fn reactor_field(
+    info: &std::collections::HashMap<String, String>,
+    reactor: usize,
+    field: &str,
+) -> u64 {
+    let line = info
+        .get(&format!("reactor_{reactor}"))
+        .unwrap_or_else(|| panic!("INFO has no reactor_{reactor}"));
+    line.split(',')
+        .find_map(|kv| kv.strip_prefix(field)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("reactor_{reactor} has no {field}: {line}"))
+        .parse()
+        .expect("number")
+}
+
+/// Waits (up to 10 s) for INFO `key` to equal `want`; panics with the last value.
+/// Reactors publish their counters once per loop turn, so a count can trail the
+/// bytes a client has just read by a moment.
+pub fn assert_info_eventually(server: &Server, key: &str, want: u64) {
+    let mut last = 0;
+    let ok = wait_until(Duration::from_secs(10), || {
+        last = server.info_u64(key);
+        last == want
+    });
+    assert!(ok, "INFO {key} is {last}, expected {want}");
+}
