@@ -2,7 +2,8 @@
 //!
 //! Reactors send these in one `Vec` per loop turn, before they write the replies the
 //! changes caused (the 101, a "joined"), so by the time a client sees its join
-//! confirmed, the dispatcher's counts already include it.
+//! confirmed, the dispatcher's counts already include it. Events never carry slab
+//! keys: those are private to a reactor and reused.
 
 use std::sync::Arc;
 

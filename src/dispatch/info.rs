@@ -1,5 +1,7 @@
 //! The INFO reply: Redis INFO style sections (`# Server`, `# Clients`, `# Rooms`,
-//! `# Stats`) of `key:value` lines, so existing Redis tooling can parse it.
+//! `# Stats`) of `key:value` lines, so existing Redis tooling can parse it. It only
+//! loads counters the reactors publish (relaxed atomics): it never asks or waits for a
+//! reactor.
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;

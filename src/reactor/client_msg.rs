@@ -6,7 +6,7 @@
 //! {"op":"ping"}                 → {"op":"pong"}
 //! anything else                 → {"op":"error","reason":"..."}
 //! ```
-//! Pure code: parsing and reply formatting. Joining an already joined room, or leaving
+//! Pure code: parsing and reply formatting; never panics, whatever the client sends. Joining an already joined room, or leaving
 //! a room the connection is not in, succeeds (requests are idempotent).
 
 use serde_json::Value;
