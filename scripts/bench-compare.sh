@@ -53,67 +53,22 @@ WSPUSH_BIN=${WSPUSH_BIN:-target/release/wspush}
 WSPUSH_ARGS=${WSPUSH_ARGS:-}
 BASELINE_BIN=${BASELINE_BIN:-benches/baseline/target/release/wspush-baseline}
 BASELINE_ARGS=${BASELINE_ARGS:-}
-LOAD_BIN=target/release/wspush-load
 
-die() { echo "bench-compare: $*" >&2; exit 2; }
+BENCH_NAME=bench-compare
+# shellcheck source-path=SCRIPTDIR/..
+source scripts/bench-lib.sh
+# Messages name each server by its binary path.
+BENCH_SERVER_LABEL=
 
+bench_build "release build of wspush failed"
 if [ -z "${SKIP_BUILD:-}" ]; then
-    echo "== cargo build --release --bins" >&2
-    cargo build --release --bins >&2 || die "release build of wspush failed"
     [ -f benches/baseline/Cargo.toml ] || die "benches/baseline/Cargo.toml is missing: the baseline crate is not in this tree"
     echo "== cargo build --release --manifest-path benches/baseline/Cargo.toml" >&2
     cargo build --release --manifest-path benches/baseline/Cargo.toml >&2 || die "release build of the baseline failed"
 fi
-[ -x "$WSPUSH_BIN" ] || die "no wspush binary at $WSPUSH_BIN"
-[ -x "$BASELINE_BIN" ] || die "no baseline binary at $BASELINE_BIN"
-[ -x "$LOAD_BIN" ] || die "no load generator at $LOAD_BIN"
-command -v jq >/dev/null || die "jq is needed to print the table (apt-get install jq)"
-
-ulimit -n "$(ulimit -Hn)"
-
-TMP=$(mktemp -d)
-SERVER_PID=
-stop_server() {
-    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 1 100); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$SERVER_PID" 2>/dev/null; then
-            echo "bench-compare: server $SERVER_PID ignored SIGTERM for 10 s, sending SIGKILL" >&2
-            kill -KILL "$SERVER_PID" 2>/dev/null || true
-        fi
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-    SERVER_PID=
-}
-trap 'stop_server; rm -rf "$TMP"' EXIT
-
-# start_server BIN ARGS... — sets SERVER_PID, WS_ADDR, CONTROL_ADDR.
-start_server() {
-    "$@" --listen 127.0.0.1:0 --control 127.0.0.1:0 >"$TMP/server.out" 2>"$TMP/server.err" &
-    SERVER_PID=$!
-    local line=
-    for _ in $(seq 1 150); do
-        line=$(grep -m1 ' ready: ' "$TMP/server.out" 2>/dev/null || true)
-        [ -n "$line" ] && break
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-            echo "bench-compare: $1 exited before its ready line; its stderr:" >&2
-            cat "$TMP/server.err" >&2
-            SERVER_PID=
-            exit 2
-        fi
-        sleep 0.1
-    done
-    [ -n "$line" ] || die "$1 printed no ready line within 15 s (stdout: $(head -c 300 "$TMP/server.out"))"
-    WS_ADDR=$(sed -n 's/.* ws=\([^ ]*\).*/\1/p' <<<"$line" | sed 's/^0\.0\.0\.0:/127.0.0.1:/')
-    CONTROL_ADDR=$(sed -n 's/.* control=\([^ ]*\).*/\1/p' <<<"$line" | sed 's/^0\.0\.0\.0:/127.0.0.1:/')
-    if [ -z "$WS_ADDR" ] || [ -z "$CONTROL_ADDR" ]; then
-        die "cannot parse ws=/control= from: $line"
-    fi
-    echo "== $1 pid $SERVER_PID ready: ws=$WS_ADDR control=$CONTROL_ADDR" >&2
-}
+bench_require_exec "$WSPUSH_BIN" "wspush binary"
+bench_require_exec "$BASELINE_BIN" "baseline binary"
+bench_setup
 
 worst=0
 # record OUT RC — keeps the worst exit status; an incomplete run leaves a placeholder.

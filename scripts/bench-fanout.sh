@@ -37,63 +37,14 @@ THREADS=${THREADS:-2}
 DURATION=${DURATION:-180}
 SERVER_BIN=${SERVER_BIN:-target/release/wspush}
 SERVER_ARGS=${SERVER_ARGS:-}
-LOAD_BIN=target/release/wspush-load
 
-die() { echo "bench-fanout: $*" >&2; exit 2; }
+BENCH_NAME=bench-fanout
+# shellcheck source-path=SCRIPTDIR/..
+source scripts/bench-lib.sh
 
-if [ -z "${SKIP_BUILD:-}" ]; then
-    echo "== cargo build --release --bins" >&2
-    cargo build --release --bins >&2 || die "release build failed"
-fi
-[ -x "$SERVER_BIN" ] || die "no server binary at $SERVER_BIN"
-[ -x "$LOAD_BIN" ] || die "no load generator at $LOAD_BIN"
-command -v jq >/dev/null || die "jq is needed to print the table (apt-get install jq)"
-
-ulimit -n "$(ulimit -Hn)"
-
-TMP=$(mktemp -d)
-SERVER_PID=
-stop_server() {
-    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 1 100); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$SERVER_PID" 2>/dev/null; then
-            echo "bench-fanout: server $SERVER_PID ignored SIGTERM for 10 s, sending SIGKILL" >&2
-            kill -KILL "$SERVER_PID" 2>/dev/null || true
-        fi
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-    SERVER_PID=
-}
-trap 'stop_server; rm -rf "$TMP"' EXIT
-
-# start_server BIN ARGS... — sets SERVER_PID, WS_ADDR, CONTROL_ADDR.
-start_server() {
-    "$@" --listen 127.0.0.1:0 --control 127.0.0.1:0 >"$TMP/server.out" 2>"$TMP/server.err" &
-    SERVER_PID=$!
-    local line=
-    for _ in $(seq 1 150); do
-        line=$(grep -m1 ' ready: ' "$TMP/server.out" 2>/dev/null || true)
-        [ -n "$line" ] && break
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-            echo "bench-fanout: server exited before its ready line; its stderr:" >&2
-            cat "$TMP/server.err" >&2
-            SERVER_PID=
-            exit 2
-        fi
-        sleep 0.1
-    done
-    [ -n "$line" ] || die "server printed no ready line within 15 s (stdout: $(head -c 300 "$TMP/server.out"))"
-    WS_ADDR=$(sed -n 's/.* ws=\([^ ]*\).*/\1/p' <<<"$line" | sed 's/^0\.0\.0\.0:/127.0.0.1:/')
-    CONTROL_ADDR=$(sed -n 's/.* control=\([^ ]*\).*/\1/p' <<<"$line" | sed 's/^0\.0\.0\.0:/127.0.0.1:/')
-    if [ -z "$WS_ADDR" ] || [ -z "$CONTROL_ADDR" ]; then
-        die "cannot parse ws=/control= from: $line"
-    fi
-    echo "== server pid $SERVER_PID ready: ws=$WS_ADDR control=$CONTROL_ADDR" >&2
-}
+bench_build "release build failed"
+bench_require_exec "$SERVER_BIN" "server binary"
+bench_setup
 
 mkdir -p bench-results
 STAMP=$(date +%Y%m%d-%H%M%S)
