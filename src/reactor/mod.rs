@@ -306,7 +306,8 @@ impl Reactor {
                     WAKER => {}
                     Token(key) => {
                         let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                        self.on_socket_event(key, readable, ev.is_writable());
+                        let closed = ev.is_read_closed() || ev.is_error();
+                        self.on_socket_event(key, readable, closed, ev.is_writable());
                     }
                 }
             }
@@ -425,7 +426,7 @@ impl Reactor {
 
     // ---- socket events -----------------------------------------------------
 
-    fn on_socket_event(&mut self, key: usize, readable: bool, writable: bool) {
+    fn on_socket_event(&mut self, key: usize, readable: bool, read_closed: bool, writable: bool) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -440,7 +441,7 @@ impl Reactor {
             if conn.has(flag::READ_PAUSED) {
                 conn.set(flag::READ_PENDING);
             } else {
-                self.read(key as u32);
+                self.read(key as u32, read_closed);
             }
         }
     }
@@ -451,19 +452,18 @@ impl Reactor {
         }
         let keys = std::mem::take(&mut self.read_again);
         for &key in &keys {
-            if self
-                .conns
-                .get(key as usize)
-                .is_some_and(|c| !c.has(flag::READ_PAUSED))
-            {
-                self.read(key);
-            }
+            // `read` remembers a paused connection's unread input (READ_PENDING), so
+            // reading resumes when its replies drain; no event will come for it.
+            self.read(key, true);
         }
     }
 
     /// Reads until the socket is drained, the read budget is spent, or the connection
-    /// stops wanting input.
-    fn read(&mut self, key: u32) {
+    /// stops wanting input. A short read normally means drained; with `to_end` (the
+    /// peer's FIN or an error was reported, or nothing says what is left) reading goes
+    /// on until `WouldBlock` or EOF, since an EOF that came with the last bytes raises
+    /// no further edge.
+    fn read(&mut self, key: u32, to_end: bool) {
         for _ in 0..READS_PER_EVENT {
             let Some(conn) = self.conns.get_mut(key as usize) else {
                 return;
@@ -500,7 +500,7 @@ impl Reactor {
             }
             // A short read drained the socket: with edge-triggered polling, bytes that
             // arrive later raise a new event.
-            if n < self.scratch.len() {
+            if n < self.scratch.len() && !to_end {
                 return;
             }
         }
