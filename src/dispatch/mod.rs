@@ -662,7 +662,11 @@ impl Dispatcher {
                 Ok(0) => break,
                 Ok(n) => {
                     c.output.drain(..n);
-                    c.stalled_since = None;
+                    // Replies moved: restart the stall clock, but keep the mark that
+                    // commands are paused, so they resume below once under the limit.
+                    if c.stalled_since.is_some() {
+                        c.stalled_since = Some(Instant::now());
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.writable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -306,7 +306,8 @@ impl Reactor {
                     WAKER => {}
                     Token(key) => {
                         let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                        self.on_socket_event(key, readable, ev.is_writable());
+                        let closed = ev.is_read_closed() || ev.is_error();
+                        self.on_socket_event(key, readable, closed, ev.is_writable());
                     }
                 }
             }
@@ -425,7 +426,7 @@ impl Reactor {
 
     // ---- socket events -----------------------------------------------------
 
-    fn on_socket_event(&mut self, key: usize, readable: bool, writable: bool) {
+    fn on_socket_event(&mut self, key: usize, readable: bool, read_closed: bool, writable: bool) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -440,7 +441,7 @@ impl Reactor {
             if conn.has(flag::READ_PAUSED) {
                 conn.set(flag::READ_PENDING);
             } else {
-                self.read(key as u32);
+                self.read(key as u32, read_closed);
             }
         }
     }
@@ -451,19 +452,18 @@ impl Reactor {
         }
         let keys = std::mem::take(&mut self.read_again);
         for &key in &keys {
-            if self
-                .conns
-                .get(key as usize)
-                .is_some_and(|c| !c.has(flag::READ_PAUSED))
-            {
-                self.read(key);
-            }
+            // `read` remembers a paused connection's unread input (READ_PENDING), so
+            // reading resumes when its replies drain; no event will come for it.
+            self.read(key, true);
         }
     }
 
     /// Reads until the socket is drained, the read budget is spent, or the connection
-    /// stops wanting input.
-    fn read(&mut self, key: u32) {
+    /// stops wanting input. A short read normally means drained; with `to_end` (the
+    /// peer's FIN or an error was reported, or nothing says what is left) reading goes
+    /// on until `WouldBlock` or EOF, since an EOF that came with the last bytes raises
+    /// no further edge.
+    fn read(&mut self, key: u32, to_end: bool) {
         for _ in 0..READS_PER_EVENT {
             let Some(conn) = self.conns.get_mut(key as usize) else {
                 return;
@@ -500,7 +500,7 @@ impl Reactor {
             }
             // A short read drained the socket: with edge-triggered polling, bytes that
             // arrive later raise a new event.
-            if n < self.scratch.len() {
+            if n < self.scratch.len() && !to_end {
                 return;
             }
         }
@@ -1330,4 +1330,103 @@ fn is_resource_exhausted(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+#[cfg(test)]
+mod review_tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A reactor on a loopback listener, driven by hand (no thread).
+    fn reactor() -> (Reactor, std::net::SocketAddr) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared {
+            settings: Settings {
+                handshake: HandshakeConfig {
+                    path: "/ws".into(),
+                    allow_origins: Vec::new(),
+                    max_rooms: 8,
+                },
+                max_message: 64 << 10,
+                max_pending: 1,
+                slow_policy: SlowPolicy::Close,
+                echo: false,
+                max_rooms: 8,
+                max_connections: 100,
+                handshake_timeout: Duration::from_secs(10),
+                ping_interval: Duration::ZERO,
+                idle_timeout: Duration::ZERO,
+                shutdown_grace: Duration::from_secs(1),
+            },
+            sockets: AtomicUsize::new(0),
+        });
+        let dpoll = Poll::new().unwrap();
+        let dwaker = Arc::new(Waker::new(dpoll.registry(), WAKER).unwrap());
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let link = DispatcherLink { tx, waker: dwaker };
+        let (r, _handle) = Reactor::new(0, listener, shared, link).unwrap();
+        (r, addr)
+    }
+
+    /// An open WebSocket connection at slab key 0 (101 already read by the client).
+    fn open_conn(r: &mut Reactor, addr: std::net::SocketAddr) -> std::net::TcpStream {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        for _ in 0..100 {
+            r.accept();
+            if !r.conns.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(r.conns.contains(0));
+        c.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        r.read(0, false);
+        assert_eq!(r.conns[0].phase, Phase::Open);
+        r.before_sleep();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(c.read(&mut b).unwrap(), 1);
+            head.push(b[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"));
+        c
+    }
+
+    /// `read` spent its budget (the key goes on `read_again`), then the turn's flush
+    /// paused reading because the replies did not all go out. The next turn's
+    /// `read_pending` must not forget that the socket still holds unread bytes: once
+    /// the replies drain and reading resumes, they must be read without a new edge.
+    #[test]
+    fn review_read_again_survives_a_pause() {
+        let (mut r, addr) = reactor();
+        let mut c = open_conn(&mut r, addr);
+        // A masked, empty Ping sits unread in the server's socket.
+        c.write_all(&[0x89, 0x80, 0, 0, 0, 0]).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        // End of turn T: read() spent its budget, flush_dirty paused reading.
+        r.read_again.push(0);
+        r.conns[0].set(flag::READ_PAUSED);
+        // Turn T+1: no socket event; read_pending runs while still paused.
+        r.read_pending();
+        // The replies drain: the flush clears the pause.
+        r.mark_dirty(0);
+        r.before_sleep();
+        assert!(!r.conns[0].has(flag::READ_PAUSED));
+        // Turn T+2 (poll returns no event for this socket: its bytes arrived long ago).
+        r.read_pending();
+        r.before_sleep();
+        let mut pong = [0u8; 2];
+        c.read_exact(&mut pong)
+            .expect("the Ping left in the socket was never read");
+        assert_eq!(pong, [0x8a, 0x00]);
+    }
 }
