@@ -119,7 +119,8 @@ impl Server {
     /// dispatcher stops.
     pub fn shutdown(self) {
         for (h, _) in &self.reactors {
-            h.send(ReactorMsg::Shutdown);
+            // A reactor that has already exited needs no telling.
+            let _ = h.send(ReactorMsg::Shutdown);
         }
         for (_, j) in self.reactors {
             let _ = j.join();

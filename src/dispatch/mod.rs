@@ -634,6 +634,7 @@ impl Dispatcher {
                 // Replies wait with the pushes they acknowledge.
                 return;
             }
+            let mut unanswerable = Vec::new();
             for (r, batch) in self.batches.iter_mut().enumerate() {
                 if batch.is_empty() {
                     continue;
@@ -641,11 +642,23 @@ impl Dispatcher {
                 let cmds = std::mem::take(batch);
                 self.stats.batches += 1;
                 self.stats.wakeups += 1;
-                if !self.reactors[r].send(ReactorMsg::Batch(cmds)) {
+                if let Err(ReactorMsg::Batch(cmds)) = self.reactors[r].send(ReactorMsg::Batch(cmds))
+                {
+                    // Only while shutting down: the reactor has exited. Requests
+                    // waiting for its ack are answered for the reactors that can.
                     warn!("dispatcher: reactor {r} is gone");
+                    unanswerable.extend(cmds.iter().filter_map(|c| match c {
+                        reactor::Command::Join { req, .. }
+                        | reactor::Command::Leave { req, .. }
+                        | reactor::Command::Kick { req, .. } => Some(*req),
+                        reactor::Command::Push { .. } => None,
+                    }));
                 }
             }
             self.batch_started = None;
+            for req in unanswerable {
+                self.on_ack(req, 0);
+            }
         }
         let keys: Vec<usize> = self.clients.iter().map(|(k, _)| k).collect();
         for key in keys {

@@ -117,12 +117,13 @@ pub struct ReactorHandle {
 }
 
 impl ReactorHandle {
-    /// Sends a message and wakes the reactor. False if the reactor has exited.
-    pub fn send(&self, msg: ReactorMsg) -> bool {
-        if self.tx.send(msg).is_err() {
-            return false;
-        }
-        self.waker.wake().is_ok()
+    /// Sends a message and wakes the reactor. Gives the message back if the reactor
+    /// has exited.
+    pub fn send(&self, msg: ReactorMsg) -> Result<(), ReactorMsg> {
+        self.tx.send(msg).map_err(|e| e.into_inner())?;
+        // A failed wake-up (the eventfd is full) still leaves a wake-up pending.
+        let _ = self.waker.wake();
+        Ok(())
     }
 }
 
