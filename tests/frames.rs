@@ -166,9 +166,7 @@ fn accepts_code_point_split_across_fragments() {
     bytes.extend(client_frame(false, CONTINUATION, b"\xba\xe1"));
     bytes.extend(client_frame(true, CONTINUATION, b"\xbd\xb9"));
     send(&mut s, &bytes);
-    let (fin, op, payload) = read_server_frame(&mut s).expect("echo");
-    assert_eq!((fin, op), (true, TEXT));
-    assert_eq!(payload, b"\xce\xba\xe1\xbd\xb9");
+    expect_echo(&mut s, TEXT, b"\xce\xba\xe1\xbd\xb9");
 }
 
 #[test]
@@ -230,9 +228,7 @@ fn ignores_unsolicited_pong() {
     let mut bytes = client_frame(true, PONG, b"unsolicited");
     bytes.extend(client_frame(true, TEXT, b"still here"));
     send(&mut s, &bytes);
-    let (fin, op, payload) = read_server_frame(&mut s).expect("echo");
-    assert_eq!((fin, op), (true, TEXT));
-    assert_eq!(payload, b"still here");
+    expect_echo(&mut s, TEXT, b"still here");
 }
 
 #[test]
@@ -403,4 +399,11 @@ fn echoes_message_of_exactly_max_message_and_closes_one_byte_more_with_1009() {
     // fine, the Close frame is what is checked.
     let _ = ws.send(Message::binary(vec![b'x'; MIB + 1]));
     assert_eq!(close_code_of(&mut ws), Some(CloseCode::Size));
+}
+
+/// Reads one whole server frame and checks it is `op` carrying `payload`.
+fn expect_echo(s: &mut std::net::TcpStream, op: u8, payload: impl AsRef<[u8]>) {
+    let (fin, got_op, got) = read_server_frame(s).expect("echo");
+    assert_eq!((fin, got_op), (true, op));
+    assert_eq!(got, payload.as_ref());
 }

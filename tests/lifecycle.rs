@@ -16,28 +16,6 @@ use tungstenite::Message;
 
 const PING: u8 = 0x9;
 
-/// Raises this process's open-file soft limit to its hard limit (the server started
-/// afterwards inherits it) and checks `needed` fits.
-fn raise_fd_limit(needed: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-        }
-    }
-    assert!(
-        lim.rlim_cur >= needed,
-        "this test needs {needed} open files; the hard limit is {}",
-        lim.rlim_cur
-    );
-}
-
 /// True once the peer has closed `s` (EOF, reset, or a failed write), polling for up
 /// to `limit`; `poke` is written every round so a server that only notices a dead
 /// peer when writing still gets the chance.

@@ -16,19 +16,6 @@ use std::time::Duration;
 use common::*;
 use tungstenite::Message;
 
-/// A small deterministic generator, so a failing run can be replayed.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 33) % n as u64) as usize
-    }
-}
-
 const JSON_CONNS: usize = 100;
 const JSON_REQUESTS_PER_CONN: usize = 1000;
 const JSON_THREADS: usize = 4;

@@ -43,42 +43,6 @@ fn read_close(ws: &mut Ws) -> (u16, String) {
     }
 }
 
-/// A small deterministic generator, so a failing fan-out run can be replayed.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 33) % n as u64) as usize
-    }
-}
-
-/// Raises this process's open-file soft limit to its hard limit (the server,
-/// started afterwards, inherits it): the fan-out test holds 2,000 sockets here and
-/// 2,000 in the server, past the common default of 1,024.
-fn raise_fd_limit(needed: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-        }
-    }
-    assert!(
-        lim.rlim_cur >= needed,
-        "this test needs {needed} open files; the hard limit is {}",
-        lim.rlim_cur
-    );
-}
-
 const FANOUT_SUBSCRIBERS: usize = 2000;
 const FANOUT_ROOMS: usize = 20;
 const FANOUT_PUBLISHES: usize = 1000;

@@ -476,3 +476,38 @@ pub fn assert_info_eventually(server: &Server, key: &str, want: u64) {
     });
     assert!(ok, "INFO {key} is {last}, expected {want}");
 }
+
+/// Raises this process's open-file soft limit to its hard limit (the server started
+/// afterwards inherits it) and checks `needed` fits.
+pub fn raise_fd_limit(needed: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+        }
+    }
+    assert!(
+        lim.rlim_cur >= needed,
+        "this test needs {needed} open files; the hard limit is {}",
+        lim.rlim_cur
+    );
+}
+
+/// A small deterministic generator, so a failing randomized run can be replayed.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % n as u64) as usize
+    }
+}
