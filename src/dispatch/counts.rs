@@ -30,14 +30,6 @@ impl Counts {
         self.per_reactor.iter().map(|&(r, _)| r as usize)
     }
 
-    /// Connections in `reactor`.
-    pub fn in_reactor(&self, reactor: usize) -> u32 {
-        self.per_reactor
-            .iter()
-            .find(|&&(r, _)| r as usize == reactor)
-            .map_or(0, |&(_, n)| n)
-    }
-
     fn apply(&mut self, reactor: usize, delta: i32) {
         let r = reactor as u32;
         let i = match self.per_reactor.binary_search_by_key(&r, |&(r, _)| r) {

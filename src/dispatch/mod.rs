@@ -33,7 +33,7 @@ use crate::control::command::{Command, CommandError};
 use crate::control::resp::{self, Limits, Parsed, Parser};
 use crate::reactor::{self, ReactorHandle, ReactorMsg, Target};
 use crate::ws::close::CloseCode;
-use crate::ws::frame::{encode_close, encode_frame, OpCode};
+use crate::ws::frame::{encode_close, encode_header, OpCode};
 use counts::CountTable;
 use event::Event;
 
@@ -122,7 +122,6 @@ struct DispatchStats {
     commands: u64,
     control_connections: u64,
     batches: u64,
-    wakeups: u64,
     rejected_commands: u64,
 }
 
@@ -149,6 +148,8 @@ pub struct Dispatcher {
     congested: bool,
     /// accept() failed; try again at the next housekeeping tick.
     accept_retry: bool,
+    /// Reused list of clients to flush at the end of a turn.
+    to_flush: Vec<usize>,
     settings: DispatchSettings,
     stats: DispatchStats,
     started: Instant,
@@ -193,6 +194,7 @@ impl Dispatcher {
                 ready: Vec::new(),
                 congested: false,
                 accept_retry: false,
+                to_flush: Vec::new(),
                 settings,
                 stats: DispatchStats::default(),
                 started: Instant::now(),
@@ -641,7 +643,6 @@ impl Dispatcher {
                 }
                 let cmds = std::mem::take(batch);
                 self.stats.batches += 1;
-                self.stats.wakeups += 1;
                 if let Err(ReactorMsg::Batch(cmds)) = self.reactors[r].send(ReactorMsg::Batch(cmds))
                 {
                     // Only while shutting down: the reactor has exited. Requests
@@ -660,10 +661,21 @@ impl Dispatcher {
                 self.on_ack(req, 0);
             }
         }
-        let keys: Vec<usize> = self.clients.iter().map(|(k, _)| k).collect();
-        for key in keys {
+        // Only clients with something to write or to finish; the buffer is reused.
+        let mut keys = std::mem::take(&mut self.to_flush);
+        keys.extend(
+            self.clients
+                .iter()
+                .filter(|(_, c)| {
+                    !c.output.is_empty() || c.closing || c.eof || c.stalled_since.is_some()
+                })
+                .map(|(k, _)| k),
+        );
+        for &key in &keys {
             self.flush_client(key);
         }
+        keys.clear();
+        self.to_flush = keys;
     }
 
     fn flush_client(&mut self, key: usize) {
@@ -742,7 +754,11 @@ pub fn push_frame(payload: &[u8]) -> Arc<[u8]> {
     } else {
         OpCode::Binary
     };
-    encode_frame(opcode, payload).into()
+    // One allocation of the exact size, straight into the shared buffer (the
+    // iterator's exact length lets `Arc<[u8]>` allocate once, no intermediate Vec).
+    let mut header = [0u8; 10];
+    let n = encode_header(true, opcode, payload.len(), &mut header);
+    header[..n].iter().chain(payload).copied().collect()
 }
 
 /// Compares secrets without an early exit that would leak the matching prefix length.
@@ -751,4 +767,27 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::frame::encode_frame;
+
+    #[test]
+    fn push_frame_is_a_text_frame_for_utf8_and_binary_otherwise() {
+        for len in [0usize, 5, 125, 126, 65_535, 65_536] {
+            let text = vec![b'a'; len];
+            assert_eq!(&*push_frame(&text), &encode_frame(OpCode::Text, &text)[..]);
+        }
+        let bin = [0xff, 0x00, 0xfe];
+        assert_eq!(&*push_frame(&bin), &encode_frame(OpCode::Binary, &bin)[..]);
+    }
+
+    #[test]
+    fn secrets_compare_equal_only_when_identical() {
+        assert!(constant_time_eq(b"hunter2", b"hunter2"));
+        assert!(!constant_time_eq(b"hunter2", b"hunter3"));
+        assert!(!constant_time_eq(b"hunter2", b"hunter"));
+    }
 }

@@ -1290,13 +1290,6 @@ impl Reactor {
         g.sockets.store(self.conns.len() as u64, Ordering::Relaxed);
         g.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);
         g.pending_bytes.store(pending_bytes, Ordering::Relaxed);
-        g.open.store(
-            self.conns
-                .iter()
-                .filter(|(_, c)| c.phase == Phase::Open)
-                .count() as u64,
-            Ordering::Relaxed,
-        );
     }
 
     fn start_shutdown(&mut self) {

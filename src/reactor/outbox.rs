@@ -78,12 +78,6 @@ impl WriteQueue {
         self.chunks.is_empty()
     }
 
-    /// True if the front frame is partly written: nothing else may go out before it
-    /// finishes, or the peer would see a torn frame.
-    pub fn mid_frame(&self) -> bool {
-        self.offset > 0
-    }
-
     /// Drops everything but a partly written front frame (which must finish, or the
     /// peer would see a torn frame).
     pub fn keep_partial_front(&mut self) {

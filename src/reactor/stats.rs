@@ -79,8 +79,6 @@ pub fn failure_index(e: HandshakeError) -> usize {
 /// Gauges a reactor overwrites every turn.
 #[derive(Default)]
 pub struct Gauges {
-    /// Open WebSocket connections.
-    pub open: AtomicU64,
     /// Sockets in any phase.
     pub sockets: AtomicU64,
     /// Rooms with members in this reactor.
