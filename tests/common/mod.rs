@@ -28,37 +28,11 @@ impl Server {
 
     /// Like `start`, with the child's RLIMIT_NOFILE (soft and hard) set to `nofile`.
     pub fn start_with_nofile(args: &[&str], nofile: Option<u64>) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wspush"));
-        if let Some(n) = nofile {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork
-            // and exec here.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let lim = libc::rlimit {
-                        rlim_cur: n as libc::rlim_t,
-                        rlim_max: n as libc::rlim_t,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        if !args.contains(&"--listen") {
-            cmd.args(["--listen", "127.0.0.1:0"]);
-        }
-        if !args.contains(&"--control") {
-            cmd.args(["--control", "127.0.0.1:0"]);
-        }
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .env(
-                "RUST_LOG",
-                std::env::var("WSPUSH_TEST_LOG").unwrap_or_else(|_| "error".into()),
-            );
+        let mut cmd = command(args, nofile);
+        cmd.stdout(Stdio::piped()).env(
+            "RUST_LOG",
+            std::env::var("WSPUSH_TEST_LOG").unwrap_or_else(|_| "error".into()),
+        );
         if std::env::var_os("WSPUSH_TEST_LOG").is_none() {
             cmd.stderr(Stdio::null());
         }
@@ -168,6 +142,88 @@ impl Server {
             .unwrap_or_else(|| panic!("INFO has no {key}"))
             .parse()
             .expect("number")
+    }
+}
+
+/// The `wspush` command line the harness runs: `args`, with `--listen`/`--control`
+/// defaulting to 127.0.0.1:0, and the child's RLIMIT_NOFILE (soft and hard) set to
+/// `nofile` if given.
+fn command(args: &[&str], nofile: Option<u64>) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wspush"));
+    if let Some(n) = nofile {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork
+        // and exec here.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: n as libc::rlim_t,
+                    rlim_max: n as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    if !args.contains(&"--listen") {
+        cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    if !args.contains(&"--control") {
+        cmd.args(["--control", "127.0.0.1:0"]);
+    }
+    cmd.args(args).stdin(Stdio::null());
+    cmd
+}
+
+/// How a server that refused to start ended.
+pub struct Refusal {
+    pub status: ExitStatus,
+    /// Everything it wrote on stderr.
+    pub stderr: String,
+}
+
+/// Runs `wspush` with `args` (and RLIMIT_NOFILE `nofile`) expecting it to refuse to
+/// start; panics if it prints its ready line instead (the server is killed first) or
+/// is still running after 20 s.
+pub fn start_expecting_refusal(args: &[&str], nofile: Option<u64>) -> Refusal {
+    let mut cmd = command(args, nofile);
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("RUST_LOG", "info");
+    let mut child = cmd.spawn().expect("spawn wspush");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        let ready = rx.try_recv().ok();
+        if ready.is_some() || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = err_reader.join().unwrap_or_default();
+            panic!("wspush {args:?} did not refuse to start: stdout {ready:?}, stderr {stderr:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Refusal {
+        status,
+        stderr: err_reader.join().expect("stderr reader"),
     }
 }
 
