@@ -120,6 +120,32 @@ impl std::error::Error for ConfigError {}
 /// The largest --max-message: a message is held in memory whole.
 pub const MAX_MESSAGE_LIMIT: usize = 256 << 20;
 
+/// The reactor timer's resolution: handshake, ping, idle and shutdown deadlines are
+/// counted in whole ticks, rounded down. Defined here, not in the reactor, because
+/// validation must reject a non-zero duration that rounds down to 0 ticks: for ping
+/// and idle, 0 means "never", so `--idle-timeout 5ms` would silently disable it.
+pub const TIMER_TICK: Duration = Duration::from_millis(10);
+
+/// Whole timer ticks in `d`, rounded down as the reactor counts them.
+pub fn whole_ticks(d: Duration) -> u128 {
+    d.as_nanos() / TIMER_TICK.as_nanos()
+}
+
+/// The flags the reactor counts in [`TIMER_TICK`]s, with what 0 means for each
+/// (`--batch-delay` is not one: the dispatcher sleeps for it exactly).
+fn tick_counted(cfg: &Config) -> [(&'static str, Duration, &'static str); 4] {
+    [
+        ("--handshake-timeout", cfg.handshake_timeout, ""),
+        ("--ping-interval", cfg.ping_interval, " (or 0 for never)"),
+        ("--idle-timeout", cfg.idle_timeout, " (or 0 for never)"),
+        (
+            "--shutdown-grace",
+            cfg.shutdown_grace,
+            " (or 0 to close at once)",
+        ),
+    ]
+}
+
 impl Config {
     /// Checks values that clap cannot check alone.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -145,9 +171,18 @@ impl Config {
         if self.handshake_timeout.is_zero() {
             return err("--handshake-timeout must be more than 0");
         }
+        for (flag, d, zero) in tick_counted(self) {
+            if !d.is_zero() && whole_ticks(d) == 0 {
+                return Err(ConfigError(format!(
+                    "{flag} {d:?} is below the timer resolution of {TIMER_TICK:?}: give at \
+                     least {TIMER_TICK:?}{zero}"
+                )));
+            }
+        }
+        // Compared in ticks, as the reactor sees them: 15ms and 19ms are both one tick.
         if !self.idle_timeout.is_zero()
             && !self.ping_interval.is_zero()
-            && self.ping_interval >= self.idle_timeout
+            && whole_ticks(self.ping_interval) >= whole_ticks(self.idle_timeout)
         {
             return err("--ping-interval must be shorter than --idle-timeout, or clients that only answer pings are closed as idle");
         }
@@ -259,6 +294,68 @@ mod tests {
         assert_eq!(cfg.max_message, 64 << 10);
         assert_eq!(cfg.max_pending, 1 << 20);
         assert_eq!(cfg.slow_policy, SlowPolicy::Close);
+    }
+
+    #[test]
+    fn a_tick_is_10ms() {
+        assert_eq!(TIMER_TICK, Duration::from_millis(10));
+        assert_eq!(whole_ticks(Duration::from_millis(9)), 0);
+        assert_eq!(whole_ticks(Duration::from_millis(19)), 1);
+        assert_eq!(whole_ticks(Duration::from_secs(1)), 100);
+    }
+
+    fn validate(args: &[&str]) -> Result<(), ConfigError> {
+        Config::parse_from(std::iter::once("wspush").chain(args.iter().copied())).validate()
+    }
+
+    #[test]
+    fn rejects_every_tick_counted_duration_below_one_tick() {
+        for flag in [
+            "--handshake-timeout",
+            "--ping-interval",
+            "--idle-timeout",
+            "--shutdown-grace",
+        ] {
+            for value in ["5ms", "9.9ms", "0.001"] {
+                let e = validate(&[flag, value]).expect_err(value);
+                assert!(e.0.starts_with(flag), "{flag} {value}: {e}");
+                assert!(e.0.contains("at least 10ms"), "{flag} {value}: {e}");
+            }
+            // One tick exactly is the smallest accepted value (ping below idle).
+            let at_tick = if flag == "--idle-timeout" {
+                validate(&[flag, "10ms", "--ping-interval", "0"])
+            } else {
+                validate(&[flag, "10ms"])
+            };
+            assert_eq!(at_tick, Ok(()), "{flag} 10ms");
+        }
+    }
+
+    #[test]
+    fn zero_still_means_never_for_ping_idle_and_no_grace() {
+        assert_eq!(validate(&["--ping-interval", "0"]), Ok(()));
+        assert_eq!(
+            validate(&["--idle-timeout", "0", "--ping-interval", "0"]),
+            Ok(())
+        );
+        assert_eq!(validate(&["--idle-timeout", "0"]), Ok(()));
+        assert_eq!(validate(&["--shutdown-grace", "0"]), Ok(()));
+    }
+
+    #[test]
+    fn sub_tick_batch_delay_is_accepted() {
+        // The dispatcher does not count it in ticks.
+        assert_eq!(validate(&["--batch-delay", "1ms"]), Ok(()));
+    }
+
+    #[test]
+    fn ping_interval_must_be_fewer_ticks_than_idle_timeout() {
+        let e = validate(&["--ping-interval", "15ms", "--idle-timeout", "19ms"]);
+        assert!(e.is_err(), "both are one tick");
+        assert_eq!(
+            validate(&["--ping-interval", "15ms", "--idle-timeout", "20ms"]),
+            Ok(())
+        );
     }
 
     #[test]

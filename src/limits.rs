@@ -1,8 +1,9 @@
 //! Descriptor limits and kernel settings that cap how many connections one process holds.
 //!
 //! Used once at start-up: raise `RLIMIT_NOFILE`, derive the default
-//! `--max-connections` from it, and warn (never fail) about kernel settings that
-//! would cap the server below its target. Reading (`getrlimit`, `/proc/sys`) is
+//! `--max-connections` from it (refusing when the limit leaves no room for any
+//! connection), and warn (never fail) about kernel settings that would cap the
+//! server below its target. Reading (`getrlimit`, `/proc/sys`) is
 //! kept apart from judging (`judge_capacity`, pure) so the judging is unit-tested.
 //! This module must never be called on a hot path and never panics: a setting
 //! that cannot be read is skipped, not an error.
@@ -69,21 +70,66 @@ pub fn nofile_target(current: NofileLimit, nr_open: Option<u64>) -> Option<u64> 
     (ceiling > current.soft).then_some(ceiling)
 }
 
-/// Descriptors kept for things that are not client connections (listeners, epoll,
-/// wakers, control clients, log files...): [`RESERVED_BASE`] +
-/// [`RESERVED_PER_REACTOR`] per reactor.
-pub fn reserved_descriptors(threads: usize) -> u64 {
-    let threads = u64::try_from(threads).unwrap_or(u64::MAX);
-    RESERVED_BASE.saturating_add(RESERVED_PER_REACTOR.saturating_mul(threads))
+/// What a descriptor limit must cover besides client connections. One struct so
+/// the reserve stays one computation as more things come to need descriptors
+/// (a handshake budget, an HTTP listener): add a field and its term in
+/// [`DescriptorBudget::reserved`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DescriptorBudget {
+    /// Reactor threads, each holding [`RESERVED_PER_REACTOR`].
+    pub threads: usize,
 }
 
-/// The default --max-connections for a descriptor limit: everything the limit
-/// allows once [`reserved_descriptors`] are set aside. Zero when the limit does
-/// not even cover the reserve; the caller should refuse to start then.
-pub fn default_max_connections(nofile: u64, threads: usize) -> usize {
-    let free = nofile.saturating_sub(reserved_descriptors(threads));
-    usize::try_from(free).unwrap_or(usize::MAX)
+impl DescriptorBudget {
+    /// Descriptors kept for things that are not client connections:
+    /// [`RESERVED_BASE`] + [`RESERVED_PER_REACTOR`] per reactor.
+    pub fn reserved(&self) -> u64 {
+        let threads = u64::try_from(self.threads).unwrap_or(u64::MAX);
+        RESERVED_BASE.saturating_add(RESERVED_PER_REACTOR.saturating_mul(threads))
+    }
+
+    /// The default --max-connections under the soft limit `nofile`: everything it
+    /// allows once [`Self::reserved`] is set aside. An error, not 0, when nothing is
+    /// left: a server that answers 503 to everyone must not start.
+    pub fn default_max_connections(&self, nofile: u64) -> Result<usize, DescriptorShortfall> {
+        let reserved = self.reserved();
+        match nofile.saturating_sub(reserved) {
+            0 => Err(DescriptorShortfall {
+                nofile,
+                threads: self.threads,
+                reserved,
+            }),
+            free => Ok(usize::try_from(free).unwrap_or(usize::MAX)),
+        }
+    }
 }
+
+/// The open-file limit does not even cover the reserve, so the default
+/// --max-connections would be 0. `Display` is one line an operator can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DescriptorShortfall {
+    /// The soft RLIMIT_NOFILE in force (after raising it to the hard limit).
+    pub nofile: u64,
+    /// Reactor threads.
+    pub threads: usize,
+    /// What [`DescriptorBudget::reserved`] set aside.
+    pub reserved: u64,
+}
+
+impl fmt::Display for DescriptorShortfall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the open-file limit {} does not cover the {} descriptors reserved for {} reactor \
+             threads ({RESERVED_BASE} + {RESERVED_PER_REACTOR} per thread), so no connection \
+             could be accepted: raise the limit (ulimit -n, LimitNOFILE= under systemd), lower \
+             --threads, or set --max-connections",
+            self.nofile, self.reserved, self.threads
+        )
+    }
+}
+
+impl std::error::Error for DescriptorShortfall {}
 
 /// Human warnings (one line each) for settings that would cap the server below
 /// `max_connections`: nofile soft limit, fs.nr_open, fs.file-max,
@@ -406,28 +452,67 @@ mod tests {
         hard: 2_000_000,
     };
 
+    fn budget(threads: usize) -> DescriptorBudget {
+        DescriptorBudget { threads }
+    }
+
     #[test]
     fn reserves_64_plus_16_per_reactor() {
-        assert_eq!(reserved_descriptors(0), 64);
-        assert_eq!(reserved_descriptors(1), 80);
-        assert_eq!(reserved_descriptors(8), 64 + 128);
+        assert_eq!(budget(0).reserved(), 64);
+        assert_eq!(budget(1).reserved(), 80);
+        assert_eq!(budget(8).reserved(), 64 + 128);
     }
 
     #[test]
     fn default_max_connections_is_nofile_minus_reserve() {
-        assert_eq!(default_max_connections(1024, 2), 1024 - 96);
-        assert_eq!(default_max_connections(1_048_576, 4), 1_048_576 - 128);
+        assert_eq!(budget(2).default_max_connections(1024), Ok(1024 - 96));
+        assert_eq!(
+            budget(4).default_max_connections(1_048_576),
+            Ok(1_048_576 - 128)
+        );
+        assert_eq!(budget(2).default_max_connections(97), Ok(1));
     }
 
     #[test]
-    fn default_max_connections_is_zero_when_limit_below_reserve() {
-        assert_eq!(default_max_connections(50, 2), 0);
-        assert_eq!(default_max_connections(96, 2), 0);
+    fn limit_at_or_below_reserve_is_a_shortfall_not_zero_connections() {
+        assert_eq!(
+            budget(64).default_max_connections(1024),
+            Err(DescriptorShortfall {
+                nofile: 1024,
+                threads: 64,
+                reserved: 1088
+            })
+        );
+        assert!(budget(2).default_max_connections(96).is_err());
+        assert!(budget(2).default_max_connections(50).is_err());
+    }
+
+    #[test]
+    fn shortfall_names_limit_threads_reserve_and_the_remedies_on_one_line() {
+        let line = DescriptorShortfall {
+            nofile: 1024,
+            threads: 64,
+            reserved: 1088,
+        }
+        .to_string();
+        assert!(!line.contains('\n'), "{line}");
+        for want in [
+            "open-file limit 1024",
+            "1088 descriptors",
+            "64 reactor threads",
+            "ulimit -n",
+            "LimitNOFILE=",
+            "--threads",
+            "--max-connections",
+        ] {
+            assert!(line.contains(want), "no {want:?} in {line}");
+        }
     }
 
     #[test]
     fn default_max_connections_saturates_for_unlimited_nofile() {
-        assert!(default_max_connections(u64::MAX, 2) >= usize::MAX / 2);
+        let max = budget(2).default_max_connections(u64::MAX);
+        assert!(max.is_ok_and(|m| m >= usize::MAX / 2));
     }
 
     #[test]
@@ -478,7 +563,9 @@ mod tests {
             soft: 1024,
             hard: 1024,
         };
-        let max = default_max_connections(nofile.soft, 4);
+        let max = budget(4)
+            .default_max_connections(nofile.soft)
+            .expect("1024 covers 4 reactors");
         assert_eq!(judge_capacity(max, &nofile, 1024, &ample()), vec![]);
     }
 
@@ -714,10 +801,11 @@ mod tests {
                 tcp_mem_pages: mem, page_size: page,
             };
             let nofile = NofileLimit { soft, hard };
-            let max = default_max_connections(soft, threads);
+            // Below the reserve there is no default: start-up refuses.
+            let max = budget(threads).default_max_connections(soft);
+            prop_assume!(max.is_ok());
+            let max = max.unwrap_or_default();
             let w = judge_capacity(max, &nofile, backlog, &kernel);
-            // Below the reserve the default is 0 and the warning is deserved.
-            prop_assume!(soft >= reserved_descriptors(threads));
             let capped = w.iter().any(|w| matches!(w, CapacityWarning::NofileSoft { .. }));
             prop_assert!(!capped);
         }

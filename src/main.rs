@@ -1,5 +1,6 @@
 //! The wspush server binary: flags, logging, limits, start-up and signals only.
-//! Everything else lives in the library (`wspush::server`).
+//! Everything else lives in the library (`wspush::server`). A start-up failure is
+//! printed once, as one line, and never leaves a half-started server running.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -11,28 +12,33 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use wspush::config::Config;
-use wspush::limits;
+use wspush::limits::{self, DescriptorBudget};
 use wspush::reactor::listener::BACKLOG;
-use wspush::server::Server;
+use wspush::server::{Server, StartError};
 
 fn main() -> ExitCode {
     let cfg = Config::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    if let Err(e) = cfg.validate() {
-        eprintln!("wspush: {e}");
-        return ExitCode::from(2);
-    }
-    let threads = cfg.reactor_threads();
-    let nofile = match limits::raise_nofile_limit() {
-        Ok(l) => l,
+    match run(&cfg) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("cannot read the open-file limit: {e}");
-            return ExitCode::from(1);
+            // Printed, not logged: RUST_LOG=off must not hide why the server is not up.
+            eprintln!("wspush: {e}");
+            ExitCode::from(e.exit_code())
         }
+    }
+}
+
+/// Starts the server, serves until a signal, and stops it. Every start-up failure
+/// comes back as a `StartError`, before any client could have connected.
+fn run(cfg: &Config) -> Result<(), StartError> {
+    cfg.validate()?;
+    let threads = cfg.reactor_threads();
+    let nofile = limits::raise_nofile_limit().map_err(StartError::NofileLimit)?;
+    let max_connections = match cfg.max_connections {
+        Some(n) => n,
+        None => DescriptorBudget { threads }.default_max_connections(nofile.soft)?,
     };
-    let max_connections = cfg
-        .max_connections
-        .unwrap_or_else(|| limits::default_max_connections(nofile.soft, threads));
     for w in limits::capacity_warnings(max_connections, &nofile, BACKLOG as u32) {
         warn!("{w}");
     }
@@ -45,20 +51,11 @@ fn main() -> ExitCode {
             cfg.max_pending, cfg.max_message
         );
     }
-    let signals = match Signals::new([SIGINT, SIGTERM]) {
-        Ok(s) => s,
-        Err(e) => {
-            error!("cannot install signal handlers: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let server = match Server::start(&cfg, max_connections) {
-        Ok(s) => s,
-        Err(e) => {
-            error!("cannot start: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    let signals = Signals::new([SIGINT, SIGTERM]).map_err(|err| StartError::Resource {
+        what: "the signal handlers".into(),
+        err,
+    })?;
+    let server = Server::start(cfg, max_connections)?;
     info!(
         "listening: WebSocket ws://{}{} ({} reactors), control port {}; open-file limit {} → up to {} connections",
         server.ws_addr, cfg.path, server.threads, server.control_addr, nofile.soft, server.max_connections
@@ -76,7 +73,7 @@ fn main() -> ExitCode {
     );
     server.shutdown();
     info!("stopped");
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 /// Blocks until SIGINT/SIGTERM. A second signal during the grace period exits at once;

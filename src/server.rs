@@ -1,15 +1,23 @@
 //! Assembles a running server: binds the sockets, starts the reactor threads and the
 //! dispatcher, and stops them in order. `main` is only flags and signals around it;
 //! tests and benchmarks can start a server in-process the same way.
+//!
+//! Every way start-up can fail is a [`StartError`] whose one-line `Display` names the
+//! part, the address or path, and the reason without "(os error N)"; `main` prints it
+//! once and exits with [`StartError::exit_code`]. Start-up must never leave a server
+//! running that cannot serve (no listener, no connection allowed).
 
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::dispatch::{DispatchSettings, Dispatcher, DispatcherHandle};
+use crate::limits::DescriptorShortfall;
 use crate::reactor::listener::bind_listeners;
 use crate::reactor::{DispatcherLink, Reactor, ReactorHandle, ReactorMsg, Settings, Shared};
 use crate::ws::handshake::HandshakeConfig;
@@ -28,20 +36,143 @@ pub struct Server {
     dispatcher: (DispatcherHandle, JoinHandle<()>),
 }
 
+/// Why the server did not start. Each variant is one line for the operator.
+#[derive(Debug)]
+pub enum StartError {
+    /// A flag value, or a combination of them, that cannot work.
+    Config(ConfigError),
+    /// The open-file limit leaves no descriptor for a connection.
+    Descriptors(DescriptorShortfall),
+    /// `RLIMIT_NOFILE` could not be read or raised.
+    NofileLimit(io::Error),
+    /// A listening socket could not be bound; `flag` is the flag that names `addr`.
+    Listen {
+        flag: &'static str,
+        addr: SocketAddr,
+        err: io::Error,
+    },
+    /// A file a flag names could not be opened or read. No flag names a file yet;
+    /// TLS keys, token keys and the like report through this variant so every file
+    /// error names its flag and path the same way.
+    File {
+        flag: &'static str,
+        path: PathBuf,
+        err: io::Error,
+    },
+    /// The system refused something else start-up needs (an epoll, an eventfd, a
+    /// thread, the signal handlers); `what` names it.
+    Resource { what: String, err: io::Error },
+}
+
+impl StartError {
+    /// The process exit status: 2 when the settings cannot work as given (the same
+    /// status clap uses for a bad flag), 1 when the system refused a resource.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) | StartError::Descriptors(_) => 2,
+            StartError::NofileLimit(_)
+            | StartError::Listen { .. }
+            | StartError::File { .. }
+            | StartError::Resource { .. } => 1,
+        }
+    }
+
+    fn resource(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
+        let what = what.into();
+        move |err| StartError::Resource { what, err }
+    }
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Config(e) => write!(f, "{e}"),
+            StartError::Descriptors(e) => write!(f, "{e}"),
+            StartError::NofileLimit(err) => {
+                write!(
+                    f,
+                    "cannot read or raise the open-file limit: {}",
+                    reason(err)
+                )
+            }
+            StartError::Listen { flag, addr, err } => {
+                write!(f, "cannot listen on {addr} ({flag}): {}", reason(err))
+            }
+            StartError::File { flag, path, err } => {
+                write!(
+                    f,
+                    "cannot read {} ({flag}): {}",
+                    path.display(),
+                    reason(err)
+                )
+            }
+            StartError::Resource { what, err } => {
+                write!(f, "cannot create {what}: {}", reason(err))
+            }
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<ConfigError> for StartError {
+    fn from(e: ConfigError) -> Self {
+        StartError::Config(e)
+    }
+}
+
+impl From<DescriptorShortfall> for StartError {
+    fn from(e: DescriptorShortfall) -> Self {
+        StartError::Descriptors(e)
+    }
+}
+
+/// The reason text of `err` without io::Error's "(os error N)" suffix: the C
+/// library's message for an OS error (what `strerror` prints), the error's own
+/// message otherwise.
+fn reason(err: &io::Error) -> String {
+    let Some(code) = err.raw_os_error() else {
+        return err.to_string();
+    };
+    let mut buf = [0 as libc::c_char; 256];
+    // SAFETY: `buf` is writable for its whole length, which is what we pass; the XSI
+    // strerror_r (the one the libc crate binds) NUL-terminates on success.
+    let ok = unsafe { libc::strerror_r(code, buf.as_mut_ptr(), buf.len()) } == 0;
+    if !ok {
+        return format!("{:?}", err.kind());
+    }
+    // SAFETY: strerror_r succeeded, so `buf` holds a NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
 impl Server {
     /// Binds every socket and starts every thread. Fails before starting any thread if
     /// an address cannot be bound.
-    pub fn start(cfg: &Config, max_connections: usize) -> io::Result<Server> {
+    pub fn start(cfg: &Config, max_connections: usize) -> Result<Server, StartError> {
         let threads = cfg.reactor_threads();
-        let listeners = bind_listeners(cfg.listen, threads)?;
-        let ws_addr = listeners[0].local_addr()?;
-        let control = std::net::TcpListener::bind(cfg.control)?;
-        control.set_nonblocking(true)?;
-        let control_addr = control.local_addr()?;
+        let origins = cfg.origins()?;
+        let listen_err = |err| StartError::Listen {
+            flag: "--listen",
+            addr: cfg.listen,
+            err,
+        };
+        let listeners = bind_listeners(cfg.listen, threads).map_err(listen_err)?;
+        let ws_addr = listeners
+            .first()
+            .ok_or_else(|| listen_err(io::ErrorKind::InvalidInput.into()))?
+            .local_addr()
+            .map_err(listen_err)?;
+        let control_err = |err| StartError::Listen {
+            flag: "--control",
+            addr: cfg.control,
+            err,
+        };
+        let control = std::net::TcpListener::bind(cfg.control).map_err(control_err)?;
+        control.set_nonblocking(true).map_err(control_err)?;
+        let control_addr = control.local_addr().map_err(control_err)?;
 
-        let origins = cfg
-            .origins()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.0))?;
         let shared = Arc::new(Shared {
             settings: Settings {
                 handshake: HandshakeConfig {
@@ -63,7 +194,8 @@ impl Server {
             sockets: AtomicUsize::new(0),
         });
 
-        let (dpoll, dwaker) = Dispatcher::poll_and_waker()?;
+        let (dpoll, dwaker) = Dispatcher::poll_and_waker()
+            .map_err(StartError::resource("the dispatcher's event loop"))?;
         let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
         let mut handles = Vec::new();
         let mut reactors = Vec::new();
@@ -72,11 +204,13 @@ impl Server {
                 tx: ev_tx.clone(),
                 waker: dwaker.clone(),
             };
-            let (reactor, handle) = Reactor::new(i, l, shared.clone(), link)?;
+            let (reactor, handle) = Reactor::new(i, l, shared.clone(), link)
+                .map_err(StartError::resource(format!("reactor {i}'s event loop")))?;
             handles.push(handle.clone());
             let join = std::thread::Builder::new()
                 .name(format!("reactor-{i}"))
-                .spawn(move || reactor.run())?;
+                .spawn(move || reactor.run())
+                .map_err(StartError::resource(format!("reactor thread {i}")))?;
             reactors.push((handle, join));
         }
         drop(ev_tx);
@@ -95,10 +229,12 @@ impl Server {
                 control: control_addr,
             },
             shared,
-        )?;
+        )
+        .map_err(StartError::resource("the dispatcher"))?;
         let djoin = std::thread::Builder::new()
             .name("dispatcher".into())
-            .spawn(move || dispatcher.run())?;
+            .spawn(move || dispatcher.run())
+            .map_err(StartError::resource("the dispatcher thread"))?;
         Ok(Server {
             ws_addr,
             control_addr,
@@ -127,5 +263,61 @@ impl Server {
         }
         self.dispatcher.0.stop();
         let _ = self.dispatcher.1.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_use() -> io::Error {
+        io::Error::from_raw_os_error(libc::EADDRINUSE)
+    }
+
+    #[test]
+    fn listen_error_names_flag_and_address_without_os_error_noise() {
+        let e = StartError::Listen {
+            flag: "--listen",
+            addr: "0.0.0.0:8080".parse().expect("addr"),
+            err: in_use(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot listen on 0.0.0.0:8080 (--listen): Address already in use"
+        );
+        assert_eq!(e.exit_code(), 1);
+    }
+
+    #[test]
+    fn file_error_names_flag_and_path() {
+        let e = StartError::File {
+            flag: "--tls-key",
+            path: PathBuf::from("/etc/wspush/key.pem"),
+            err: io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot read /etc/wspush/key.pem (--tls-key): No such file or directory"
+        );
+        assert_eq!(e.exit_code(), 1);
+    }
+
+    #[test]
+    fn errors_without_an_os_code_keep_their_own_message() {
+        let err = io::Error::other("no route");
+        assert_eq!(reason(&err), "no route");
+    }
+
+    #[test]
+    fn settings_that_cannot_work_exit_2() {
+        let e = StartError::from(ConfigError("--threads must be between 1 and 1024".into()));
+        assert_eq!(e.exit_code(), 2);
+        let e = StartError::from(DescriptorShortfall {
+            nofile: 1024,
+            threads: 64,
+            reserved: 1088,
+        });
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().starts_with("the open-file limit 1024"));
     }
 }

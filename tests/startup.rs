@@ -38,10 +38,8 @@ fn refuses_when_open_file_limit_does_not_cover_the_reserve_for_the_threads() {
 
 #[test]
 fn explicit_max_connections_starts_despite_a_small_open_file_limit() {
-    let server = Server::start_with_nofile(
-        &["--threads", "64", "--max-connections", "100"],
-        Some(1024),
-    );
+    let server =
+        Server::start_with_nofile(&["--threads", "64", "--max-connections", "100"], Some(1024));
     assert_eq!(server.info_u64("max_connections"), 100);
 }
 
@@ -53,7 +51,9 @@ fn occupied_websocket_port_names_the_address() {
     assert_eq!(r.status.code(), Some(1), "{:?}", r.stderr);
     let line = only_line_with(&r.stderr, "cannot listen");
     assert!(
-        line.contains(&format!("cannot listen on {addr} (--listen): Address already in use")),
+        line.contains(&format!(
+            "cannot listen on {addr} (--listen): Address already in use"
+        )),
         "{line:?}"
     );
     assert!(!line.contains("os error"), "{line:?}");
