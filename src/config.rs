@@ -57,6 +57,13 @@ pub struct Config {
     #[arg(long)]
     pub max_connections: Option<usize>,
 
+    /// Most sockets in their HTTP handshake at once (accepted, not yet upgraded); more
+    /// get HTTP 503 at once. They do not count toward --max-connections, so clients
+    /// that never finish their request cannot hold established capacity [default:
+    /// 1/64 of the open-file limit, 64 to 65536].
+    #[arg(long)]
+    pub max_handshakes: Option<usize>,
+
     /// Allowed Origin (repeatable): an exact origin (https://app.example.com) or a host
     /// pattern (*.example.com). Default: any origin.
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
@@ -121,10 +128,10 @@ impl std::error::Error for ConfigError {}
 pub const MAX_MESSAGE_LIMIT: usize = 256 << 20;
 
 /// The reactor timer's resolution: handshake, ping, idle and shutdown deadlines are
-/// counted in whole ticks, rounded down. Defined here, not in the reactor, because
-/// validation must reject a non-zero duration that rounds down to 0 ticks: for ping
-/// and idle, 0 means "never", so `--idle-timeout 5ms` would silently disable it.
-pub const TIMER_TICK: Duration = Duration::from_millis(10);
+/// counted in whole ticks, rounded down. Validation must reject a non-zero duration
+/// that rounds down to 0 ticks: for ping and idle, 0 means "never", so
+/// `--idle-timeout 5ms` would silently disable it.
+pub const TIMER_TICK: Duration = crate::reactor::TICK;
 
 /// Whole timer ticks in `d`, rounded down as the reactor counts them.
 pub fn whole_ticks(d: Duration) -> u128 {
@@ -155,6 +162,9 @@ impl Config {
         }
         if self.threads == Some(0) || self.threads.is_some_and(|t| t > 1024) {
             return err("--threads must be between 1 and 1024");
+        }
+        if self.max_handshakes == Some(0) {
+            return err("--max-handshakes must be at least 1");
         }
         if self.max_connections == Some(0) {
             return err("--max-connections must be at least 1");
@@ -201,6 +211,14 @@ impl Config {
                 OriginPattern::parse(o).map_err(|e| ConfigError(format!("--allow-origin {o}: {e}")))
             })
             .collect()
+    }
+
+    /// The reactors' slow-consumer policy.
+    pub fn reactor_slow_policy(&self) -> crate::reactor::SlowPolicy {
+        match self.slow_policy {
+            SlowPolicy::Close => crate::reactor::SlowPolicy::Close,
+            SlowPolicy::Drop => crate::reactor::SlowPolicy::Drop,
+        }
     }
 
     /// Reactor thread count: --threads or the available cores.

@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod dispatch;
 pub mod limits;
+pub mod link;
 pub mod names;
 pub mod reactor;
 pub mod server;

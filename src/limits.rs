@@ -70,6 +70,15 @@ pub fn nofile_target(current: NofileLimit, nr_open: Option<u64>) -> Option<u64> 
     (ceiling > current.soft).then_some(ceiling)
 }
 
+/// The default `--max-handshakes` for a descriptor limit: 1/64 of it, between 64 and
+/// 65,536. A handshake takes milliseconds, so even a reconnect storm of 100,000 per
+/// second holds a few thousand at once; the budget only has to outlast that, while
+/// keeping what unfinished handshakes can hold small next to established capacity
+/// (20,000 descriptors → 312; 1,048,576 → 16,384).
+pub fn default_max_handshakes(nofile: u64) -> usize {
+    usize::try_from((nofile / 64).clamp(64, 65_536)).unwrap_or(65_536)
+}
+
 /// What a descriptor limit must cover besides client connections. One struct so
 /// the reserve stays one computation as more things come to need descriptors
 /// (a handshake budget, an HTTP listener): add a field and its term in
@@ -78,14 +87,20 @@ pub fn nofile_target(current: NofileLimit, nr_open: Option<u64>) -> Option<u64> 
 pub struct DescriptorBudget {
     /// Reactor threads, each holding [`RESERVED_PER_REACTOR`].
     pub threads: usize,
+    /// Sockets that may be in their handshake at once (`--max-handshakes`): they hold
+    /// descriptors but not established capacity, so they are reserved on top of it.
+    pub handshakes: usize,
 }
 
 impl DescriptorBudget {
-    /// Descriptors kept for things that are not client connections:
-    /// [`RESERVED_BASE`] + [`RESERVED_PER_REACTOR`] per reactor.
+    /// Descriptors kept for things that are not established connections:
+    /// [`RESERVED_BASE`] + [`RESERVED_PER_REACTOR`] per reactor + the handshake budget.
     pub fn reserved(&self) -> u64 {
         let threads = u64::try_from(self.threads).unwrap_or(u64::MAX);
-        RESERVED_BASE.saturating_add(RESERVED_PER_REACTOR.saturating_mul(threads))
+        let handshakes = u64::try_from(self.handshakes).unwrap_or(u64::MAX);
+        RESERVED_BASE
+            .saturating_add(RESERVED_PER_REACTOR.saturating_mul(threads))
+            .saturating_add(handshakes)
     }
 
     /// The default --max-connections under the soft limit `nofile`: everything it
@@ -97,6 +112,7 @@ impl DescriptorBudget {
             0 => Err(DescriptorShortfall {
                 nofile,
                 threads: self.threads,
+                handshakes: self.handshakes,
                 reserved,
             }),
             free => Ok(usize::try_from(free).unwrap_or(usize::MAX)),
@@ -112,6 +128,8 @@ pub struct DescriptorShortfall {
     pub nofile: u64,
     /// Reactor threads.
     pub threads: usize,
+    /// The handshake budget.
+    pub handshakes: usize,
     /// What [`DescriptorBudget::reserved`] set aside.
     pub reserved: u64,
 }
@@ -121,10 +139,11 @@ impl fmt::Display for DescriptorShortfall {
         write!(
             f,
             "the open-file limit {} does not cover the {} descriptors reserved for {} reactor \
-             threads ({RESERVED_BASE} + {RESERVED_PER_REACTOR} per thread), so no connection \
-             could be accepted: raise the limit (ulimit -n, LimitNOFILE= under systemd), lower \
-             --threads, or set --max-connections",
-            self.nofile, self.reserved, self.threads
+             threads and {} handshakes ({RESERVED_BASE} + {RESERVED_PER_REACTOR} per thread + \
+             --max-handshakes), so no connection could be accepted: raise the limit (ulimit -n, \
+             LimitNOFILE= under systemd), lower --threads or --max-handshakes, or set \
+             --max-connections",
+            self.nofile, self.reserved, self.threads, self.handshakes
         )
     }
 }
@@ -453,7 +472,10 @@ mod tests {
     };
 
     fn budget(threads: usize) -> DescriptorBudget {
-        DescriptorBudget { threads }
+        DescriptorBudget {
+            threads,
+            handshakes: 0,
+        }
     }
 
     #[test]
@@ -480,6 +502,7 @@ mod tests {
             Err(DescriptorShortfall {
                 nofile: 1024,
                 threads: 64,
+                handshakes: 0,
                 reserved: 1088
             })
         );
@@ -488,10 +511,25 @@ mod tests {
     }
 
     #[test]
+    fn the_handshake_budget_is_reserved_on_top_of_established_capacity() {
+        let b = DescriptorBudget {
+            threads: 2,
+            handshakes: 312,
+        };
+        assert_eq!(b.reserved(), 64 + 2 * 16 + 312);
+        assert_eq!(b.default_max_connections(20_000), Ok(20_000 - 96 - 312));
+        assert_eq!(default_max_handshakes(20_000), 312);
+        assert_eq!(default_max_handshakes(1024), 64);
+        assert_eq!(default_max_handshakes(1 << 20), 16_384);
+        assert_eq!(default_max_handshakes(u64::MAX), 65_536);
+    }
+
+    #[test]
     fn shortfall_names_limit_threads_reserve_and_the_remedies_on_one_line() {
         let line = DescriptorShortfall {
             nofile: 1024,
             threads: 64,
+            handshakes: 0,
             reserved: 1088,
         }
         .to_string();

@@ -35,9 +35,16 @@ fn run(cfg: &Config) -> Result<(), StartError> {
     cfg.validate()?;
     let threads = cfg.reactor_threads();
     let nofile = limits::raise_nofile_limit().map_err(StartError::NofileLimit)?;
+    let max_handshakes = cfg
+        .max_handshakes
+        .unwrap_or_else(|| limits::default_max_handshakes(nofile.soft));
+    let budget = DescriptorBudget {
+        threads,
+        handshakes: max_handshakes,
+    };
     let max_connections = match cfg.max_connections {
         Some(n) => n,
-        None => DescriptorBudget { threads }.default_max_connections(nofile.soft)?,
+        None => budget.default_max_connections(nofile.soft)?,
     };
     for w in limits::capacity_warnings(max_connections, &nofile, BACKLOG as u32) {
         warn!("{w}");
@@ -55,7 +62,7 @@ fn run(cfg: &Config) -> Result<(), StartError> {
         what: "the signal handlers".into(),
         err,
     })?;
-    let server = Server::start(cfg, max_connections)?;
+    let server = Server::start(cfg, max_connections, max_handshakes)?;
     info!(
         "listening: WebSocket ws://{}{} ({} reactors), control port {}; open-file limit {} → up to {} connections",
         server.ws_addr, cfg.path, server.threads, server.control_addr, nofile.soft, server.max_connections

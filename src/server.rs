@@ -11,15 +11,17 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::config::{Config, ConfigError};
 use crate::dispatch::{DispatchSettings, Dispatcher, DispatcherHandle};
 use crate::limits::DescriptorShortfall;
+use crate::link::capacity::Capacity;
+use crate::link::health::Liveness;
+use crate::link::{DispatcherLink, ReactorHandle, ReactorMsg};
 use crate::reactor::listener::bind_listeners;
-use crate::reactor::{DispatcherLink, Reactor, ReactorHandle, ReactorMsg, Settings, Shared};
+use crate::reactor::{Reactor, Settings, Shared};
 use crate::ws::handshake::HandshakeConfig;
 
 /// A started server.
@@ -150,7 +152,11 @@ fn reason(err: &io::Error) -> String {
 impl Server {
     /// Binds every socket and starts every thread. Fails before starting any thread if
     /// an address cannot be bound.
-    pub fn start(cfg: &Config, max_connections: usize) -> Result<Server, StartError> {
+    pub fn start(
+        cfg: &Config,
+        max_connections: usize,
+        max_handshakes: usize,
+    ) -> Result<Server, StartError> {
         let threads = cfg.reactor_threads();
         let origins = cfg.origins()?;
         let listen_err = |err| StartError::Listen {
@@ -158,7 +164,8 @@ impl Server {
             addr: cfg.listen,
             err,
         };
-        let listeners = bind_listeners(cfg.listen, threads).map_err(listen_err)?;
+        let listeners =
+            bind_listeners(cfg.listen, threads, cfg.handshake_timeout).map_err(listen_err)?;
         let ws_addr = listeners
             .first()
             .ok_or_else(|| listen_err(io::ErrorKind::InvalidInput.into()))?
@@ -173,6 +180,8 @@ impl Server {
         control.set_nonblocking(true).map_err(control_err)?;
         let control_addr = control.local_addr().map_err(control_err)?;
 
+        let capacity = Arc::new(Capacity::new(max_connections, max_handshakes));
+        let liveness = Arc::new(Liveness::new(threads));
         let shared = Arc::new(Shared {
             settings: Settings {
                 handshake: HandshakeConfig {
@@ -182,16 +191,16 @@ impl Server {
                 },
                 max_message: cfg.max_message,
                 max_pending: cfg.max_pending,
-                slow_policy: cfg.slow_policy,
+                slow_policy: cfg.reactor_slow_policy(),
                 echo: cfg.echo,
                 max_rooms: cfg.max_rooms_per_conn,
-                max_connections,
                 handshake_timeout: cfg.handshake_timeout,
                 ping_interval: cfg.ping_interval,
                 idle_timeout: cfg.idle_timeout,
                 shutdown_grace: cfg.shutdown_grace,
             },
-            sockets: AtomicUsize::new(0),
+            capacity: capacity.clone(),
+            liveness: liveness.clone(),
         });
 
         let (dpoll, dwaker) = Dispatcher::poll_and_waker()
@@ -218,8 +227,7 @@ impl Server {
             control,
             handles,
             ev_rx,
-            dpoll,
-            dwaker,
+            (dpoll, dwaker),
             DispatchSettings {
                 max_message: cfg.max_message,
                 password: cfg.control_password.clone(),
@@ -228,7 +236,8 @@ impl Server {
                 listen: ws_addr,
                 control: control_addr,
             },
-            shared,
+            capacity,
+            liveness,
         )
         .map_err(StartError::resource("the dispatcher"))?;
         let djoin = std::thread::Builder::new()
@@ -315,6 +324,7 @@ mod tests {
         let e = StartError::from(DescriptorShortfall {
             nofile: 1024,
             threads: 64,
+            handshakes: 0,
             reserved: 1088,
         });
         assert_eq!(e.exit_code(), 2);

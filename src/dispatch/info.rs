@@ -7,7 +7,7 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::Dispatcher;
-use crate::reactor::stats::{ReactorStats, HANDSHAKE_FAILURES, HANDSHAKE_TIMEOUT};
+use crate::link::stats::{ReactorStats, HANDSHAKE_FAILURES, HANDSHAKE_TIMEOUT};
 
 /// Renders INFO; `section` (case-insensitive) limits it to one section, like Redis.
 pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
@@ -44,7 +44,11 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
         let online: u64 = d.online.iter().sum();
         line(&mut out, "connected_clients", &online);
         line(&mut out, "max_connections", &d.settings.max_connections);
-        line(&mut out, "sockets", &d.shared.sockets.load(Relaxed));
+        let sockets: u64 = d.reactors.iter().map(|r| r.gauges.sockets.load(Relaxed)).sum();
+        line(&mut out, "sockets", &sockets);
+        line(&mut out, "established_slots", &d.capacity.open_count());
+        line(&mut out, "handshaking", &d.capacity.handshaking_count());
+        line(&mut out, "max_handshakes", &d.capacity.max_handshakes);
         for (i, r) in d.reactors.iter().enumerate() {
             let _ = write!(
                 out,
@@ -160,6 +164,21 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
             &mut out,
             "accept_pauses",
             &sum(|s| s.accept_pauses.load(Relaxed)),
+        );
+        line(
+            &mut out,
+            "handshakes_refused_busy",
+            &sum(|s| s.handshakes_refused.load(Relaxed)),
+        );
+        line(
+            &mut out,
+            "slow_consumer_discarded_pushes",
+            &sum(|s| s.slow_close_discards.load(Relaxed)),
+        );
+        line(
+            &mut out,
+            "outbox_overflows",
+            &sum(|s| s.outbox_overflows.load(Relaxed)),
         );
     }
     out

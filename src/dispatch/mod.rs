@@ -12,7 +12,6 @@
 //! other clients.
 
 pub mod counts;
-pub mod event;
 mod info;
 
 use std::collections::HashMap;
@@ -31,11 +30,12 @@ use smallvec::SmallVec;
 
 use crate::control::command::{Command, CommandError};
 use crate::control::resp::{self, Limits, Parsed, Parser};
-use crate::reactor::{self, ReactorHandle, ReactorMsg, Target};
+use crate::link::capacity::Capacity;
+use crate::link::health::Liveness;
+use crate::link::{self, Event, ReactorHandle, ReactorMsg, Target};
 use crate::ws::close::CloseCode;
 use crate::ws::frame::{encode_close, encode_header, OpCode};
 use counts::CountTable;
-use event::Event;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
@@ -137,7 +137,7 @@ pub struct Dispatcher {
     /// Open WebSocket connections per reactor.
     online: Vec<u64>,
     /// Commands for each reactor gathered this turn.
-    batches: Vec<Vec<reactor::Command>>,
+    batches: Vec<Vec<link::Command>>,
     /// When the oldest command in `batches` was added (for --batch-delay).
     batch_started: Option<Instant>,
     pending: HashMap<u64, PendingRequest>,
@@ -154,7 +154,8 @@ pub struct Dispatcher {
     stats: DispatchStats,
     started: Instant,
     stop: Arc<AtomicBool>,
-    shared: Arc<reactor::Shared>,
+    capacity: Arc<Capacity>,
+    liveness: Arc<Liveness>,
 }
 
 impl Dispatcher {
@@ -162,10 +163,10 @@ impl Dispatcher {
         listener: std::net::TcpListener,
         reactors: Vec<ReactorHandle>,
         events: Receiver<Vec<Event>>,
-        poll: Poll,
-        waker: Arc<Waker>,
+        (poll, waker): (Poll, Arc<Waker>),
         settings: DispatchSettings,
-        shared: Arc<reactor::Shared>,
+        capacity: Arc<Capacity>,
+        liveness: Arc<Liveness>,
     ) -> io::Result<(Dispatcher, DispatcherHandle)> {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
@@ -199,7 +200,8 @@ impl Dispatcher {
                 stats: DispatchStats::default(),
                 started: Instant::now(),
                 stop,
-                shared,
+                capacity,
+                liveness,
             },
             handle,
         ))
@@ -215,6 +217,8 @@ impl Dispatcher {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(256);
         let mut last_housekeeping = Instant::now();
+        // Marks the dispatcher dead for /healthz when the loop ends, even by a panic.
+        let _alive = self.liveness.guard(self.liveness.dispatcher_slot());
         while !self.stop.load(Ordering::SeqCst) {
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
@@ -223,6 +227,7 @@ impl Dispatcher {
                     return;
                 }
             }
+            self.liveness.beat(self.liveness.dispatcher_slot());
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
@@ -513,7 +518,7 @@ impl Dispatcher {
             }
             Command::Join { user, room } => {
                 let room: Arc<str> = room.into();
-                self.user_request(key, &user, |req, user| reactor::Command::Join {
+                self.user_request(key, &user, |req, user| link::Command::Join {
                     req,
                     user,
                     room: room.clone(),
@@ -521,7 +526,7 @@ impl Dispatcher {
             }
             Command::Leave { user, room } => {
                 let room: Arc<str> = room.into();
-                self.user_request(key, &user, |req, user| reactor::Command::Leave {
+                self.user_request(key, &user, |req, user| link::Command::Leave {
                     req,
                     user,
                     room: room.clone(),
@@ -529,7 +534,7 @@ impl Dispatcher {
             }
             Command::Kick { user, reason } => {
                 let frame: Arc<[u8]> = encode_close(CloseCode::KICKED, &reason).into();
-                self.user_request(key, &user, |req, user| reactor::Command::Kick {
+                self.user_request(key, &user, |req, user| link::Command::Kick {
                     req,
                     user,
                     frame: frame.clone(),
@@ -581,7 +586,7 @@ impl Dispatcher {
         for r in reactors {
             self.add_to_batch(
                 r,
-                reactor::Command::Push {
+                link::Command::Push {
                     target: target.clone(),
                     frame: frame.clone(),
                 },
@@ -596,7 +601,7 @@ impl Dispatcher {
         &mut self,
         key: usize,
         user: &str,
-        make: impl Fn(u64, Arc<str>) -> reactor::Command,
+        make: impl Fn(u64, Arc<str>) -> link::Command,
     ) {
         let Some(counts) = self.users.get(user) else {
             resp::write_integer(&mut self.clients[key].output, 0);
@@ -622,7 +627,7 @@ impl Dispatcher {
         );
     }
 
-    fn add_to_batch(&mut self, reactor: usize, cmd: reactor::Command) {
+    fn add_to_batch(&mut self, reactor: usize, cmd: link::Command) {
         if let Some(b) = self.batches.get_mut(reactor) {
             b.push(cmd);
             self.batch_started.get_or_insert_with(Instant::now);
@@ -649,10 +654,10 @@ impl Dispatcher {
                     // waiting for its ack are answered for the reactors that can.
                     warn!("dispatcher: reactor {r} is gone");
                     unanswerable.extend(cmds.iter().filter_map(|c| match c {
-                        reactor::Command::Join { req, .. }
-                        | reactor::Command::Leave { req, .. }
-                        | reactor::Command::Kick { req, .. } => Some(*req),
-                        reactor::Command::Push { .. } => None,
+                        link::Command::Join { req, .. }
+                        | link::Command::Leave { req, .. }
+                        | link::Command::Kick { req, .. } => Some(*req),
+                        link::Command::Push { .. } => None,
                     }));
                 }
             }

@@ -10,8 +10,7 @@ use smallvec::SmallVec;
 
 use super::groups::Membership;
 use super::outbox::{Chain, WriteQueue};
-use crate::ws::frame::OpCode;
-use crate::ws::utf8::Utf8Validator;
+use crate::ws::message::Assembler;
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,29 +19,32 @@ pub enum Phase {
     Handshake,
     /// A WebSocket connection; may receive pushes.
     Open,
-    /// A close frame or HTTP error response is queued or sent; reads are discarded
-    /// until EOF or the close timeout.
+    /// A Close frame or HTTP response is queued or sent (never a second one); what is
+    /// queued is written, then reads are discarded until EOF or the close timeout.
     Closing,
 }
 
 /// Connection flags (bits of `Conn::flags`).
 pub mod flag {
     /// The socket took our last write: try writing without waiting for an event.
-    pub const WRITABLE: u8 = 1;
+    pub const WRITABLE: u16 = 1;
     /// In the outbox's dirty list this turn.
-    pub const DIRTY: u8 = 2;
+    pub const DIRTY: u16 = 2;
     /// A ping is out and unanswered.
-    pub const PINGED: u8 = 4;
+    pub const PINGED: u16 = 4;
     /// Reading stopped because this connection's replies are not being read.
-    pub const READ_PAUSED: u8 = 8;
+    pub const READ_PAUSED: u16 = 8;
     /// A readable event arrived while reading was paused.
-    pub const READ_PENDING: u8 = 16;
+    pub const READ_PENDING: u16 = 16;
     /// Shut down the write side once the queue drains.
-    pub const SHUTDOWN_AFTER_FLUSH: u8 = 32;
-    /// Accepted over --max-connections: answer 503.
-    pub const OVER_CAPACITY: u8 = 64;
+    pub const SHUTDOWN_AFTER_FLUSH: u16 = 32;
+    /// Holds an established slot (it upgraded), not a handshake slot.
+    pub const OPENED: u16 = 64;
     /// The write side is shut down.
-    pub const WRITE_SHUT: u8 = 128;
+    pub const WRITE_SHUT: u16 = 128;
+    /// The peer shut down its write side (read returned 0): drop the socket as soon as
+    /// what is queued is written.
+    pub const PEER_EOF: u16 = 256;
 }
 
 /// State kept only while input is incomplete.
@@ -50,21 +52,14 @@ pub mod flag {
 pub struct Input {
     /// Received bytes not yet consumed: an incomplete request head or frame.
     pub buf: Vec<u8>,
-    /// Payload bytes of the incomplete frame at the front of `buf` already unmasked
-    /// (and UTF-8 checked, for text).
-    pub scanned: usize,
-    /// Opcode (Text or Binary) of the fragmented message in progress.
-    pub message: Option<OpCode>,
-    /// Payload of the fragmented message so far.
-    pub data: Vec<u8>,
-    /// UTF-8 state of the text message in progress.
-    pub utf8: Utf8Validator,
+    /// Message assembly state (fragmented message, partly scanned frame).
+    pub asm: Assembler,
 }
 
 impl Input {
     /// True when nothing is in progress and the box can be freed.
     pub fn is_idle(&self) -> bool {
-        self.buf.is_empty() && self.message.is_none() && self.scanned == 0
+        self.buf.is_empty() && self.asm.is_idle()
     }
 }
 
@@ -75,9 +70,10 @@ pub struct Conn {
     /// Life-cycle phase.
     pub phase: Phase,
     /// `flag::*` bits.
-    pub flags: u8,
-    /// Reactor clock tick: of accepting (`Handshake`), of the last received byte
-    /// (`Open`), of entering `Closing`.
+    pub flags: u16,
+    /// Reactor clock tick, truncated to 32 bits (ages are wrapping differences, so
+    /// they are right for 497 days after the event): of accepting (`Handshake`), of
+    /// the last received byte (`Open`), of entering `Closing`.
     pub last_seen: u32,
     /// This turn's output chain in the reactor's outbox.
     pub chain: Chain,
@@ -106,15 +102,15 @@ impl Conn {
         }
     }
 
-    pub fn has(&self, f: u8) -> bool {
+    pub fn has(&self, f: u16) -> bool {
         self.flags & f != 0
     }
 
-    pub fn set(&mut self, f: u8) {
+    pub fn set(&mut self, f: u16) {
         self.flags |= f;
     }
 
-    pub fn clear(&mut self, f: u8) {
+    pub fn clear(&mut self, f: u16) {
         self.flags &= !f;
     }
 

@@ -8,6 +8,23 @@
 //! connection's chain is written with one `writev`. Only what the socket did not take
 //! moves into the connection's own `WriteQueue` (cloning the `Arc`, never the bytes);
 //! the queue is freed as soon as it drains. An idle connection owns no buffer.
+//!
+//! Memory bound. The reactor stops taking in work (dispatcher batches, socket reads)
+//! once a turn's arena holds `LINK_BUDGET` links or `FRAME_BUDGET` chunks, writes
+//! what it has, and goes on in the next turn. One command is applied whole, so a turn
+//! can pass the budget by one push's fan-out (at most C, the reactor's connections)
+//! and a read by the replies one 64 KiB read can ask for (at most 64 Ki / 6 pongs).
+//! So per reactor, at any time:
+//!
+//! ```text
+//! arena ≤ 8 B × (LINK_BUDGET + C + 11 Ki)  +  24 B × (FRAME_BUDGET + 11 Ki)
+//!       ≈ 8.1 MiB + 1.8 MiB + 8 B × C       (C = 500,000 → 14 MiB)
+//! ```
+//!
+//! plus the dirty list (4 B × C at most). After a peak the arena gives its capacity
+//! back (`release_after_peak`), so a burst does not keep its memory for the life of
+//! the process. Indexes are checked: an arena that could not be indexed by `u32`
+//! refuses the entry (counted in `overflows`) instead of wrapping onto `NIL`.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -18,6 +35,14 @@ pub const IOV_MAX: usize = 1024;
 
 /// "No entry" in a chain.
 pub const NIL: u32 = u32::MAX;
+
+/// Links after which a turn stops taking in new work (8 MiB of links).
+pub const LINK_BUDGET: usize = 1 << 20;
+/// Chunks after which a turn stops taking in new work.
+pub const FRAME_BUDGET: usize = 1 << 16;
+/// Capacity kept across turns; more is released once a turn uses under a quarter.
+const RETAIN_LINKS: usize = 1 << 16;
+const RETAIN_FRAMES: usize = 1 << 12;
 
 /// Bytes waiting to be written.
 pub enum Chunk {
@@ -80,13 +105,21 @@ impl WriteQueue {
 
     /// Drops everything but a partly written front frame (which must finish, or the
     /// peer would see a torn frame).
-    pub fn keep_partial_front(&mut self) {
+    /// Returns how many pushes it dropped.
+    pub fn keep_partial_front(&mut self) -> u32 {
         let keep = usize::from(self.offset > 0);
+        let dropped = self
+            .chunks
+            .iter()
+            .skip(keep)
+            .filter(|c| c.is_push())
+            .count();
         self.chunks.truncate(keep);
         self.bytes = self
             .chunks
             .front()
             .map_or(0, |c| c.bytes().len() - self.offset);
+        u32::try_from(dropped).unwrap_or(u32::MAX)
     }
 
     pub fn push(&mut self, chunk: Chunk) {
@@ -111,6 +144,9 @@ pub struct Outbox {
     links: Vec<Link>,
     /// Connections with a chain or a write queue to flush before sleeping.
     pub dirty: Vec<u32>,
+    /// Entries refused because the arena could not index them (never expected: the
+    /// budgets keep it far below `u32::MAX`).
+    pub overflows: u64,
 }
 
 /// A connection's chain in the outbox (stored in the connection itself).
@@ -148,15 +184,27 @@ pub struct FlushOutcome {
 
 impl Outbox {
     /// Adds a chunk for this turn and returns its index for `append`.
+    /// `NIL` if the arena is full: appending it then does nothing.
     pub fn add_frame(&mut self, chunk: Chunk) -> u32 {
-        self.frames.push(chunk);
-        (self.frames.len() - 1) as u32
+        match index(self.frames.len()) {
+            Some(i) => {
+                self.frames.push(chunk);
+                i
+            }
+            None => {
+                self.overflows += 1;
+                NIL
+            }
+        }
     }
 
     /// Appends frame `frame` to a connection's chain. Returns true if the chain was
     /// empty (the caller then marks the connection dirty).
     pub fn append(&mut self, chain: &mut Chain, frame: u32) -> bool {
-        let idx = self.links.len() as u32;
+        let Some(idx) = index(self.links.len()).filter(|_| frame != NIL) else {
+            self.overflows += 1;
+            return false;
+        };
         self.links.push(Link { next: NIL, frame });
         let was_empty = chain.is_empty();
         if was_empty {
@@ -171,9 +219,30 @@ impl Outbox {
     /// Forgets this turn's chunks and chains (call after every dirty connection has
     /// been flushed).
     pub fn clear(&mut self) {
+        self.release_after_peak();
         self.frames.clear();
         self.links.clear();
         self.dirty.clear();
+    }
+
+    /// True once this turn's arena has reached its budget: take in no more work.
+    pub fn over_budget(&self) -> bool {
+        self.links.len() >= LINK_BUDGET || self.frames.len() >= FRAME_BUDGET
+    }
+
+    /// Gives back capacity a burst left behind: when this turn used under a quarter of
+    /// what is allocated, shrink to twice the use (at least the retained minimum).
+    fn release_after_peak(&mut self) {
+        shrink(&mut self.links, RETAIN_LINKS);
+        shrink(&mut self.frames, RETAIN_FRAMES);
+        shrink(&mut self.dirty, RETAIN_LINKS);
+    }
+
+    /// Bytes the arena has allocated (for tests and the memory bound).
+    pub fn allocated_bytes(&self) -> usize {
+        self.links.capacity() * std::mem::size_of::<Link>()
+            + self.frames.capacity() * std::mem::size_of::<Chunk>()
+            + self.dirty.capacity() * 4
     }
 
     /// Writes a connection's queue and then its chain with as few `writev` calls as the
@@ -276,6 +345,17 @@ impl Outbox {
             *queue = None;
         }
         Ok(out)
+    }
+}
+
+/// A checked arena index: below `NIL`, so it can never be mistaken for "no entry".
+fn index(len: usize) -> Option<u32> {
+    u32::try_from(len).ok().filter(|&i| i < NIL)
+}
+
+fn shrink<T>(v: &mut Vec<T>, retain: usize) {
+    if v.capacity() > retain && v.len() < v.capacity() / 4 {
+        v.shrink_to((v.len() * 2).max(retain));
     }
 }
 

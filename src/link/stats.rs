@@ -1,4 +1,4 @@
-//! Counters a reactor publishes for `INFO`.
+//! Counters a reactor publishes for `INFO` (the dispatcher only reads them).
 //!
 //! Each reactor owns one `ReactorStats` (its own cache lines); it counts locally during
 //! a loop turn and adds to these atomics once per turn, so the hot path never touches
@@ -63,6 +63,9 @@ counters!(
     protocol_closes,
     kicked,
     accept_pauses,
+    handshakes_refused,
+    slow_close_discards,
+    outbox_overflows,
 );
 
 /// Index of the "handshake timeout" slot in `handshake_failures`.

@@ -1,0 +1,144 @@
+//! Heartbeats of the server's threads, behind `GET /healthz`.
+//!
+//! Each reactor and the dispatcher stamp their slot once per loop turn (one relaxed
+//! store; their loops wake at least every second). A slot is marked dead when its
+//! thread leaves its loop, also by unwinding from a panic. `/healthz` answers 200
+//! only if every slot is alive and was stamped within `STALE_AFTER`: a balancer then
+//! stops sending clients to a process with a dead or stuck thread.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// A thread that has not finished a loop turn for this long counts as stuck.
+pub const STALE_AFTER: Duration = Duration::from_secs(5);
+
+const DEAD: u64 = u64::MAX;
+
+/// One heartbeat slot per reactor, then one for the dispatcher.
+#[derive(Debug)]
+pub struct Liveness {
+    started: Instant,
+    /// Milliseconds since `started` of each thread's last turn, or `DEAD`.
+    beats: Vec<AtomicU64>,
+}
+
+/// Which thread a health check found failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unhealthy {
+    Reactor(usize),
+    Dispatcher,
+}
+
+impl std::fmt::Display for Unhealthy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unhealthy::Reactor(i) => write!(f, "reactor {i} is not running"),
+            Unhealthy::Dispatcher => f.write_str("dispatcher is not running"),
+        }
+    }
+}
+
+impl Liveness {
+    pub fn new(reactors: usize) -> Liveness {
+        Liveness {
+            started: Instant::now(),
+            beats: (0..=reactors).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// The dispatcher's slot.
+    pub fn dispatcher_slot(&self) -> usize {
+        self.beats.len() - 1
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Stamps slot `i` (a reactor index or `dispatcher_slot()`).
+    pub fn beat(&self, i: usize) {
+        if let Some(b) = self.beats.get(i) {
+            b.store(self.now_ms(), Relaxed);
+        }
+    }
+
+    /// Marks slot `i` dead for good.
+    pub fn died(&self, i: usize) {
+        if let Some(b) = self.beats.get(i) {
+            b.store(DEAD, Relaxed);
+        }
+    }
+
+    /// Ok if every thread is alive and not stuck; else the first that is not.
+    pub fn check(&self) -> Result<(), Unhealthy> {
+        let now = self.now_ms();
+        let stale = STALE_AFTER.as_millis() as u64;
+        let last = self.dispatcher_slot();
+        for (i, b) in self.beats.iter().enumerate() {
+            let t = b.load(Relaxed);
+            if t == DEAD || now.saturating_sub(t) > stale {
+                return Err(if i == last {
+                    Unhealthy::Dispatcher
+                } else {
+                    Unhealthy::Reactor(i)
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// A guard that marks slot `i` dead when dropped: at the end of the thread's loop,
+    /// or while unwinding from a panic.
+    pub fn guard(self: &std::sync::Arc<Self>, i: usize) -> DeathMark {
+        DeathMark {
+            liveness: self.clone(),
+            slot: i,
+        }
+    }
+}
+
+/// See [`Liveness::guard`].
+pub struct DeathMark {
+    liveness: std::sync::Arc<Liveness>,
+    slot: usize,
+}
+
+impl Drop for DeathMark {
+    fn drop(&mut self) {
+        self.liveness.died(self.slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn healthy_only_while_every_thread_beats() {
+        let l = Arc::new(Liveness::new(2));
+        assert_eq!(l.check(), Ok(()));
+        {
+            let _g = l.guard(1);
+            l.beat(1);
+            assert_eq!(l.check(), Ok(()));
+        }
+        assert_eq!(l.check(), Err(Unhealthy::Reactor(1)));
+        let l = Arc::new(Liveness::new(1));
+        drop(l.guard(l.dispatcher_slot()));
+        assert_eq!(l.check(), Err(Unhealthy::Dispatcher));
+    }
+
+    #[test]
+    fn a_panicking_thread_is_marked_dead() {
+        let l = Arc::new(Liveness::new(1));
+        let l2 = l.clone();
+        let r = std::thread::spawn(move || {
+            let _g = l2.guard(0);
+            panic!("reactor bug");
+        })
+        .join();
+        assert!(r.is_err());
+        assert_eq!(l.check(), Err(Unhealthy::Reactor(0)));
+    }
+}

@@ -1,0 +1,123 @@
+//! What passes between the reactors and the dispatcher, and the few pieces of state
+//! they share.
+//!
+//! `reactor` and `dispatch` never import each other: both import this module. It holds
+//! the commands the dispatcher sends (`ReactorMsg`), the events reactors send back
+//! (`Event`), the handles each side uses to reach the other, the counters reactors
+//! publish for INFO (`stats`), the process-wide admission counts (`capacity`) and the
+//! threads' heartbeats behind `/healthz` (`health`). No I/O and no locks here.
+
+pub mod capacity;
+pub mod health;
+pub mod stats;
+
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use mio::Waker;
+
+pub use stats::{Gauges, ReactorStats};
+
+/// Who a push is for.
+#[derive(Debug, Clone)]
+pub enum Target {
+    All,
+    Room(Arc<str>),
+    User(Arc<str>),
+}
+
+/// Work the dispatcher sends to a reactor, applied in order.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Deliver `frame` (a complete WebSocket frame) to the target's connections here.
+    Push { target: Target, frame: Arc<[u8]> },
+    /// Put every connection of `user` into `room`; answer `Event::Ack { req }`.
+    Join {
+        req: u64,
+        user: Arc<str>,
+        room: Arc<str>,
+    },
+    /// Take every connection of `user` out of `room`; answer `Event::Ack { req }`.
+    Leave {
+        req: u64,
+        user: Arc<str>,
+        room: Arc<str>,
+    },
+    /// Close every connection of `user` with `frame` (a Close frame); answer with an Ack.
+    Kick {
+        req: u64,
+        user: Arc<str>,
+        frame: Arc<[u8]>,
+    },
+}
+
+impl Command {
+    /// The request id a JOIN / LEAVE / KICK must be answered with.
+    pub fn request(&self) -> Option<u64> {
+        match self {
+            Command::Join { req, .. } | Command::Leave { req, .. } | Command::Kick { req, .. } => {
+                Some(*req)
+            }
+            Command::Push { .. } => None,
+        }
+    }
+}
+
+/// A message on a reactor's channel.
+#[derive(Debug)]
+pub enum ReactorMsg {
+    /// Commands gathered by the dispatcher in one of its turns.
+    Batch(Vec<Command>),
+    /// Stop accepting, close every connection with 1001, exit after the grace period.
+    Shutdown,
+}
+
+/// One change seen by a reactor, sent to the dispatcher in one `Vec` per loop turn,
+/// before the replies the changes caused (the 101, a "joined") are written: by the
+/// time a client sees its join confirmed, the event is on the dispatcher's channel,
+/// and the dispatcher drains that channel before it executes any command. Events never
+/// carry slab keys: those are private to a reactor and reused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A WebSocket connection opened (+1) or closed (−1), with its user if any.
+    Conn {
+        reactor: usize,
+        user: Option<Arc<str>>,
+        delta: i32,
+    },
+    /// A connection joined (+1) or left (−1) a room.
+    Room {
+        reactor: usize,
+        room: Arc<str>,
+        delta: i32,
+    },
+    /// A JOIN / LEAVE / KICK request `req` was applied to `affected` connections.
+    Ack { req: u64, affected: u32 },
+}
+
+/// How the dispatcher reaches a reactor, and what it reads of it.
+#[derive(Clone)]
+pub struct ReactorHandle {
+    pub tx: Sender<ReactorMsg>,
+    pub waker: Arc<Waker>,
+    pub stats: Arc<ReactorStats>,
+    pub gauges: Arc<Gauges>,
+}
+
+impl ReactorHandle {
+    /// Sends a message and wakes the reactor. Gives the message back if the reactor
+    /// has exited.
+    pub fn send(&self, msg: ReactorMsg) -> Result<(), ReactorMsg> {
+        self.tx.send(msg).map_err(|e| e.into_inner())?;
+        // A failed wake-up (the eventfd is full) still leaves a wake-up pending.
+        let _ = self.waker.wake();
+        Ok(())
+    }
+}
+
+/// How a reactor reaches the dispatcher.
+#[derive(Clone)]
+pub struct DispatcherLink {
+    pub tx: Sender<Vec<Event>>,
+    pub waker: Arc<Waker>,
+}

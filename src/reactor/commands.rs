@@ -1,0 +1,122 @@
+//! The dispatcher's batches, applied in order: pushes go into the turn's outbox (one
+//! shared frame, an 8-byte link per recipient), JOIN / LEAVE / KICK change membership
+//! and are acknowledged with an event.
+//!
+//! A turn takes in batches only until its arena reaches its budget; the rest of a
+//! batch is carried to the next turn (after this turn's writes), so a burst arriving
+//! during a long flush cannot grow the arena without bound. Order is kept: carried
+//! commands run before anything newer from the channel.
+
+use crossbeam_channel::TryRecvError;
+
+use super::conn::{flag, Conn, Phase};
+use super::outbox::Chunk;
+use super::Reactor;
+use crate::link::{Command, Event, ReactorMsg, Target};
+
+impl Reactor {
+    /// Applies carried and newly arrived commands until the channel is empty or the
+    /// arena is full. A channel whose dispatcher is gone starts the shutdown.
+    pub(super) fn drain_channel(&mut self) {
+        loop {
+            if self.outbox.over_budget() {
+                return;
+            }
+            if let Some(mut rest) = self.carry.take() {
+                while let Some(cmd) = rest.next() {
+                    self.apply(cmd);
+                    if self.outbox.over_budget() {
+                        if rest.len() > 0 {
+                            self.carry = Some(rest);
+                        }
+                        return;
+                    }
+                }
+                continue;
+            }
+            match self.rx.try_recv() {
+                Ok(ReactorMsg::Batch(cmds)) => self.carry = Some(cmds.into_iter()),
+                Ok(ReactorMsg::Shutdown) => self.start_shutdown(),
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => {
+                    self.start_shutdown();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, cmd: Command) {
+        match cmd {
+            Command::Push { target, frame } => self.push(&target, Chunk::Push(frame)),
+            Command::Join { req, user, room } => {
+                let affected = self.join_user(&user, &room);
+                self.ack(req, affected);
+            }
+            Command::Leave { req, user, room } => {
+                let affected = self.leave_user(&user, &room);
+                self.ack(req, affected);
+            }
+            Command::Kick { req, user, frame } => {
+                let keys = self.user_conns(&user);
+                let mut affected = 0;
+                for key in keys {
+                    if self.close_with(key, Chunk::Shared(frame.clone())) {
+                        affected += 1;
+                    }
+                }
+                self.local.kicked += u64::from(affected);
+                self.ack(req, affected);
+            }
+        }
+    }
+
+    fn ack(&mut self, req: u64, affected: u32) {
+        self.events.push(Event::Ack { req, affected });
+        self.wake_dispatcher = true;
+    }
+
+    /// Links one shared frame into the chain of every recipient here.
+    fn push(&mut self, target: &Target, chunk: Chunk) {
+        let idx = self.outbox.add_frame(chunk);
+        let mut n = 0u64;
+        let Reactor {
+            conns,
+            outbox,
+            rooms,
+            users,
+            ..
+        } = self;
+        let mut deliver = |key: u32, conn: &mut Conn| {
+            if outbox.append(&mut conn.chain, idx) && !conn.has(flag::DIRTY) {
+                conn.set(flag::DIRTY);
+                outbox.dirty.push(key);
+            }
+            n += 1;
+        };
+        match target {
+            Target::All => {
+                for (key, conn) in conns.iter_mut() {
+                    if conn.phase == Phase::Open {
+                        deliver(key as u32, conn);
+                    }
+                }
+            }
+            Target::Room(name) | Target::User(name) => {
+                let groups = if matches!(target, Target::Room(_)) {
+                    rooms
+                } else {
+                    users
+                };
+                if let Some(id) = groups.id(name) {
+                    for &key in groups.members(id) {
+                        if let Some(conn) = conns.get_mut(key as usize) {
+                            deliver(key, conn);
+                        }
+                    }
+                }
+            }
+        }
+        self.local.deliveries += n;
+    }
+}

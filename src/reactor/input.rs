@@ -1,0 +1,220 @@
+//! Reading: socket events, the read loop, and what received bytes become.
+//!
+//! Every connection reads into the reactor's one scratch buffer; a connection keeps
+//! bytes of its own (`Conn::input`) only while a request head or frame is incomplete.
+//! Bytes become a request head while the connection is in its handshake (`upgrade`),
+//! frames and then messages once it is open (`ws::message`), and nothing once it is
+//! closing. Reading stops for the turn when the arena is full, and for a connection
+//! whose replies are not being read. A peer that shuts its write side has what is
+//! queued for it written before its socket is dropped.
+
+use std::io::{self, Read};
+
+use super::conn::{flag, Input, Phase};
+use super::outbox::Chunk;
+use super::Reactor;
+use crate::ws::frame::{encode_frame, OpCode};
+use crate::ws::message::{Assembler, Item};
+
+/// Reads from one socket per event before giving others a turn.
+const READS_PER_EVENT: usize = 16;
+
+impl Reactor {
+    pub(super) fn on_socket_event(
+        &mut self,
+        key: usize,
+        readable: bool,
+        read_closed: bool,
+        writable: bool,
+    ) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if writable {
+            conn.set(flag::WRITABLE);
+            if conn.output.is_some() && !conn.has(flag::DIRTY) {
+                conn.set(flag::DIRTY);
+                self.outbox.dirty.push(key as u32);
+            }
+        }
+        if readable {
+            if conn.has(flag::READ_PAUSED) {
+                conn.set(flag::READ_PENDING);
+            } else {
+                self.read(key as u32, read_closed);
+            }
+        }
+    }
+
+    pub(super) fn read_pending(&mut self) {
+        if self.read_again.is_empty() {
+            return;
+        }
+        let keys = std::mem::take(&mut self.read_again);
+        for &key in &keys {
+            // `read` remembers a paused connection's unread input (READ_PENDING), so
+            // reading resumes when its replies drain; no event will come for it.
+            self.read(key, true);
+        }
+    }
+
+    /// Reads until the socket is drained, the read budget is spent, or the connection
+    /// stops wanting input. A short read normally means drained; with `to_end` (the
+    /// peer's FIN or an error was reported, or nothing says what is left) reading goes
+    /// on until `WouldBlock` or EOF, since an EOF that came with the last bytes raises
+    /// no further edge.
+    pub(super) fn read(&mut self, key: u32, to_end: bool) {
+        for _ in 0..READS_PER_EVENT {
+            if self.outbox.over_budget() {
+                // The turn's arena is full: write first, read on next turn.
+                break;
+            }
+            let Some(conn) = self.conns.get_mut(key as usize) else {
+                return;
+            };
+            if conn.has(flag::READ_PAUSED) {
+                conn.set(flag::READ_PENDING);
+                return;
+            }
+            if conn.has(flag::PEER_EOF) {
+                return;
+            }
+            let n = match conn.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    self.on_peer_eof(key);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.close_now(key);
+                    return;
+                }
+            };
+            // Only an open connection's input proves it alive. The handshake and
+            // close timeouts run from accept and from entering Closing: a peer that
+            // trickles bytes must not extend them.
+            if conn.phase == Phase::Open {
+                conn.last_seen = super::timers::stamp(self.now);
+                conn.clear(flag::PINGED);
+            }
+            self.local.bytes_received += n as u64;
+            if conn.phase != Phase::Closing {
+                self.on_bytes(key, n);
+            }
+            // A short read drained the socket: with edge-triggered polling, bytes that
+            // arrive later raise a new event.
+            if n < self.scratch.len() && !to_end {
+                return;
+            }
+        }
+        self.read_again.push(key);
+    }
+
+    /// The peer shut down its write side. Whatever is queued for it (a reply to its
+    /// last request, a 4xx, the Close answering its Close, a pong) is still written,
+    /// within the close timeout; then the socket is dropped.
+    fn on_peer_eof(&mut self, key: u32) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        let queued = !conn.chain.is_empty() || conn.output.is_some();
+        if !queued || conn.has(flag::WRITE_SHUT) {
+            self.close_now(key);
+            return;
+        }
+        conn.set(flag::PEER_EOF);
+        self.begin_closing(key);
+    }
+
+    /// Handles `n` new bytes in the scratch buffer, after any the connection kept.
+    fn on_bytes(&mut self, key: u32, n: usize) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        let mut boxed = conn.input.take();
+        let mut local = Input::default();
+        let state: &mut Input = match boxed.as_deref_mut() {
+            Some(s) => s,
+            None => &mut local,
+        };
+        let mut scratch = std::mem::take(&mut self.scratch);
+        if state.buf.is_empty() {
+            // The common case: the bytes are consumed in place, nothing is copied.
+            let used = self.consume(key, &mut scratch[..n], &mut state.asm);
+            if used < n {
+                state.buf.extend_from_slice(&scratch[used..n]);
+            }
+        } else {
+            state.buf.extend_from_slice(&scratch[..n]);
+            let mut buf = std::mem::take(&mut state.buf);
+            let used = self.consume(key, &mut buf, &mut state.asm);
+            buf.drain(..used);
+            state.buf = buf;
+        }
+        self.scratch = scratch;
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        conn.input = if conn.phase == Phase::Closing {
+            None
+        } else {
+            match boxed {
+                Some(b) if !b.is_idle() => Some(b),
+                Some(_) => None,
+                None if !local.is_idle() => Some(Box::new(local)),
+                None => None,
+            }
+        };
+    }
+
+    /// Consumes what it can of `data`; returns the bytes used. What is left is an
+    /// incomplete head or frame.
+    fn consume(&mut self, key: u32, data: &mut [u8], asm: &mut Assembler) -> usize {
+        match self.conns.get(key as usize).map(|c| c.phase) {
+            Some(Phase::Handshake) => self.consume_head(key, data, asm),
+            Some(Phase::Open) => self.consume_frames(key, data, asm),
+            Some(Phase::Closing) | None => data.len(),
+        }
+    }
+
+    /// Handles every complete frame at the start of `buf`; returns the bytes used.
+    pub(super) fn consume_frames(
+        &mut self,
+        key: u32,
+        buf: &mut [u8],
+        asm: &mut Assembler,
+    ) -> usize {
+        let max_message = self.shared.settings.max_message;
+        let mut pos = 0;
+        loop {
+            if self.conns.get(key as usize).map(|c| c.phase) != Some(Phase::Open) {
+                return buf.len();
+            }
+            match asm.next(&mut buf[pos..], max_message) {
+                Err(e) => {
+                    self.fail(key, e.close_code(), e.reason());
+                    return buf.len();
+                }
+                Ok((used, None)) => return pos + used,
+                Ok((used, Some(item))) => {
+                    pos += used;
+                    self.on_item(key, item);
+                }
+            }
+        }
+    }
+
+    fn on_item(&mut self, key: u32, item: Item<'_>) {
+        match item {
+            Item::Ping(payload) => self.queue(
+                key,
+                Chunk::Owned(encode_frame(OpCode::Pong, payload).into_boxed_slice()),
+            ),
+            Item::Pong => {}
+            Item::Close(payload) => self.on_close_frame(key, payload),
+            Item::Message { text, payload } => self.on_message(key, text, &payload),
+        }
+    }
+}

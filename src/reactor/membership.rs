@@ -1,0 +1,122 @@
+//! Room and user membership of this reactor's connections, and the events that keep
+//! the dispatcher's counts right.
+//!
+//! Every change to the tables pushes one `Event` (sent before the turn's replies are
+//! written). A connection leaves everything when it stops being open, so a closing
+//! connection is never a push recipient and never counted.
+
+use super::groups::Membership;
+use super::Reactor;
+use crate::link::Event;
+
+impl Reactor {
+    /// Adds a connection to a room (the caller checked it is not a member).
+    pub(super) fn join_room(&mut self, key: u32, room: &str) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        let (m, name) = self.rooms.add(room, key);
+        conn.rooms.push(m);
+        self.events.push(Event::Room {
+            reactor: self.id,
+            room: name,
+            delta: 1,
+        });
+    }
+
+    /// Takes a connection out of a room; false if it was not in it.
+    pub(super) fn leave_room(&mut self, key: u32, room: &str) -> bool {
+        let Some(id) = self.rooms.id(room) else {
+            return false;
+        };
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return false;
+        };
+        let Some(i) = conn.room_index(id) else {
+            return false;
+        };
+        let m = conn.rooms.swap_remove(i);
+        self.remove_room_membership(m);
+        true
+    }
+
+    fn remove_room_membership(&mut self, m: Membership) {
+        if let Some((name, moved)) = self.rooms.remove(m) {
+            if let Some(other) = moved.and_then(|k| self.conns.get_mut(k as usize)) {
+                if let Some(r) = other.rooms.iter_mut().find(|r| r.group == m.group) {
+                    r.pos = m.pos;
+                }
+            }
+            self.events.push(Event::Room {
+                reactor: self.id,
+                room: name,
+                delta: -1,
+            });
+        }
+    }
+
+    /// An open connection stops being one: out of every room and the user table.
+    pub(super) fn leave_all(&mut self, key: u32) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        let rooms = std::mem::take(&mut conn.rooms);
+        let user = std::mem::replace(&mut conn.user, Membership::NONE);
+        for m in rooms {
+            self.remove_room_membership(m);
+        }
+        let mut name = None;
+        if !user.is_none() {
+            if let Some((n, moved)) = self.users.remove(user) {
+                if let Some(other) = moved.and_then(|k| self.conns.get_mut(k as usize)) {
+                    other.user.pos = user.pos;
+                }
+                name = Some(n);
+            }
+        }
+        self.events.push(Event::Conn {
+            reactor: self.id,
+            user: name,
+            delta: -1,
+        });
+    }
+
+    /// The open connections of `user` here.
+    pub(super) fn user_conns(&self, user: &str) -> Vec<u32> {
+        self.users
+            .id(user)
+            .map(|id| self.users.members(id).to_vec())
+            .unwrap_or_default()
+    }
+
+    /// JOIN: every connection of `user` not yet in `room` (and under the room limit)
+    /// joins. Returns how many did.
+    pub(super) fn join_user(&mut self, user: &str, room: &str) -> u32 {
+        let mut affected = 0;
+        for key in self.user_conns(user) {
+            let Some(conn) = self.conns.get(key as usize) else {
+                continue;
+            };
+            let member = self
+                .rooms
+                .id(room)
+                .is_some_and(|id| conn.room_index(id).is_some());
+            if !member && conn.rooms.len() < self.shared.settings.max_rooms {
+                self.join_room(key, room);
+                affected += 1;
+            }
+        }
+        affected
+    }
+
+    /// LEAVE: every connection of `user` in `room` leaves it. Returns how many did.
+    pub(super) fn leave_user(&mut self, user: &str, room: &str) -> u32 {
+        let mut affected = 0;
+        for key in self.user_conns(user) {
+            if self.leave_room(key, room) {
+                affected += 1;
+            }
+        }
+        affected
+    }
+}

@@ -1,0 +1,45 @@
+//! What every reactor reads and never changes after start-up, and the state all
+//! reactors share (admission counts, heartbeats). Plain values: the command line is
+//! parsed elsewhere (`config`) and mapped into these by `server`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::link::capacity::Capacity;
+use crate::link::health::Liveness;
+use crate::ws::handshake::HandshakeConfig;
+
+/// What to do with a connection whose unsent bytes exceed `max_pending`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlowPolicy {
+    /// Close it with code 1008 "slow consumer".
+    Close,
+    /// Keep it, but drop the pushes that do not fit.
+    Drop,
+}
+
+/// Settings every reactor reads; fixed at start-up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub handshake: HandshakeConfig,
+    pub max_message: usize,
+    pub max_pending: usize,
+    pub slow_policy: SlowPolicy,
+    pub echo: bool,
+    pub max_rooms: usize,
+    pub handshake_timeout: Duration,
+    /// Zero: never ping.
+    pub ping_interval: Duration,
+    /// Zero: never close idle connections.
+    pub idle_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// State shared by all reactors.
+pub struct Shared {
+    pub settings: Settings,
+    /// Established connections and handshakes, against their limits.
+    pub capacity: Arc<Capacity>,
+    /// Heartbeats of every server thread (for /healthz).
+    pub liveness: Arc<Liveness>,
+}

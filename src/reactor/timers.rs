@@ -1,0 +1,171 @@
+//! The reactor's clock and its coarse timer: one pass over the slab per scan interval
+//! closes handshakes, idle connections and closes that took too long, and pings quiet
+//! connections. Cheaper than a timer object per connection: a pass over a million
+//! 100-byte entries is a few milliseconds, and nothing is allocated per connection.
+//!
+//! Ticks are 10 ms. The reactor keeps them as `u64` (absolute deadlines never wrap);
+//! a connection stores its last tick truncated to `u32` and only ever takes a
+//! wrapping difference of it, which is exact for 497 days after the event.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::conn::{flag, Phase};
+use super::outbox::Chunk;
+use super::settings::Settings;
+use super::Reactor;
+use crate::link::stats::HANDSHAKE_TIMEOUT;
+use crate::ws::close::CloseCode;
+
+/// One reactor clock tick.
+pub const TICK: Duration = Duration::from_millis(10);
+/// Time allowed to a closing connection to finish the close handshake.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+static PING_FRAME: [u8; 2] = [0x89, 0x00];
+
+/// `d` in whole ticks.
+pub fn ticks(d: Duration) -> u64 {
+    u64::try_from(d.as_millis() / TICK.as_millis()).unwrap_or(u64::MAX / 2)
+}
+
+/// The reactor's monotonic clock in ticks. `offset` lets a test start it anywhere,
+/// e.g. just before the 32-bit boundary of the connections' stored ticks.
+pub struct Clock {
+    started: Instant,
+    pub offset: u64,
+}
+
+impl Clock {
+    pub fn new() -> Clock {
+        Clock {
+            started: Instant::now(),
+            offset: 0,
+        }
+    }
+
+    pub fn now(&self) -> u64 {
+        self.offset.saturating_add(ticks(self.started.elapsed()))
+    }
+}
+
+/// A tick as a connection stores it.
+pub fn stamp(now: u64) -> u32 {
+    now as u32
+}
+
+/// Ticks since a stored stamp (wrapping, so right across the 32-bit boundary).
+pub fn age(now: u64, stamp: u32) -> u32 {
+    (now as u32).wrapping_sub(stamp)
+}
+
+/// Timeouts in reactor ticks (at least one, for those that are set: start-up
+/// refuses non-zero values shorter than a tick).
+pub struct Timeouts {
+    pub handshake: u32,
+    pub ping: u32,
+    pub idle: u32,
+    pub close: u32,
+    /// How often the timer scan runs.
+    pub scan: u64,
+}
+
+impl Timeouts {
+    pub fn new(s: &Settings) -> Timeouts {
+        let mut scan = Duration::from_secs(1).min(s.handshake_timeout / 4);
+        for d in [s.ping_interval, s.idle_timeout, s.shutdown_grace] {
+            if !d.is_zero() {
+                scan = scan.min(d / 4);
+            }
+        }
+        let t32 = |d: Duration| -> u32 {
+            if d.is_zero() {
+                0
+            } else {
+                // Ages are u32 differences: keep timeouts well inside them.
+                ticks(d).clamp(1, u64::from(u32::MAX / 2)) as u32
+            }
+        };
+        Timeouts {
+            handshake: t32(s.handshake_timeout).max(1),
+            ping: t32(s.ping_interval),
+            idle: t32(s.idle_timeout),
+            close: t32(CLOSE_TIMEOUT),
+            scan: ticks(scan).max(1),
+        }
+    }
+}
+
+/// What the scan found a connection's time to be up for.
+#[derive(Clone, Copy)]
+pub enum Expiry {
+    Handshake,
+    Idle,
+    Closing,
+}
+
+impl Reactor {
+    /// Runs the timer scan when it is due.
+    pub(super) fn run_timers(&mut self) {
+        if self.now >= self.next_scan {
+            self.scan();
+            self.next_scan = self.now + self.timeouts.scan;
+        }
+    }
+
+    /// Ticks until the earliest deadline, for the poll timeout.
+    pub(super) fn ticks_until(&self, until: u64) -> u32 {
+        until
+            .saturating_sub(self.clock.now())
+            .clamp(1, u64::from(u32::MAX)) as u32
+    }
+
+    fn scan(&mut self) {
+        let now = self.now;
+        let t = &self.timeouts;
+        let mut expired = std::mem::take(&mut self.expired);
+        let mut pending_bytes = 0u64;
+        for (key, conn) in self.conns.iter_mut() {
+            let age = age(now, conn.last_seen);
+            pending_bytes += conn.pending() as u64;
+            match conn.phase {
+                Phase::Handshake if age >= t.handshake => {
+                    expired.push((key as u32, Expiry::Handshake))
+                }
+                Phase::Open if t.idle > 0 && age >= t.idle => {
+                    expired.push((key as u32, Expiry::Idle))
+                }
+                Phase::Open if t.ping > 0 && age >= t.ping && !conn.has(flag::PINGED) => {
+                    conn.set(flag::PINGED);
+                    let idx = self.outbox.add_frame(Chunk::Static(&PING_FRAME));
+                    if self.outbox.append(&mut conn.chain, idx) && !conn.has(flag::DIRTY) {
+                        conn.set(flag::DIRTY);
+                        self.outbox.dirty.push(key as u32);
+                    }
+                    self.local.pings_sent += 1;
+                }
+                Phase::Closing if age >= t.close => expired.push((key as u32, Expiry::Closing)),
+                _ => {}
+            }
+        }
+        for &(key, why) in &expired {
+            match why {
+                Expiry::Handshake => {
+                    self.local.handshake_failures[HANDSHAKE_TIMEOUT] += 1;
+                    self.close_now(key);
+                }
+                Expiry::Idle => {
+                    self.local.idle_closes += 1;
+                    self.close_with_reason(key, CloseCode::GOING_AWAY, "idle timeout");
+                }
+                Expiry::Closing => self.close_now(key),
+            }
+        }
+        expired.clear();
+        self.expired = expired;
+        let g = &self.gauges;
+        g.sockets.store(self.conns.len() as u64, Ordering::Relaxed);
+        g.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);
+        g.pending_bytes.store(pending_bytes, Ordering::Relaxed);
+    }
+}
