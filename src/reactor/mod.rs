@@ -340,6 +340,18 @@ impl Reactor {
             "reactor {} stopped ({left} connections were still open)",
             self.id
         );
+        // Batches sent after the final drain would vanish with the receiver and their
+        // control clients wait forever: drop it now, so that later sends fail (and are
+        // answered at once), then tell the dispatcher to answer those in between.
+        self.rx = crossbeam_channel::never();
+        if self
+            .dispatcher
+            .tx
+            .send(vec![Event::Exited { reactor: self.id }])
+            .is_ok()
+        {
+            let _ = self.dispatcher.waker.wake();
+        }
     }
 
     fn poll_timeout(&self) -> Duration {
@@ -1087,7 +1099,11 @@ impl Reactor {
                         affected += 1;
                     }
                 }
-                self.events.push(Event::Ack { req, affected });
+                self.events.push(Event::Ack {
+                    reactor: self.id,
+                    req,
+                    affected,
+                });
             }
             Command::Leave { req, user, room } => {
                 let keys = self.user_conns(&user);
@@ -1097,7 +1113,11 @@ impl Reactor {
                         affected += 1;
                     }
                 }
-                self.events.push(Event::Ack { req, affected });
+                self.events.push(Event::Ack {
+                    reactor: self.id,
+                    req,
+                    affected,
+                });
             }
             Command::Kick { req, user, frame } => {
                 let keys = self.user_conns(&user);
@@ -1107,7 +1127,11 @@ impl Reactor {
                     self.begin_closing(key);
                 }
                 self.local.kicked += affected as u64;
-                self.events.push(Event::Ack { req, affected });
+                self.events.push(Event::Ack {
+                    reactor: self.id,
+                    req,
+                    affected,
+                });
             }
         }
     }
