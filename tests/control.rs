@@ -78,6 +78,62 @@ fn wrong_password_replies_wrongpass_and_stays_unauthenticated() {
 }
 
 #[test]
+fn noauth_comes_before_arity_name_and_size_errors() {
+    let server = Server::start(&["--control-password", "s3cret", "--max-message", "1KiB"]);
+    let mut c = server.control();
+    let too_big = "x".repeat(1025);
+    let cases: &[&[&str]] = &[
+        &["PUBLISH", "news"],
+        &["PING", "a", "b"],
+        &["FLUSHALL"],
+        &["PUBLISH", "two words", "x"],
+        &["SEND", "", "x"],
+        &["KICK", "u1", &too_big],
+        &["PUBLISH", "news", &too_big],
+        &["BROADCAST", &too_big],
+        &[&too_big],
+    ];
+    for args in cases {
+        expect_error(c.cmd(args), "NOAUTH Authentication required.");
+    }
+    c.send_raw(b"PUBLISH news\r\n");
+    expect_error(c.read(), "NOAUTH");
+    // AUTH's own mistakes are still reported as such.
+    expect_error(c.cmd(&["AUTH"]), "ERR wrong number of arguments");
+    assert_eq!(c.cmd(&["AUTH", "s3cret"]), Reply::Simple("OK".into()));
+    expect_error(c.cmd(&["PUBLISH", "news"]), "ERR wrong number of arguments");
+    expect_error(c.cmd(&["FLUSHALL"]), "ERR unknown command");
+    expect_error(
+        c.cmd(&["PUBLISH", "news", &too_big]),
+        "ERR payload exceeds --max-message",
+    );
+}
+
+#[test]
+fn third_failed_auth_answers_wrongpass_then_closes_and_is_counted() {
+    let server = Server::start(&["--control-password", "s3cret"]);
+    let mut c = server.control();
+    expect_error(c.cmd(&["AUTH", "guess1"]), "WRONGPASS");
+    expect_error(c.cmd(&["AUTH", "guess2"]), "WRONGPASS");
+    expect_error(c.cmd(&["PING"]), "NOAUTH");
+    // The third failure, with more commands pipelined behind it: none of them runs.
+    c.send(&["AUTH", "guess3"]);
+    c.send(&["AUTH", "s3cret"]);
+    c.send(&["PING"]);
+    expect_error(c.read(), "WRONGPASS");
+    expect_closed(&mut c);
+
+    let mut admin = server.control();
+    assert_eq!(admin.cmd(&["AUTH", "s3cret"]), Reply::Simple("OK".into()));
+    let info = match admin.cmd(&["INFO", "stats"]) {
+        Reply::Bulk(Some(b)) => String::from_utf8(b).unwrap(),
+        other => panic!("INFO replied {other:?}"),
+    };
+    assert!(info.contains("auth_failures:3\r\n"), "{info}");
+    assert!(info.contains("auth_disconnects:1\r\n"), "{info}");
+}
+
+#[test]
 fn quit_is_allowed_before_auth() {
     let server = Server::start(&["--control-password", "s3cret"]);
     let mut c = server.control();

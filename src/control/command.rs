@@ -174,11 +174,41 @@ impl Command {
             Kind::Quit => Command::Quit,
         })
     }
+}
 
-    /// Commands allowed before AUTH when a password is set: AUTH and QUIT.
-    /// Like Redis, PING is not: it answers `-NOAUTH` too.
-    pub fn allowed_unauthenticated(&self) -> bool {
-        matches!(self, Command::Auth(_) | Command::Quit)
+/// Whether a request named `name` may run before AUTH when a password is set: AUTH
+/// and QUIT (like Redis, not even PING). Decided on the name alone, before arity,
+/// names or sizes are checked, so that every other request answers
+/// [`AuthError::NoAuth`] and an unauthenticated client learns nothing else.
+pub fn allowed_before_auth(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"auth") || name.eq_ignore_ascii_case(b"quit")
+}
+
+/// Why a client is refused for authentication; each maps to one reply, after which
+/// the connection stays usable (the dispatcher closes it after repeated
+/// [`AuthError::WrongPass`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    /// A password is set and the client has not given it.
+    NoAuth,
+    /// AUTH with the wrong password.
+    WrongPass,
+    /// AUTH while no password is configured.
+    NotConfigured,
+}
+
+impl AuthError {
+    /// The reply text after the `-`, worded as Redis words it where Redis has one.
+    pub fn message(&self) -> &'static str {
+        match self {
+            AuthError::NoAuth => "NOAUTH Authentication required.",
+            AuthError::WrongPass => {
+                "WRONGPASS invalid username-password pair or user is disabled."
+            }
+            AuthError::NotConfigured => {
+                "ERR AUTH called without any password configured (start wspush with --control-password)"
+            }
+        }
     }
 }
 
@@ -534,14 +564,22 @@ mod tests {
 
     #[test]
     fn only_auth_and_quit_are_allowed_before_auth() {
-        assert!(Command::Auth(b"pw".to_vec()).allowed_unauthenticated());
-        assert!(Command::Quit.allowed_unauthenticated());
-        assert!(!Command::Ping(None).allowed_unauthenticated());
-        assert!(!Command::Info(None).allowed_unauthenticated());
-        assert!(!Command::Broadcast {
-            payload: Vec::new()
+        for name in [&b"AUTH"[..], b"auth", b"Quit"] {
+            assert!(allowed_before_auth(name));
         }
-        .allowed_unauthenticated());
+        for name in [&b"PING"[..], b"INFO", b"BROADCAST", b"AUTHX", b"", b"hello"] {
+            assert!(!allowed_before_auth(name));
+        }
+    }
+
+    #[test]
+    fn auth_errors_match_redis_replies() {
+        assert_eq!(
+            AuthError::NoAuth.message(),
+            "NOAUTH Authentication required."
+        );
+        assert!(AuthError::WrongPass.message().starts_with("WRONGPASS "));
+        assert!(AuthError::NotConfigured.message().starts_with("ERR "));
     }
 
     proptest! {

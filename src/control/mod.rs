@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! read → buf.extend → loop { Parser::parse(&buf) → drain consumed →
+//!     not yet authenticated: allowed_before_auth(name) or AuthError::NoAuth, first
 //!     Parsed::Command(args) → Command::parse(args, max_message) → execute → resp::write_*
 //!     Parsed::TooLarge{..}  → resp::write_error(too_large_error().message())
 //!     Err(ProtocolError)    → resp::write_error(e.message()), flush, close }

@@ -110,6 +110,8 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
         );
         line(&mut out, "control_commands", &d.stats.commands);
         line(&mut out, "control_errors", &d.stats.rejected_commands);
+        line(&mut out, "auth_failures", &d.stats.auth_failures);
+        line(&mut out, "auth_disconnects", &d.stats.auth_disconnects);
         line(
             &mut out,
             "control_connections_received",

@@ -10,11 +10,22 @@
 //! its replies is paused (and eventually disconnected) rather than buffered without
 //! bound, and JOIN / LEAVE / KICK wait for the reactors' acks without holding up
 //! other clients.
+//!
+//! The rule that keeps counts honest: the reactors' events are drained right before
+//! EVERY command executes, not once per turn. A reactor sends its events before it
+//! writes the replies they cause (the 101, a "joined"), so whatever a client has
+//! seen confirmed is in the channel before any command it prompts can be read, and
+//! a PUBLISH can never miss a member it was told about. An empty channel costs one
+//! atomic load, and the dispatcher does not rely on being woken for count events.
+//!
+//! Every JOIN / LEAVE / KICK is answered, even when a reactor exits: each reactor's
+//! requests still unacked are kept in the order sent (its acks come back in that
+//! order), and on its `Exited` event whatever it never acked is answered as 0.
 
 pub mod counts;
 mod info;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +39,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use smallvec::SmallVec;
 
-use crate::control::command::{Command, CommandError};
+use crate::control::command::{allowed_before_auth, AuthError, Command, CommandError};
 use crate::control::resp::{self, Limits, Parsed, Parser};
 use crate::link::capacity::Capacity;
 use crate::link::health::Liveness;
@@ -51,6 +62,9 @@ const MAX_QUEUED_BATCHES: usize = 1024;
 const COMMANDS_PER_TURN: usize = 4096;
 /// Housekeeping interval (stalled clients).
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// Failed AUTH attempts one connection may make; the last one's reply is followed by
+/// a close, so guessing the password takes a new connection every few tries.
+const MAX_AUTH_FAILURES: u8 = 3;
 
 /// Dispatcher settings, fixed at start-up.
 #[derive(Debug, Clone)]
@@ -81,12 +95,16 @@ struct Client {
     /// Unique id (slab keys are reused; acks must not reach a newcomer).
     id: u64,
     stream: TcpStream,
+    /// Who connected, for the log.
+    peer: SocketAddr,
     parser: Parser,
     /// Received bytes not yet parsed.
     input: Vec<u8>,
     /// Replies not yet written.
     output: Vec<u8>,
     authed: bool,
+    /// Failed AUTH attempts on this connection.
+    auth_failures: u8,
     /// Waiting for the reactors to ack request `req`; its commands are paused.
     waiting: Option<u64>,
     /// Close once `output` is written (QUIT, protocol error).
@@ -123,6 +141,10 @@ struct DispatchStats {
     control_connections: u64,
     batches: u64,
     rejected_commands: u64,
+    /// AUTH attempts with a wrong password.
+    auth_failures: u64,
+    /// Connections closed for too many failed AUTH attempts.
+    auth_disconnects: u64,
 }
 
 pub struct Dispatcher {
@@ -141,6 +163,8 @@ pub struct Dispatcher {
     /// When the oldest command in `batches` was added (for --batch-delay).
     batch_started: Option<Instant>,
     pending: HashMap<u64, PendingRequest>,
+    /// Per reactor, the requests it was sent and has not acked yet, in the order sent.
+    unacked: Vec<VecDeque<u64>>,
     next_req: u64,
     /// Clients with input to process without waiting for a socket event.
     ready: Vec<usize>,
@@ -191,6 +215,7 @@ impl Dispatcher {
                 batches: (0..n).map(|_| Vec::new()).collect(),
                 batch_started: None,
                 pending: HashMap::new(),
+                unacked: (0..n).map(|_| VecDeque::new()).collect(),
                 next_req: 0,
                 ready: Vec::new(),
                 congested: false,
@@ -292,6 +317,7 @@ impl Dispatcher {
                     entry.insert(Client {
                         id: self.next_client_id,
                         stream,
+                        peer: addr,
                         parser: Parser::new(Limits {
                             max_bulk: self.settings.max_message,
                             max_args: 1024,
@@ -299,6 +325,7 @@ impl Dispatcher {
                         input: Vec::new(),
                         output: Vec::new(),
                         authed: self.settings.password.is_none(),
+                        auth_failures: 0,
                         waiting: None,
                         closing: false,
                         eof: false,
@@ -342,7 +369,28 @@ impl Dispatcher {
                         room,
                         delta,
                     } => self.rooms.apply(&room, reactor, delta),
-                    Event::Ack { req, affected } => self.on_ack(req, affected),
+                    Event::Ack {
+                        reactor,
+                        req,
+                        affected,
+                    } => {
+                        if let Some(sent) = self.unacked.get_mut(reactor) {
+                            // In order, so normally the front; a stray id must not
+                            // take the others with it.
+                            if sent.front() == Some(&req) {
+                                sent.pop_front();
+                            } else if let Some(i) = sent.iter().position(|&r| r == req) {
+                                sent.remove(i);
+                            }
+                        }
+                        self.on_ack(req, affected);
+                    }
+                    Event::Exited { reactor } => {
+                        let lost = self.unacked.get_mut(reactor).map(std::mem::take);
+                        for req in lost.into_iter().flatten() {
+                            self.on_ack(req, 0);
+                        }
+                    }
                 }
             }
         }
@@ -448,31 +496,40 @@ impl Dispatcher {
 
     fn run_parsed(&mut self, key: usize, parsed: Parsed) {
         self.stats.commands += 1;
+        let Some(c) = self.clients.get_mut(key) else {
+            return;
+        };
+        // On the name alone, before any argument is looked at: an unauthenticated
+        // client learns nothing about commands, arities or limits.
+        if !c.authed {
+            let name = match &parsed {
+                Parsed::Command(args) => args.first().map(Vec::as_slice),
+                Parsed::TooLarge { name, .. } => name.as_deref(),
+            };
+            if !name.is_some_and(allowed_before_auth) {
+                self.stats.rejected_commands += 1;
+                resp::write_error(&mut c.output, AuthError::NoAuth.message());
+                return;
+            }
+        }
         let cmd = match parsed {
             Parsed::Command(args) => Command::parse(args, self.settings.max_message),
             Parsed::TooLarge { .. } => Err(CommandError::PayloadTooLarge),
         };
-        let Some(c) = self.clients.get_mut(key) else {
-            return;
-        };
-        let cmd = match cmd {
-            Ok(cmd) => cmd,
+        match cmd {
+            Ok(cmd) => self.execute(key, cmd),
             Err(e) => {
                 self.stats.rejected_commands += 1;
                 resp::write_error(&mut c.output, &e.message());
-                return;
             }
-        };
-        if !c.authed && !cmd.allowed_unauthenticated() {
-            self.stats.rejected_commands += 1;
-            resp::write_error(&mut c.output, "NOAUTH Authentication required.");
-            return;
         }
-        self.execute(key, cmd);
     }
 
     /// Runs one command for client `key`; each arm is one command's handler.
     fn execute(&mut self, key: usize, cmd: Command) {
+        // What the reactors have confirmed to their clients so far must be visible to
+        // this command (see the module comment).
+        self.apply_events();
         match cmd {
             Command::Ping(msg) => {
                 let c = &mut self.clients[key];
@@ -484,20 +541,24 @@ impl Dispatcher {
             Command::Auth(password) => {
                 let c = &mut self.clients[key];
                 match &self.settings.password {
-                    None => resp::write_error(
-                        &mut c.output,
-                        "ERR AUTH called without any password configured (start wspush with --control-password)",
-                    ),
+                    None => resp::write_error(&mut c.output, AuthError::NotConfigured.message()),
                     Some(p) if constant_time_eq(p.as_bytes(), &password) => {
                         c.authed = true;
                         resp::write_simple(&mut c.output, "OK");
                     }
                     Some(_) => {
                         c.authed = false;
-                        resp::write_error(
-                            &mut c.output,
-                            "WRONGPASS invalid username-password pair or user is disabled.",
-                        )
+                        c.auth_failures = c.auth_failures.saturating_add(1);
+                        self.stats.auth_failures += 1;
+                        resp::write_error(&mut c.output, AuthError::WrongPass.message());
+                        if c.auth_failures >= MAX_AUTH_FAILURES {
+                            warn!(
+                                "control: closing {} after {MAX_AUTH_FAILURES} failed AUTH attempts",
+                                c.peer
+                            );
+                            self.stats.auth_disconnects += 1;
+                            c.closing = true;
+                        }
                     }
                 }
             }
@@ -608,6 +669,11 @@ impl Dispatcher {
             return;
         };
         let reactors: Vec<usize> = counts.reactors().collect();
+        if reactors.is_empty() {
+            // No ack would ever come to end the wait.
+            resp::write_integer(&mut self.clients[key].output, 0);
+            return;
+        }
         let name = self.users.key(user).unwrap_or_else(|| user.into());
         self.next_req += 1;
         let req = self.next_req;
@@ -647,18 +713,19 @@ impl Dispatcher {
                     continue;
                 }
                 let cmds = std::mem::take(batch);
+                let reqs: SmallVec<[u64; 4]> =
+                    cmds.iter().filter_map(link::Command::request).collect();
                 self.stats.batches += 1;
-                if let Err(ReactorMsg::Batch(cmds)) = self.reactors[r].send(ReactorMsg::Batch(cmds))
-                {
+                if self.reactors[r].send(ReactorMsg::Batch(cmds)).is_ok() {
+                    // No ack can be applied before this: acks are read on this thread.
+                    if let Some(sent) = self.unacked.get_mut(r) {
+                        sent.extend(reqs);
+                    }
+                } else {
                     // Only while shutting down: the reactor has exited. Requests
                     // waiting for its ack are answered for the reactors that can.
                     warn!("dispatcher: reactor {r} is gone");
-                    unanswerable.extend(cmds.iter().filter_map(|c| match c {
-                        link::Command::Join { req, .. }
-                        | link::Command::Leave { req, .. }
-                        | link::Command::Kick { req, .. } => Some(*req),
-                        link::Command::Push { .. } => None,
-                    }));
+                    unanswerable.extend(reqs);
                 }
             }
             self.batch_started = None;
@@ -777,7 +844,237 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::link::{Gauges, ReactorStats};
     use crate::ws::frame::encode_frame;
+    use crossbeam_channel::Sender;
+
+    /// A dispatcher driven by hand, turn by turn, with fake reactors: the test holds
+    /// each reactor's receiver (and reads it, or never does) and sends the reactors'
+    /// events itself. One control client is connected.
+    struct Rig {
+        d: Dispatcher,
+        events: Sender<Vec<Event>>,
+        reactors: Vec<Receiver<ReactorMsg>>,
+        /// Keep the fake reactors' wakers registered.
+        _polls: Vec<Poll>,
+        client: std::net::TcpStream,
+        key: usize,
+    }
+
+    impl Rig {
+        fn new(reactors: usize) -> Rig {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let control = listener.local_addr().unwrap();
+            let (mut handles, mut rxs, mut polls) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..reactors {
+                let poll = Poll::new().unwrap();
+                let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
+                let (tx, rx) = crossbeam_channel::unbounded();
+                handles.push(ReactorHandle {
+                    tx,
+                    waker,
+                    stats: Arc::new(ReactorStats::default()),
+                    gauges: Arc::new(Gauges::default()),
+                });
+                rxs.push(rx);
+                polls.push(poll);
+            }
+            let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
+            let (poll, waker) = Dispatcher::poll_and_waker().unwrap();
+            let (mut d, _handle) = Dispatcher::new(
+                listener,
+                handles,
+                ev_rx,
+                (poll, waker),
+                DispatchSettings {
+                    max_message: 1 << 10,
+                    password: None,
+                    batch_delay: Duration::ZERO,
+                    max_connections: 100,
+                    listen: control,
+                    control,
+                },
+                Arc::new(Capacity::new(100, 100)),
+                Arc::new(Liveness::new(reactors)),
+            )
+            .unwrap();
+            let client = std::net::TcpStream::connect(control).unwrap();
+            client
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            // The connection may reach the backlog a moment after connect() returns.
+            for _ in 0..500 {
+                d.accept();
+                if !d.clients.is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let key = d.clients.iter().next().map(|(k, _)| k).expect("accepted");
+            Rig {
+                d,
+                events: ev_tx,
+                reactors: rxs,
+                _polls: polls,
+                client,
+                key,
+            }
+        }
+
+        /// One turn's command part for the client: `input` is what it sent (put in
+        /// its buffer directly, so nothing depends on when the socket delivers it).
+        fn serve(&mut self, input: &[u8]) {
+            self.d.clients[self.key].input.extend_from_slice(input);
+            self.d.ready.push(self.key);
+            self.d.serve_ready();
+            self.d.end_turn();
+        }
+
+        /// A whole turn with no socket event: events, then replies.
+        fn turn(&mut self) {
+            self.d.apply_events();
+            self.d.serve_ready();
+            self.d.end_turn();
+        }
+
+        fn reply_line(&mut self) -> String {
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while !line.ends_with(b"\r\n") {
+                match self.client.read(&mut b) {
+                    Ok(1) => line.push(b[0]),
+                    other => panic!("no reply (so far {line:?}): {other:?}"),
+                }
+            }
+            String::from_utf8(line).unwrap()
+        }
+
+        fn waiting(&self) -> bool {
+            self.d.clients[self.key].waiting.is_some()
+        }
+
+        /// The requests (JOIN/LEAVE/KICK ids) in what reactor `r` was sent so far.
+        fn requests_sent_to(&self, r: usize) -> Vec<u64> {
+            let mut reqs = Vec::new();
+            while let Ok(ReactorMsg::Batch(cmds)) = self.reactors[r].try_recv() {
+                reqs.extend(cmds.iter().filter_map(|c| match c {
+                    link::Command::Join { req, .. }
+                    | link::Command::Leave { req, .. }
+                    | link::Command::Kick { req, .. } => Some(*req),
+                    link::Command::Push { .. } => None,
+                }));
+            }
+            reqs
+        }
+    }
+
+    fn user_conn(reactor: usize, user: &str) -> Event {
+        Event::Conn {
+            reactor,
+            user: Some(user.into()),
+            delta: 1,
+        }
+    }
+
+    #[test]
+    fn a_membership_reported_after_the_turn_began_counts_for_the_next_command() {
+        let mut rig = Rig::new(1);
+        rig.d.apply_events();
+        // The reactor registers the member, reports it, and writes the 101; the
+        // client's PUBLISH arrives while the dispatcher is still in the same turn.
+        rig.events
+            .send(vec![
+                user_conn(0, "u1"),
+                Event::Room {
+                    reactor: 0,
+                    room: "news".into(),
+                    delta: 1,
+                },
+            ])
+            .unwrap();
+        rig.serve(b"PUBLISH news hello\r\n");
+        assert_eq!(rig.reply_line(), ":1\r\n");
+        match rig.reactors[0].try_recv() {
+            Ok(ReactorMsg::Batch(cmds)) => assert!(
+                matches!(&cmds[..], [link::Command::Push { target: Target::Room(r), .. }] if &**r == "news")
+            ),
+            other => panic!("the push was not sent to the reactor: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_request_sent_after_a_reactors_last_drain_is_answered_when_it_exits() {
+        let mut rig = Rig::new(1);
+        rig.events.send(vec![user_conn(0, "u1")]).unwrap();
+        rig.turn();
+        // Sent, but the reactor never reads its channel again.
+        rig.serve(b"JOIN u1 news\r\n");
+        assert!(rig.waiting());
+        rig.events.send(vec![Event::Exited { reactor: 0 }]).unwrap();
+        rig.turn();
+        assert_eq!(rig.reply_line(), ":0\r\n");
+        assert!(!rig.waiting());
+        // The client is served again.
+        rig.serve(b"PING\r\n");
+        assert_eq!(rig.reply_line(), "+PONG\r\n");
+    }
+
+    #[test]
+    fn an_exited_reactor_answers_zero_and_the_others_their_count() {
+        let mut rig = Rig::new(2);
+        rig.events
+            .send(vec![user_conn(0, "u1"), user_conn(1, "u1")])
+            .unwrap();
+        rig.turn();
+        // Reactor 0 acks the first KICK; the second is sent after its last drain.
+        rig.serve(b"KICK u1\r\n");
+        let first = rig.requests_sent_to(0);
+        assert_eq!(first, rig.requests_sent_to(1));
+        rig.events
+            .send(vec![
+                Event::Ack {
+                    reactor: 0,
+                    req: first[0],
+                    affected: 1,
+                },
+                Event::Ack {
+                    reactor: 1,
+                    req: first[0],
+                    affected: 1,
+                },
+            ])
+            .unwrap();
+        rig.turn();
+        assert_eq!(rig.reply_line(), ":2\r\n");
+        rig.serve(b"KICK u1\r\n");
+        let second = rig.requests_sent_to(1);
+        rig.events
+            .send(vec![Event::Ack {
+                reactor: 1,
+                req: second[0],
+                affected: 1,
+            }])
+            .unwrap();
+        rig.turn();
+        assert!(rig.waiting());
+        rig.events.send(vec![Event::Exited { reactor: 0 }]).unwrap();
+        rig.turn();
+        assert_eq!(rig.reply_line(), ":1\r\n");
+        // A request sent once the reactor's channel is gone is answered at once.
+        rig.reactors[0] = crossbeam_channel::never();
+        rig.serve(b"KICK u1\r\n");
+        let third = rig.requests_sent_to(1);
+        rig.events
+            .send(vec![Event::Ack {
+                reactor: 1,
+                req: third[0],
+                affected: 1,
+            }])
+            .unwrap();
+        rig.turn();
+        assert_eq!(rig.reply_line(), ":1\r\n");
+    }
 
     #[test]
     fn push_frame_is_a_text_frame_for_utf8_and_binary_otherwise() {

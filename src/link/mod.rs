@@ -91,8 +91,16 @@ pub enum Event {
         room: Arc<str>,
         delta: i32,
     },
-    /// A JOIN / LEAVE / KICK request `req` was applied to `affected` connections.
-    Ack { req: u64, affected: u32 },
+    /// A JOIN / LEAVE / KICK request `req` was applied to `affected` connections of
+    /// `reactor`. One reactor acks its requests in the order it was sent them.
+    Ack {
+        reactor: usize,
+        req: u64,
+        affected: u32,
+    },
+    /// `reactor` has exited and dropped its channel: it will ack nothing more, and
+    /// what it was sent but never read is lost. Sent after its last Ack.
+    Exited { reactor: usize },
 }
 
 /// How the dispatcher reaches a reactor, and what it reads of it.

@@ -72,7 +72,11 @@ impl Reactor {
     }
 
     fn ack(&mut self, req: u64, affected: u32) {
-        self.events.push(Event::Ack { req, affected });
+        self.events.push(Event::Ack {
+            reactor: self.id,
+            req,
+            affected,
+        });
         self.wake_dispatcher = true;
     }
 

@@ -165,10 +165,27 @@ impl Reactor {
         while self.turn(&mut events) {}
         let left = self.conns.len();
         self.drop_all();
+        self.hang_up();
         log::info!(
             "reactor {} stopped ({left} connections were still open)",
             self.id
         );
+    }
+
+    /// The last act of a reactor: drop its end of the channel (so the dispatcher's
+    /// later sends fail and are answered at once), then say so. Whatever it was sent
+    /// after its last drain is lost; the dispatcher answers those requests on `Exited`.
+    fn hang_up(&mut self) {
+        self.rx = crossbeam_channel::never();
+        self.carry = None;
+        if self
+            .dispatcher
+            .tx
+            .send(vec![Event::Exited { reactor: self.id }])
+            .is_ok()
+        {
+            let _ = self.dispatcher.waker.wake();
+        }
     }
 
     /// One loop turn; false when the reactor should exit.
