@@ -34,6 +34,9 @@ fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Frame {
 /// A message: opcode, payload, how many fragments to send it in.
 type Message = (u8, Vec<u8>, usize);
 
+/// An echoed message: opcode, payload.
+type Echo = (u8, Vec<u8>);
+
 /// Client frames for `messages`, each split into its fragments, a ping after the
 /// first fragment of every message.
 fn client_frames(messages: &[Message]) -> Vec<Frame> {
@@ -102,7 +105,7 @@ fn send_in_pieces(s: &mut TcpStream, bytes: &[u8], cuts: &[usize]) {
 fn spawn_echo_reader(
     s: &TcpStream,
     messages: usize,
-) -> thread::JoinHandle<Result<Vec<(u8, Vec<u8>)>, String>> {
+) -> thread::JoinHandle<Result<Vec<Echo>, String>> {
     let mut s = s.try_clone().expect("clone socket");
     thread::spawn(move || {
         let mut got = Vec::new();
@@ -164,7 +167,7 @@ fn message() -> impl Strategy<Value = Message> {
         .prop_map(|(op, len, seed, parts)| (op, payload(op, len, seed), parts))
 }
 
-fn echo_stream(frames: &[Frame], cuts: &[usize], messages: &[Message]) -> Vec<(u8, Vec<u8>)> {
+fn echo_stream(frames: &[Frame], cuts: &[usize], messages: &[Message]) -> Vec<Echo> {
     let server = Server::start(&["--echo", "--threads", "1", "--max-message", MAX_MESSAGE]);
     let mut s = raw_upgrade(server.ws, "");
     s.set_nodelay(true).expect("nodelay");
@@ -200,7 +203,7 @@ fn every_header_boundary_of_every_length_class_is_cut() {
             messages.push((op, p.clone(), 1));
         }
     }
-    let want: Vec<(u8, Vec<u8>)> = messages.iter().map(|(o, p, _)| (*o, p.clone())).collect();
+    let want: Vec<Echo> = messages.iter().map(|(o, p, _)| (*o, p.clone())).collect();
     assert_eq!(echo_stream(&frames, &cuts, &messages), want);
 }
 
@@ -216,7 +219,7 @@ proptest! {
         let frames = client_frames(&messages);
         let cuts = cut_points(&frames, &header_cuts, &payload_cuts);
         let got = echo_stream(&frames, &cuts, &messages);
-        let want: Vec<(u8, Vec<u8>)> =
+        let want: Vec<Echo> =
             messages.iter().map(|(o, p, _)| (*o, p.clone())).collect();
         prop_assert_eq!(got, want);
     }
