@@ -383,3 +383,488 @@ fn gather<'a>(
     }
     iov
 }
+
+#[cfg(test)]
+mod tests {
+    //! The outbox against a scripted socket: every call's slices are recorded, so the
+    //! tests see exactly what a kernel would have been asked to write, and the bytes a
+    //! socket took are compared with the frames in order (nothing duplicated, lost or
+    //! torn). Only the module's public API is used.
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::VecDeque;
+    use std::io::{self, IoSlice, Write};
+
+    /// What the scripted socket does on one call.
+    #[derive(Clone, Copy, Debug)]
+    enum Step {
+        /// Take at most this many bytes.
+        Take(usize),
+        WouldBlock,
+        Interrupted,
+        Fail(io::ErrorKind),
+    }
+
+    /// A socket that follows a script, then would block; it keeps what it took.
+    #[derive(Default)]
+    struct MockSock {
+        script: VecDeque<Step>,
+        /// Every byte taken, in order.
+        out: Vec<u8>,
+        /// Per call: (slices offered, bytes taken).
+        calls: Vec<(usize, usize)>,
+    }
+
+    impl MockSock {
+        fn new(script: &[Step]) -> MockSock {
+            MockSock {
+                script: script.iter().copied().collect(),
+                ..MockSock::default()
+            }
+        }
+
+        /// A socket that takes everything it is offered.
+        fn open() -> MockSock {
+            MockSock::new(&[Step::Take(usize::MAX); 64])
+        }
+    }
+
+    impl Write for MockSock {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let step = self.script.pop_front().unwrap_or(Step::WouldBlock);
+            let mut budget = match step {
+                Step::Take(n) => n,
+                Step::WouldBlock => {
+                    self.calls.push((bufs.len(), 0));
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Step::Interrupted => {
+                    self.calls.push((bufs.len(), 0));
+                    return Err(io::ErrorKind::Interrupted.into());
+                }
+                Step::Fail(kind) => {
+                    self.calls.push((bufs.len(), 0));
+                    return Err(kind.into());
+                }
+            };
+            let before = self.out.len();
+            for b in bufs {
+                let n = b.len().min(budget);
+                self.out.extend_from_slice(&b[..n]);
+                budget -= n;
+                if budget == 0 {
+                    break;
+                }
+            }
+            let taken = self.out.len() - before;
+            self.calls.push((bufs.len(), taken));
+            Ok(taken)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Frame bodies cut from one running byte sequence, so a duplicated, skipped or
+    /// reordered byte anywhere shows up in a comparison with the concatenation.
+    struct Bytes(usize);
+
+    impl Bytes {
+        fn next(&mut self, len: usize) -> Vec<u8> {
+            let v = (self.0..self.0 + len).map(|k| (k % 251) as u8).collect();
+            self.0 += len;
+            v
+        }
+    }
+
+    fn push(b: &[u8]) -> Chunk {
+        Chunk::Push(Arc::from(b))
+    }
+
+    fn owned(b: &[u8]) -> Chunk {
+        Chunk::Owned(b.to_vec().into_boxed_slice())
+    }
+
+    fn shared(b: &[u8]) -> Chunk {
+        Chunk::Shared(Arc::from(b))
+    }
+
+    /// Adds `chunks` to `outbox` and chains them, in order, for one connection.
+    fn chain_of(outbox: &mut Outbox, chunks: Vec<Chunk>) -> Chain {
+        let mut chain = Chain::EMPTY;
+        for c in chunks {
+            let idx = outbox.add_frame(c);
+            outbox.append(&mut chain, idx);
+        }
+        chain
+    }
+
+    const NO_LIMIT: usize = usize::MAX / 2;
+
+    /// Flushes `chain` through `sock` with no pending limit.
+    fn flush_all(
+        outbox: &mut Outbox,
+        sock: &mut MockSock,
+        chain: &mut Chain,
+        queue: &mut Option<Box<WriteQueue>>,
+    ) -> FlushOutcome {
+        outbox
+            .flush(sock, true, chain, queue, NO_LIMIT, false)
+            .expect("flush")
+    }
+
+    /// Writes whatever the queue holds to an open socket and returns those bytes.
+    fn drain(queue: &mut Option<Box<WriteQueue>>) -> Vec<u8> {
+        let mut outbox = Outbox::default();
+        let mut sock = MockSock::open();
+        let mut chain = Chain::EMPTY;
+        let out = flush_all(&mut outbox, &mut sock, &mut chain, queue);
+        assert!(!out.blocked);
+        assert!(queue.is_none(), "a drained queue is freed");
+        sock.out
+    }
+
+    #[test]
+    fn a_whole_chain_goes_out_in_one_writev() {
+        let mut g = Bytes(0);
+        let (a, b, c) = (g.next(100), g.next(7), g.next(300));
+        let mut outbox = Outbox::default();
+        let mut chain = chain_of(
+            &mut outbox,
+            vec![push(&a), owned(&b), Chunk::Static(b"\x89\x00")],
+        );
+        let idx = outbox.add_frame(push(&c));
+        assert!(!outbox.append(&mut chain, idx), "the chain was not empty");
+        let mut sock = MockSock::open();
+        let mut queue = None;
+        let out = flush_all(&mut outbox, &mut sock, &mut chain, &mut queue);
+        assert_eq!(sock.calls, vec![(4, 409)]);
+        assert_eq!(
+            out,
+            FlushOutcome {
+                written: 409,
+                writes: 1,
+                ..FlushOutcome::default()
+            }
+        );
+        assert_eq!(sock.out, [&a[..], &b, b"\x89\x00", &c].concat());
+        assert!(chain.is_empty(), "a flushed chain is consumed");
+        assert!(queue.is_none(), "nothing left, no queue");
+    }
+
+    #[test]
+    fn a_write_ending_inside_a_frame_queues_its_rest_at_the_right_offset() {
+        let mut g = Bytes(0);
+        let frames: Vec<Vec<u8>> = vec![g.next(100), g.next(200), g.next(300)];
+        let mut outbox = Outbox::default();
+        let mut chain = chain_of(
+            &mut outbox,
+            vec![push(&frames[0]), owned(&frames[1]), push(&frames[2])],
+        );
+        let mut sock = MockSock::new(&[Step::Take(150)]);
+        let mut queue = None;
+        let out = flush_all(&mut outbox, &mut sock, &mut chain, &mut queue);
+        assert_eq!(out.written, 150);
+        assert_eq!(out.writes, 1);
+        assert!(out.blocked, "a short write means the socket is full");
+        assert_eq!(sock.calls.len(), 1, "no second call after a short write");
+        let q = queue.as_deref().expect("the rest is queued");
+        assert_eq!(q.bytes(), 450);
+        outbox.clear();
+        let rest = drain(&mut queue);
+        assert_eq!(rest, frames.concat()[150..]);
+        assert_eq!([sock.out, rest].concat(), frames.concat());
+    }
+
+    #[test]
+    fn a_frame_torn_across_several_writes_arrives_whole_and_before_later_frames() {
+        let mut g = Bytes(0);
+        let big = g.next(1000);
+        let mut outbox = Outbox::default();
+        let mut chain = chain_of(&mut outbox, vec![push(&big)]);
+        let mut sock = MockSock::new(&[Step::Take(1)]);
+        let mut queue = None;
+        flush_all(&mut outbox, &mut sock, &mut chain, &mut queue);
+        outbox.clear();
+        // Later turns: the socket takes a little each time, while new frames arrive.
+        let mut expected = big.clone();
+        for take in [2, 13, 250, 1] {
+            let f = g.next(40);
+            expected.extend_from_slice(&f);
+            let mut chain = chain_of(&mut outbox, vec![push(&f)]);
+            sock.script.push_back(Step::Take(take));
+            let before = queue.as_deref().map_or(0, WriteQueue::bytes);
+            let out = flush_all(&mut outbox, &mut sock, &mut chain, &mut queue);
+            assert_eq!(out.written, take);
+            assert_eq!(
+                queue.as_deref().map_or(0, WriteQueue::bytes),
+                before + 40 - take,
+                "queued bytes after taking {take}"
+            );
+            outbox.clear();
+        }
+        let rest = drain(&mut queue);
+        assert_eq!([sock.out, rest].concat(), expected);
+    }
+
+    #[test]
+    fn more_than_iov_max_pieces_take_several_writev_calls_none_over_the_limit() {
+        let mut g = Bytes(0);
+        let frames: Vec<Vec<u8>> = (0..IOV_MAX * 2 + 452).map(|i| g.next(1 + i % 3)).collect();
+        let mut outbox = Outbox::default();
+        let mut chain = chain_of(&mut outbox, frames.iter().map(|f| push(f)).collect());
+        let mut sock = MockSock::open();
+        let mut queue = None;
+        let out = flush_all(&mut outbox, &mut sock, &mut chain, &mut queue);
+        let slices: Vec<usize> = sock.calls.iter().map(|c| c.0).collect();
+        assert_eq!(slices, vec![IOV_MAX, IOV_MAX, 452]);
+        assert_eq!(out.writes, 3);
+        assert!(!out.blocked);
+        assert_eq!(sock.out, frames.concat());
+        assert!(queue.is_none());
+    }
+
+    #[test]
+    fn a_queue_longer_than_iov_max_drains_before_the_new_chain() {
+        let mut g = Bytes(0);
+        let old: Vec<Vec<u8>> = (0..IOV_MAX + 500).map(|_| g.next(2)).collect();
+        let mut outbox = Outbox::default();
+        let mut chain = chain_of(&mut outbox, old.iter().map(|f| push(f)).collect());
+        let mut sock = MockSock::new(&[Step::WouldBlock]);
+        let mut queue = None;
+        flush_all(&mut outbox, &mut sock, &mut chain, &mut queue);
+        outbox.clear();
+        assert_eq!(queue.as_deref().map(WriteQueue::bytes), Some(old.len() * 2));
+
+        let new: Vec<Vec<u8>> = (0..IOV_MAX).map(|_| g.next(3)).collect();
+        let mut chain = chain_of(&mut outbox, new.iter().map(|f| owned(f)).collect());
+        let mut sock = MockSock::open();
+        let out = flush_all(&mut outbox, &mut sock, &mut chain, &mut queue);
+        assert!(
+            sock.calls.iter().all(|c| c.0 <= IOV_MAX),
+            "{:?}",
+            sock.calls
+        );
+        assert_eq!(sock.calls.len(), 3, "{:?}", sock.calls);
+        assert_eq!(out.writes, 3);
+        assert_eq!(sock.out, [old.concat(), new.concat()].concat());
+        assert!(queue.is_none());
+    }
+
+    /// Pushes of 100 bytes with replies among them, against a socket that takes
+    /// nothing and a limit of 250 pending bytes.
+    fn over_limit_turn(drop_over_limit: bool) -> (FlushOutcome, Vec<u8>, Vec<u8>) {
+        let mut g = Bytes(0);
+        let f: Vec<Vec<u8>> = (0..7).map(|_| g.next(100)).collect();
+        let mut outbox = Outbox::default();
+        let mut chain = chain_of(
+            &mut outbox,
+            vec![
+                push(&f[0]),
+                push(&f[1]),
+                push(&f[2]),
+                owned(&f[3]),
+                push(&f[4]),
+                shared(&f[5]),
+                push(&f[6]),
+            ],
+        );
+        let mut sock = MockSock::new(&[Step::WouldBlock]);
+        let mut queue = None;
+        let out = outbox
+            .flush(
+                &mut sock,
+                true,
+                &mut chain,
+                &mut queue,
+                250,
+                drop_over_limit,
+            )
+            .expect("flush");
+        assert_eq!(queue.as_deref().map(WriteQueue::bytes), Some(400));
+        outbox.clear();
+        let kept = [&f[0][..], &f[1], &f[3], &f[5]].concat();
+        (out, drain(&mut queue), kept)
+    }
+
+    #[test]
+    fn pushes_over_max_pending_are_dropped_and_replies_never_are() {
+        let (out, queued, kept) = over_limit_turn(true);
+        assert_eq!(out.dropped, 3);
+        assert_eq!(out.over_limit, 0);
+        assert!(out.blocked);
+        assert_eq!(out.written, 0);
+        assert_eq!(queued, kept);
+    }
+
+    #[test]
+    fn pushes_over_max_pending_are_counted_for_the_close_policy() {
+        let (out, queued, kept) = over_limit_turn(false);
+        assert_eq!(out.over_limit, 3);
+        assert_eq!(out.dropped, 0);
+        assert_eq!(queued, kept);
+    }
+
+    #[test]
+    fn a_torn_push_is_kept_whatever_the_limit() {
+        let mut g = Bytes(0);
+        let (big, next) = (g.next(100), g.next(10));
+        let mut outbox = Outbox::default();
+        let mut chain = chain_of(&mut outbox, vec![push(&big), push(&next)]);
+        let mut sock = MockSock::new(&[Step::Take(30)]);
+        let mut queue = None;
+        let out = outbox
+            .flush(&mut sock, true, &mut chain, &mut queue, 10, true)
+            .expect("flush");
+        // The torn frame's 70 bytes must finish; the next push does not fit after it.
+        assert_eq!(out.dropped, 1);
+        assert_eq!(queue.as_deref().map(WriteQueue::bytes), Some(70));
+        outbox.clear();
+        assert_eq!([sock.out, drain(&mut queue)].concat(), big);
+    }
+
+    #[test]
+    fn keep_partial_front_keeps_only_a_partly_written_front_frame() {
+        let mut g = Bytes(0);
+        let f: Vec<Vec<u8>> = (0..3).map(|_| g.next(100)).collect();
+        let mut outbox = Outbox::default();
+        let mut chain = chain_of(&mut outbox, f.iter().map(|b| push(b)).collect());
+        let mut sock = MockSock::new(&[Step::Take(40)]);
+        let mut queue = None;
+        flush_all(&mut outbox, &mut sock, &mut chain, &mut queue);
+        outbox.clear();
+        let q = queue.as_deref_mut().expect("queued");
+        assert_eq!(q.bytes(), 260);
+        q.keep_partial_front();
+        assert_eq!(q.bytes(), 60);
+        assert!(!q.is_empty());
+        assert_eq!([sock.out, drain(&mut queue)].concat(), f[0]);
+    }
+
+    #[test]
+    fn keep_partial_front_drops_everything_when_the_front_is_untouched() {
+        let mut g = Bytes(0);
+        let f: Vec<Vec<u8>> = (0..3).map(|_| g.next(100)).collect();
+        let mut outbox = Outbox::default();
+        let mut chain = chain_of(&mut outbox, f.iter().map(|b| push(b)).collect());
+        // Exactly one whole frame: the queue's front starts at offset 0.
+        let mut sock = MockSock::new(&[Step::Take(100)]);
+        let mut queue = None;
+        flush_all(&mut outbox, &mut sock, &mut chain, &mut queue);
+        outbox.clear();
+        let q = queue.as_deref_mut().expect("queued");
+        assert_eq!(q.bytes(), 200);
+        q.keep_partial_front();
+        assert_eq!(q.bytes(), 0);
+        assert!(q.is_empty());
+
+        let mut fresh = WriteQueue::default();
+        fresh.push(push(&f[1]));
+        fresh.push(owned(&f[2]));
+        assert_eq!(fresh.bytes(), 200);
+        fresh.keep_partial_front();
+        assert_eq!(fresh.bytes(), 0);
+        assert!(fresh.is_empty());
+    }
+
+    #[test]
+    fn not_writable_makes_no_call_and_queues_everything() {
+        let mut g = Bytes(0);
+        let f: Vec<Vec<u8>> = (0..3).map(|_| g.next(50)).collect();
+        let mut outbox = Outbox::default();
+        let mut chain = chain_of(&mut outbox, f.iter().map(|b| push(b)).collect());
+        let mut sock = MockSock::open();
+        let mut queue = None;
+        let out = outbox
+            .flush(&mut sock, false, &mut chain, &mut queue, NO_LIMIT, true)
+            .expect("flush");
+        assert!(sock.calls.is_empty(), "{:?}", sock.calls);
+        assert!(out.blocked);
+        assert_eq!(out.writes, 0);
+        assert!(chain.is_empty());
+        outbox.clear();
+        assert_eq!(drain(&mut queue), f.concat());
+    }
+
+    #[test]
+    fn an_interrupted_writev_is_retried() {
+        let mut g = Bytes(0);
+        let (a, b) = (g.next(10), g.next(20));
+        let mut outbox = Outbox::default();
+        let mut chain = chain_of(&mut outbox, vec![push(&a), owned(&b)]);
+        let mut sock = MockSock::new(&[Step::Interrupted, Step::Interrupted, Step::Take(99)]);
+        let mut queue = None;
+        let out = flush_all(&mut outbox, &mut sock, &mut chain, &mut queue);
+        assert_eq!(sock.calls, vec![(2, 0), (2, 0), (2, 30)]);
+        assert_eq!(out.writes, 1, "only calls that wrote are counted");
+        assert_eq!(out.written, 30);
+        assert_eq!(sock.out, [a, b].concat());
+        assert!(queue.is_none());
+    }
+
+    #[test]
+    fn a_socket_error_is_returned() {
+        let mut outbox = Outbox::default();
+        let mut chain = chain_of(&mut outbox, vec![owned(b"reply")]);
+        let mut sock = MockSock::new(&[Step::Fail(io::ErrorKind::ConnectionReset)]);
+        let mut queue = None;
+        let err = outbox
+            .flush(&mut sock, true, &mut chain, &mut queue, NO_LIMIT, false)
+            .expect_err("the error reaches the caller");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(sock.calls.len(), 1, "an error is not retried");
+    }
+
+    proptest! {
+        /// Turn after turn of new frames against a socket that takes arbitrary
+        /// amounts: what the socket took plus what is queued is always exactly the
+        /// frames in order, and the queue's byte count says how much is queued.
+        #[test]
+        fn bytes_are_never_duplicated_or_lost_across_turns(
+            turns in proptest::collection::vec(
+                (proptest::collection::vec(1usize..200, 0..6),
+                 proptest::collection::vec(0usize..400, 0..3)),
+                1..20,
+            ),
+        ) {
+            let mut g = Bytes(0);
+            let mut outbox = Outbox::default();
+            let mut sock = MockSock::default();
+            let mut queue = None;
+            let mut expected = Vec::new();
+            for (i, (lens, takes)) in turns.iter().enumerate() {
+                let chunks = lens
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &len)| {
+                        let b = g.next(len);
+                        expected.extend_from_slice(&b);
+                        match (i + j) % 3 {
+                            0 => push(&b),
+                            1 => owned(&b),
+                            _ => shared(&b),
+                        }
+                    })
+                    .collect();
+                let mut chain = chain_of(&mut outbox, chunks);
+                sock.script = takes.iter().map(|&n| Step::Take(n)).collect();
+                let out = flush_all(&mut outbox, &mut sock, &mut chain, &mut queue);
+                outbox.clear();
+                prop_assert!(sock.calls.iter().all(|c| c.0 <= IOV_MAX));
+                let queued = queue.as_deref().map_or(0, WriteQueue::bytes);
+                prop_assert_eq!(sock.out.len() + queued, expected.len());
+                prop_assert_eq!(&sock.out[..], &expected[..sock.out.len()]);
+                prop_assert_eq!(out.dropped + out.over_limit, 0);
+                prop_assert!(queue.as_deref().is_none_or(|q| !q.is_empty()));
+            }
+            let rest = drain(&mut queue);
+            prop_assert_eq!([sock.out, rest].concat(), expected);
+        }
+    }
+}
