@@ -44,7 +44,11 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
         let online: u64 = d.online.iter().sum();
         line(&mut out, "connected_clients", &online);
         line(&mut out, "max_connections", &d.settings.max_connections);
-        let sockets: u64 = d.reactors.iter().map(|r| r.gauges.sockets.load(Relaxed)).sum();
+        let sockets: u64 = d
+            .reactors
+            .iter()
+            .map(|r| r.gauges.sockets.load(Relaxed))
+            .sum();
         line(&mut out, "sockets", &sockets);
         line(&mut out, "established_slots", &d.capacity.open_count());
         line(&mut out, "handshaking", &d.capacity.handshaking_count());

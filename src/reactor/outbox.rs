@@ -238,6 +238,11 @@ impl Outbox {
         shrink(&mut self.dirty, RETAIN_LINKS);
     }
 
+    /// Links in this turn's arena.
+    pub fn links_used(&self) -> usize {
+        self.links.len()
+    }
+
     /// Bytes the arena has allocated (for tests and the memory bound).
     pub fn allocated_bytes(&self) -> usize {
         self.links.capacity() * std::mem::size_of::<Link>()

@@ -172,7 +172,7 @@ impl Reactor {
     /// dropped (all but a partly written frame, which must finish) and a 1008 close
     /// takes their place. A connection that is already closing (a KICK or a shutdown
     /// in the same round) has its Close frame queued: it gets no second one.
-    fn slow_close(&mut self, key: u32) {
+    pub(super) fn slow_close(&mut self, key: u32) {
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };

@@ -83,11 +83,7 @@ impl Rig {
         c.write_all(first).unwrap();
         let mut key = None;
         self.turn_until(|r| {
-            key = r
-                .conns
-                .iter()
-                .map(|(k, _)| k)
-                .find(|k| !before.contains(k));
+            key = r.conns.iter().map(|(k, _)| k).find(|k| !before.contains(k));
             key.is_some() || r.local.closed > 0
         });
         (c, key.expect("accepted") as u32)
@@ -100,7 +96,11 @@ impl Rig {
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
         let (mut c, key) = self.connect(req.as_bytes());
-        self.turn_until(|r| r.conns.get(key as usize).is_some_and(|c| c.phase == Phase::Open));
+        self.turn_until(|r| {
+            r.conns
+                .get(key as usize)
+                .is_some_and(|c| c.phase == Phase::Open)
+        });
         let head = read_head(&mut c);
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         (c, key)
@@ -130,7 +130,10 @@ fn frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     while bytes.len() >= 2 {
         let (len, h) = match bytes[1] & 0x7f {
             126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
-            127 => (u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize, 10),
+            127 => (
+                u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
             n => (n as usize, 2),
         };
         out.push((bytes[0] & 0x0f, bytes[h..h + len].to_vec()));
@@ -167,4 +170,186 @@ fn review_read_again_survives_a_pause() {
     c.read_exact(&mut pong)
         .expect("the Ping left in the socket was never read");
     assert_eq!(pong, [0x8a, 0x00]);
+}
+
+fn close_frames(frames: &[(u8, Vec<u8>)]) -> Vec<u16> {
+    frames
+        .iter()
+        .filter(|(op, _)| *op == 0x8)
+        .map(|(_, p)| u16::from_be_bytes([p[0], p[1]]))
+        .collect()
+}
+
+/// RFC 6455 §5.5.1: at most one Close frame. A connection found over --max-pending
+/// early in a flush, then kicked by a batch drained later in the same flush, must
+/// not get a 1008 Close after its 4000 one (nor count as a slow-consumer close);
+/// the push it could not take is counted as discarded.
+#[test]
+fn a_kick_and_a_slow_close_in_one_round_send_one_close_frame() {
+    let mut rig = rig();
+    let (mut slow, slow_key) = rig.open("?user=u&rooms=r");
+    // Enough other members that the flush drains the channel (every 32 connections)
+    // after it has written the slow one.
+    let mut others: Vec<_> = (0..40).map(|_| rig.open("?rooms=r")).collect();
+    let r = &mut rig.r;
+    // The slow connection's socket "would block": nothing of the push fits.
+    r.conns[slow_key as usize].clear(flag::WRITABLE);
+    let push: Arc<[u8]> = crate::dispatch::push_frame(b"hello");
+    rig.handle
+        .send(ReactorMsg::Batch(vec![Command::Push {
+            target: crate::link::Target::Room("r".into()),
+            frame: push,
+        }]))
+        .unwrap();
+    r.drain_channel();
+    // The KICK arrives while the reactor writes.
+    let kick: Arc<[u8]> =
+        crate::ws::frame::encode_close(crate::ws::close::CloseCode::KICKED, "bye").into();
+    rig.handle
+        .send(ReactorMsg::Batch(vec![Command::Kick {
+            req: 1,
+            user: "u".into(),
+            frame: kick,
+        }]))
+        .unwrap();
+    r.before_sleep();
+    // The socket drains again.
+    r.conns[slow_key as usize].set(flag::WRITABLE);
+    r.mark_dirty(slow_key);
+    r.before_sleep();
+    let got = frames(&read_to_end(&mut slow));
+    assert_eq!(close_frames(&got), vec![4000], "frames: {got:?}");
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(r.stats.slow_closes.load(Relaxed), 0);
+    assert_eq!(r.stats.slow_close_discards.load(Relaxed), 1);
+    assert_eq!(r.stats.kicked.load(Relaxed), 1);
+    // Everyone else got the push.
+    for (c, _) in &mut others {
+        let mut f = [0u8; 7];
+        c.read_exact(&mut f).unwrap();
+        assert_eq!(&f, b"\x81\x05hello");
+    }
+    let acks: Vec<Event> = rig.events.try_iter().flatten().collect();
+    assert!(acks.contains(&Event::Ack {
+        reactor: 0,
+        req: 1,
+        affected: 1
+    }));
+}
+
+/// The reactor clock crosses the 32-bit boundary of the ticks connections store
+/// (497 days of uptime): timers must go on working across it.
+#[test]
+fn timers_keep_working_across_the_32_bit_tick_boundary() {
+    let mut s = settings();
+    s.handshake_timeout = Duration::from_millis(300);
+    let mut rig = rig_with(s, Capacity::new(100, 100));
+    // 0.2 s before the stored ticks wrap.
+    rig.r.clock.offset = (1u64 << 32) - 20;
+    let mut events = Events::with_capacity(8);
+    rig.r.turn(&mut events);
+    // A request that never completes, accepted just before the wrap.
+    let (mut c, key) = rig.connect(b"GET /ws HTTP/1.1\r\n");
+    assert!(rig.r.conns.contains(key as usize));
+    assert!(rig.r.now < 1u64 << 32, "accepted after the wrap");
+    rig.turn_until(|r| !r.conns.contains(key as usize));
+    assert!(rig.r.now >= 1u64 << 32);
+    assert!(read_to_end(&mut c).is_empty());
+    // And the scan still runs after the wrap: a second one times out too.
+    let (_c2, key2) = rig.connect(b"GET /ws HTTP/1.1\r\n");
+    rig.turn_until(|r| !r.conns.contains(key2 as usize));
+}
+
+/// A burst larger than the turn's budget is taken in over several turns: the arena
+/// never holds much more than the budget, every push still arrives in order, and the
+/// capacity the burst needed is given back afterwards.
+#[test]
+fn a_burst_is_bounded_per_turn_delivered_whole_and_its_memory_released() {
+    let mut s = settings();
+    s.max_pending = 64 << 20;
+    let mut rig = rig_with(s, Capacity::new(1000, 1000));
+    let members = 300;
+    let mut clients: Vec<_> = (0..members).map(|_| rig.open("?rooms=r").0).collect();
+    // Read every client concurrently, so sockets never fill up.
+    let pushes = (outbox::LINK_BUDGET / members) * 3;
+    let readers: Vec<_> = clients
+        .drain(..)
+        .map(|mut c| {
+            std::thread::spawn(move || {
+                c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let mut next = 0u32;
+                let mut buf = [0u8; 6];
+                while (next as usize) < pushes {
+                    c.read_exact(&mut buf).unwrap();
+                    assert_eq!(buf[..2], [0x82, 4]);
+                    assert_eq!(u32::from_be_bytes(buf[2..].try_into().unwrap()), next);
+                    next += 1;
+                }
+            })
+        })
+        .collect();
+    let frame_of = |i: u32| -> Arc<[u8]> {
+        let mut f = vec![0x82, 4];
+        f.extend_from_slice(&i.to_be_bytes());
+        f.into()
+    };
+    for chunk in (0..pushes as u32).collect::<Vec<_>>().chunks(1000) {
+        let cmds = chunk
+            .iter()
+            .map(|&i| Command::Push {
+                target: crate::link::Target::Room("r".into()),
+                frame: frame_of(i),
+            })
+            .collect();
+        rig.handle.send(ReactorMsg::Batch(cmds)).unwrap();
+    }
+    let r = &mut rig.r;
+    let mut turns = 0;
+    let mut peak = 0;
+    while r.carry.is_some() || !r.rx.is_empty() {
+        r.drain_channel();
+        peak = peak.max(r.outbox.links_used());
+        r.before_sleep();
+        turns += 1;
+    }
+    assert!(turns >= 3, "the burst was taken in {turns} turns");
+    assert!(
+        peak <= outbox::LINK_BUDGET + members,
+        "a turn held {peak} links"
+    );
+    for t in readers {
+        t.join().unwrap();
+    }
+    // A quiet turn gives the burst's capacity back.
+    r.before_sleep();
+    assert!(
+        r.outbox.allocated_bytes() < 2 << 20,
+        "the arena kept {} bytes",
+        r.outbox.allocated_bytes()
+    );
+}
+
+/// Every connection has had its answer written and its write side shut.
+fn all_written(r: &mut Reactor) -> bool {
+    r.conns.iter().all(|(_, c)| c.has(flag::WRITE_SHUT))
+}
+
+/// /healthz is 503 naming the thread once any server thread has stopped.
+#[test]
+fn healthz_is_503_when_a_thread_is_dead() {
+    let mut rig = rig();
+    let (mut c, _) = rig.connect(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    rig.turn_until(all_written);
+    let ok = String::from_utf8(read_to_end(&mut c)).unwrap();
+    assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
+    let liveness = rig.r.shared.liveness.clone();
+    liveness.died(liveness.dispatcher_slot());
+    let (mut c, _) = rig.connect(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    rig.turn_until(all_written);
+    let bad = String::from_utf8(read_to_end(&mut c)).unwrap();
+    assert!(bad.starts_with("HTTP/1.1 503"), "{bad}");
+    assert!(
+        bad.ends_with("unhealthy: dispatcher is not running\n"),
+        "{bad}"
+    );
 }

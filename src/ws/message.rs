@@ -53,7 +53,10 @@ impl Deref for Payload<'_> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Item<'a> {
     /// A whole data message; `text` payloads are valid UTF-8.
-    Message { text: bool, payload: Payload<'a> },
+    Message {
+        text: bool,
+        payload: Payload<'a>,
+    },
     Ping(&'a [u8]),
     Pong,
     /// A Close frame's raw payload (see `close::parse_close_payload`).
@@ -283,7 +286,10 @@ mod tests {
 
     fn describe(i: &Item<'_>) -> String {
         match i {
-            Item::Message { text: true, payload } => {
+            Item::Message {
+                text: true,
+                payload,
+            } => {
                 format!("text:{}", String::from_utf8_lossy(payload))
             }
             Item::Message {
@@ -305,7 +311,10 @@ mod tests {
         assert_eq!(used, len);
         assert!(matches!(
             item,
-            Some(Item::Message { text: true, payload: Payload::Borrowed(b"hello") })
+            Some(Item::Message {
+                text: true,
+                payload: Payload::Borrowed(b"hello")
+            })
         ));
         assert!(a.is_idle());
     }
