@@ -194,7 +194,7 @@ fn a_kick_and_a_slow_close_in_one_round_send_one_close_frame() {
     let r = &mut rig.r;
     // The slow connection's socket "would block": nothing of the push fits.
     r.conns[slow_key as usize].clear(flag::WRITABLE);
-    let push: Arc<[u8]> = crate::dispatch::push_frame(b"hello");
+    let push: Arc<[u8]> = b"\x81\x05hello".to_vec().into();
     rig.handle
         .send(ReactorMsg::Batch(vec![Command::Push {
             target: crate::link::Target::Room("r".into()),
