@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench-conns.sh — connection benchmark of wspush: handshake rate, handshake latency,
-# failures by cause, and server memory per connection (user space from VmRSS, kernel
-# from /proc/net/sockstat).
+# failures by cause, server CPU per handshake (user + system CPU time of the server
+# during the connect phase / handshakes completed) and server memory per connection
+# (user space from VmRSS, kernel from /proc/net/sockstat).
 #
 # Builds the release binaries, starts the server itself on free loopback ports, waits for
 # its ready line, opens CONNS connections over PROCS load processes (each stays under its
@@ -12,7 +13,10 @@
 # Environment (defaults fit a 2-core machine with 20,000 fds per process):
 #   CONNS=15000      connections to open
 #   PROCS=2          load-generator processes
-#   RATE=3000        target handshakes per second (all processes together)
+#   RATE=3000        target handshakes per second (all processes together; 0 = as fast
+#                    as possible)
+#   QUERY=           query string for every upgrade request, e.g. '?rooms=all' (the load
+#                    generator appends user=c<i> to it)
 #   HOLD=10          seconds to hold the connections once all are open
 #   SRC=127.0.0.2-127.0.0.20   source address range (round robin)
 #   THREADS=2        server --threads
@@ -33,6 +37,11 @@ THREADS=${THREADS:-2}
 DURATION=${DURATION:-120}
 SERVER_BIN=${SERVER_BIN:-target/release/wspush}
 SERVER_ARGS=${SERVER_ARGS:-}
+QUERY=${QUERY:-}
+case "$QUERY" in
+    '' | '?'*) ;;
+    *) QUERY="?$QUERY" ;;
+esac
 
 BENCH_NAME=bench-conns
 # shellcheck source-path=SCRIPTDIR/..
@@ -49,11 +58,13 @@ JSON=bench-results/conns-$STAMP.json
 # shellcheck disable=SC2086 # SERVER_ARGS is a list of flags
 start_server "$SERVER_BIN" --threads "$THREADS" $SERVER_ARGS
 
-echo "== wspush-load conns: $CONNS connections at $RATE/s over $PROCS processes, hold $HOLD s" >&2
+echo "== wspush-load conns: $CONNS connections at $RATE/s over $PROCS processes, hold $HOLD s, query '$QUERY'" >&2
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 rc=0
-"$LOAD_BIN" conns --url "ws://$WS_ADDR/ws" -n "$CONNS" --rate "$RATE" --hold "$HOLD" \
+"$LOAD_BIN" conns --url "ws://$WS_ADDR/ws$QUERY" -n "$CONNS" --rate "$RATE" --hold "$HOLD" \
     --procs "$PROCS" --src "$SRC" --pid "$SERVER_PID" --duration "$DURATION" --json \
     >"$JSON" || rc=$?
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 stop_server
 
 if [ "$rc" -eq 2 ] || ! jq -e . "$JSON" >/dev/null 2>&1; then
@@ -61,8 +72,8 @@ if [ "$rc" -eq 2 ] || ! jq -e . "$JSON" >/dev/null 2>&1; then
 fi
 
 echo
-echo "conns benchmark ($CONNS connections, $PROCS load processes, server $SERVER_BIN --threads $THREADS)"
-jq -r '
+echo "conns benchmark ($CONNS connections, $PROCS load processes, query '$QUERY', server $SERVER_BIN --threads $THREADS)"
+jq -r --arg load_before "$LOAD_BEFORE" --arg load_after "$LOAD_AFTER" '
   def f(d): if . == null then "n/a" else (. * pow(10; d) | round) / pow(10; d) | tostring end;
   [
     ["connections opened", "\(.connections.opened) / \(.connections.requested)"],
@@ -71,6 +82,9 @@ jq -r '
     ["handshake p50 ms", (.connections.handshake.p50_ms | f(3))],
     ["handshake p99 ms", (.connections.handshake.p99_ms | f(3))],
     ["handshake max ms", (.connections.handshake.max_ms | f(3))],
+    ["server CPU s (connect phase)", (.server.cpu_seconds | f(3))],
+    ["server CPU us/handshake", (.server.cpu_us_per_handshake | f(1))],
+    ["load average before / after", "\($load_before) / \($load_after)"],
     ["server RSS before bytes", (.server.rss_before_bytes | f(0))],
     ["server RSS after bytes", (.server.rss_after_bytes | f(0))],
     ["user bytes/conn", (.server.user_bytes_per_conn | f(0))],

@@ -792,6 +792,13 @@ fn build_report(i: Inputs) -> Report {
                 s.slab_before_bytes = i.before.slab;
                 s.slab_after_bytes = after.slab;
                 s.kernel_slab_bytes_per_conn = per(i.before.slab, after.slab, c.handshakes);
+                if let (Some(x), Some(y)) = (i.before.cpu, after.cpu) {
+                    let cpu = (y - x).max(0.0);
+                    s.cpu_seconds = Some(cpu);
+                    if c.handshakes > 0 {
+                        s.cpu_us_per_handshake = Some(cpu * 1e6 / c.handshakes as f64);
+                    }
+                }
             }
         }
         Command::Echo(a) => {

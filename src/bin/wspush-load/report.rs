@@ -80,8 +80,12 @@ pub struct ServerReport {
     pub slab_before_bytes: Option<u64>,
     pub slab_after_bytes: Option<u64>,
     pub kernel_slab_bytes_per_conn: Option<f64>,
-    /// Server CPU (user + system) over the measured phase.
+    /// Server CPU (user + system) over the measured phase: for `conns` the connect
+    /// phase (start of the run until every connection was attempted), for `fanout` the
+    /// publishing phase.
     pub cpu_seconds: Option<f64>,
+    /// conns: `cpu_seconds` / handshakes completed.
+    pub cpu_us_per_handshake: Option<f64>,
     pub cpu_us_per_delivery: Option<f64>,
     pub cpu_us_per_message: Option<f64>,
     /// INFO `writev_calls` and `deliveries` deltas, when the server reports them.
@@ -258,7 +262,14 @@ impl Report {
                     opt(v.slab_after_bytes)
                 );
             }
-            if v.cpu_seconds.is_some() {
+            if v.cpu_us_per_handshake.is_some() {
+                let _ = writeln!(
+                    s,
+                    "server CPU    {} s over the connect phase = {} us/handshake",
+                    opt_f(v.cpu_seconds, 3),
+                    opt_f(v.cpu_us_per_handshake, 1),
+                );
+            } else if v.cpu_seconds.is_some() {
                 let _ = writeln!(
                     s,
                     "server CPU    {} s = {} us/delivery, {} us/message",
