@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -12,18 +13,33 @@ use tungstenite::Message;
 
 #[test]
 fn out_of_descriptors_backs_off_keeps_serving_and_recovers() {
-    // 100 descriptors in all; --max-connections above that so accept() itself fails.
+    // 100 descriptors in all; --max-connections and --max-handshakes above that so
+    // accept() itself fails.
     let server = Server::start_with_nofile(
-        &["--threads", "1", "--echo", "--max-connections", "1000"],
+        &[
+            "--threads",
+            "1",
+            "--echo",
+            "--max-connections",
+            "1000",
+            "--max-handshakes",
+            "1000",
+        ],
         Some(100),
     );
     let mut ctl = server.control();
     assert_eq!(ctl.cmd(&["PING"]), Reply::Simple("PONG".into()));
     let mut first = ws_connect(&server.url(""));
 
-    // Far more sockets than the server can accept: the rest wait in the backlog.
+    // Far more sockets than the server can accept: the rest wait in the backlog. Each
+    // sends the start of a request, since the listener defers accepting a connection
+    // until its first bytes arrive (TCP_DEFER_ACCEPT).
     let mut pending: Vec<TcpStream> = (0..150)
-        .map(|_| TcpStream::connect(server.ws).expect("connect"))
+        .map(|_| {
+            let mut s = TcpStream::connect(server.ws).expect("connect");
+            s.write_all(b"GET /ws HTTP/1.1\r\n").expect("write");
+            s
+        })
         .collect();
     assert!(
         wait_until(Duration::from_secs(10), || server_info_u64(

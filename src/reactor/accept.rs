@@ -1,6 +1,11 @@
-//! Accepting sockets: in a loop until the backlog is empty, each against the
+//! Accepting sockets: in batches of at most `ACCEPTS_PER_TURN` per loop turn (so a
+//! connection storm cannot keep a turn from writing its replies), each against the
 //! process-wide handshake budget, and backing off (never spinning) when descriptors
 //! or memory run out.
+//!
+//! Per connection this costs `accept4`, one `read` (the listener defers accept until
+//! the request is there, so it is read at once) and one `epoll_ctl`; no
+//! `setsockopt` (TCP_NODELAY is inherited from the listener) and no extra poll round.
 //!
 //! A socket over the handshake budget is refused at once: a 503 with `Retry-After`,
 //! whatever it has sent is read and discarded (so closing sends FIN, not a reset that
@@ -19,6 +24,9 @@ use super::outbox;
 use super::timers::{stamp, ticks};
 use super::Reactor;
 
+/// Most sockets accepted in one loop turn; the rest wait for the next (the turn
+/// does not sleep while `accept_pending` is set).
+const ACCEPTS_PER_TURN: usize = 64;
 /// Back-off when accept fails for lack of descriptors or memory.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Minimum interval between two "out of descriptors" log lines.
@@ -31,11 +39,13 @@ const MAX_CONNS_PER_REACTOR: usize = 1 << 28;
 static BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 44\r\nRetry-After: 1\r\nConnection: close\r\n\r\ntoo many connections in handshake, retry 1s\n";
 
 impl Reactor {
+    /// Accepts what the backlog holds, up to the turn's budget.
     pub(super) fn accept(&mut self) {
+        self.accept_pending = false;
         if self.accept_paused_until.is_some() {
             return;
         }
-        loop {
+        for _ in 0..ACCEPTS_PER_TURN {
             let Some(listener) = self.listener.as_ref() else {
                 return;
             };
@@ -65,42 +75,49 @@ impl Reactor {
                 Err(e) => debug!("reactor {}: accept: {e}", self.id),
             }
         }
+        // Budget spent with the backlog perhaps not empty: no new edge will say so.
+        self.accept_pending = true;
     }
 
-    /// Accepting again once the descriptor back-off is over.
-    pub(super) fn resume_accepting(&mut self) {
+    /// Accepts sockets an edge or a spent budget left waiting, and starts accepting
+    /// again once the descriptor back-off is over.
+    pub(super) fn accept_waiting(&mut self) {
         if self.accept_paused_until.is_some_and(|t| self.now >= t) {
             self.accept_paused_until = None;
+            self.accept_pending = true;
+        }
+        if self.accept_pending {
             self.accept();
         }
     }
 
-    fn add_conn(&mut self, mut stream: TcpStream) {
+    fn add_conn(&mut self, stream: TcpStream) {
         if self.conns.len() >= MAX_CONNS_PER_REACTOR || !self.shared.capacity.begin_handshake() {
             self.refuse_busy(stream);
             return;
         }
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
+        let key = self.conns.insert(Conn::new(stream, stamp(self.now))) as u32;
+        debug_assert!(key < outbox::NIL);
+        self.local.accepted += 1;
+        // The listener defers accept until the request has arrived (TCP_DEFER_ACCEPT):
+        // read it now rather than a poll round later. Reading before registering
+        // means registration finds the socket drained and raises no event for bytes
+        // already read; bytes that arrive after the read are reported by it.
+        self.read(key, false);
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
         // Registered once for both directions: with edge-triggered epoll a writable
         // event comes only when a full send buffer drains, so a connection is never
         // re-registered (no epoll_ctl per write or per blocked socket).
         if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            Token(key),
+            &mut conn.stream,
+            Token(key as usize),
             Interest::READABLE | Interest::WRITABLE,
         ) {
             warn!("reactor {}: register: {e}", self.id);
-            self.shared.capacity.release(false);
-            return;
+            self.close_now(key);
         }
-        entry.insert(Conn::new(stream, stamp(self.now)));
-        self.local.accepted += 1;
-        debug_assert!(key < outbox::NIL as usize);
-        // The listener defers accept until the request has arrived (TCP_DEFER_ACCEPT),
-        // so it is usually there: read it now instead of waiting a poll round for the
-        // edge that announced it, which epoll still reports and finds drained.
-        self.read(key as u32, false);
     }
 
     fn refuse_busy(&mut self, mut stream: TcpStream) {

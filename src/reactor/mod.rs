@@ -91,6 +91,9 @@ pub struct Reactor {
     now: u64,
     /// Tick of the next timer scan.
     next_scan: u64,
+    /// The listener may hold sockets not yet accepted (an edge came, or the last
+    /// accept batch used its whole budget): accept this turn.
+    accept_pending: bool,
     /// Accepting is paused (out of descriptors) until this tick.
     accept_paused_until: Option<u64>,
     last_accept_log: Option<Instant>,
@@ -148,6 +151,7 @@ impl Reactor {
             timeouts,
             clock: Clock::new(),
             now: 0,
+            accept_pending: false,
             accept_paused_until: None,
             last_accept_log: None,
             read_again: Vec::new(),
@@ -201,7 +205,7 @@ impl Reactor {
         self.shared.liveness.beat(self.id);
         for ev in events.iter() {
             match ev.token() {
-                LISTENER => self.accept(),
+                LISTENER => self.accept_pending = true,
                 WAKER => {}
                 Token(key) => {
                     let closed = ev.is_read_closed() || ev.is_error();
@@ -212,7 +216,7 @@ impl Reactor {
         }
         self.drain_channel();
         self.read_pending();
-        self.resume_accepting();
+        self.accept_waiting();
         self.run_timers();
         self.before_sleep();
         match self.shutdown_at {
@@ -223,7 +227,11 @@ impl Reactor {
 
     /// How long the next poll may sleep: not at all while work is left over.
     fn poll_timeout(&self) -> Duration {
-        if !self.read_again.is_empty() || self.carry.is_some() || !self.rx.is_empty() {
+        if !self.read_again.is_empty()
+            || self.carry.is_some()
+            || !self.rx.is_empty()
+            || (self.accept_pending && self.accept_paused_until.is_none())
+        {
             return Duration::ZERO;
         }
         let mut until = self.next_scan;

@@ -18,9 +18,9 @@ use crate::ws::close::CloseCode;
 const DRAIN_EVERY: usize = 32;
 /// Rounds of writing that may take in newly arrived pushes before the reactor sleeps.
 const MAX_DRAIN_ROUNDS: usize = 3;
-/// Events waiting for the dispatcher after which it is woken even without an ack, so
-/// its channel holds at most about this many per reactor between its own wake-ups.
-const WAKE_AFTER_EVENTS: usize = 4096;
+/// Unread event batches after which the dispatcher is woken even without an ack, so
+/// its channel stays short between its own wake-ups.
+const WAKE_AFTER_BATCHES: usize = 64;
 
 impl Reactor {
     pub(super) fn mark_dirty(&mut self, key: u32) {
@@ -74,7 +74,7 @@ impl Reactor {
         let events = std::mem::take(&mut self.events);
         let wake = std::mem::take(&mut self.wake_dispatcher);
         if self.dispatcher.tx.send(events).is_ok()
-            && (wake || self.dispatcher.tx.len() * 8 >= WAKE_AFTER_EVENTS)
+            && (wake || self.dispatcher.tx.len() >= WAKE_AFTER_BATCHES)
         {
             let _ = self.dispatcher.waker.wake();
         }
