@@ -31,6 +31,11 @@
 //!   are dropped (first occurrence order kept); an empty `rooms=` means none; a
 //!   second `user=` is an error (a connection has one identity). Unknown keys are
 //!   ignored untouched.
+//! - Token (for authentication, checked by the reactor): `token=` in the query
+//!   (browsers cannot set headers on a WebSocket) or `Authorization: Bearer …`. It
+//!   is taken as it stands (JWTs are base64url and dots: nothing to decode); two
+//!   `token=` keys, two `Authorization` headers, or both forms at once are a 400, so
+//!   a proxy cannot slip a second credential past the first.
 //! - No subprotocol or extension is ever negotiated, so the 101 never carries
 //!   `Sec-WebSocket-Protocol` or `Sec-WebSocket-Extensions`.
 
@@ -190,6 +195,8 @@ pub struct Upgrade {
     pub user: Option<String>,
     /// `rooms=` from the query string: valid names, deduplicated, in request order.
     pub rooms: Vec<String>,
+    /// `token=` from the query string, or the `Authorization: Bearer` credential.
+    pub token: Option<String>,
 }
 
 /// Why a request head is refused. Each maps to one HTTP response, here.
@@ -427,12 +434,47 @@ fn check_upgrade(
         }
     }
 
-    let (user, rooms) = parse_query(query, cfg.max_rooms)?;
+    let q = parse_query(query, cfg.max_rooms)?;
+    let mut bearer = None;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("authorization") {
+            if bearer.is_some() {
+                return Err(HandshakeError::BadQuery);
+            }
+            bearer = Some(bearer_token(h.value)?);
+        }
+    }
+    let token = match (q.token, bearer) {
+        (Some(_), Some(_)) => return Err(HandshakeError::BadQuery),
+        (t, b) => t.or(b),
+    };
     Ok(Upgrade {
         accept: accept_key(key),
-        user,
-        rooms,
+        user: q.user,
+        rooms: q.rooms,
+        token,
     })
+}
+
+/// The credential of `Authorization: Bearer <token>` (RFC 6750 §2.1).
+fn bearer_token(value: &[u8]) -> Result<String, HandshakeError> {
+    let v = trim_ows(value);
+    let scheme = b"bearer ";
+    if v.len() <= scheme.len() || !v[..scheme.len()].eq_ignore_ascii_case(scheme) {
+        return Err(HandshakeError::BadQuery);
+    }
+    let t = trim_ows(&v[scheme.len()..]);
+    if t.is_empty() || !t.iter().all(|&b| b.is_ascii_graphic()) {
+        return Err(HandshakeError::BadQuery);
+    }
+    String::from_utf8(t.to_vec()).map_err(|_| HandshakeError::BadQuery)
+}
+
+/// What the query string names.
+struct Query {
+    user: Option<String>,
+    rooms: Vec<String>,
+    token: Option<String>,
 }
 
 /// RFC 6455 §4.1: the key is base64 of 16 random bytes, i.e. 24 characters.
@@ -463,11 +505,9 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 /// `user=` and `rooms=` from the query string (rules in the module comment).
 /// The dedupe is quadratic but bounded by `max_rooms` per name and by the head
 /// size in names.
-fn parse_query(
-    query: &str,
-    max_rooms: usize,
-) -> Result<(Option<String>, Vec<String>), HandshakeError> {
+fn parse_query(query: &str, max_rooms: usize) -> Result<Query, HandshakeError> {
     let mut user = None;
+    let mut token = None;
     let mut rooms: Vec<String> = Vec::new();
     for pair in query.split('&') {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -477,6 +517,13 @@ fn parse_query(
                     return Err(HandshakeError::BadQuery);
                 }
                 user = Some(decode_name(value)?);
+            }
+            "token" => {
+                if token.is_some() || value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    return Err(HandshakeError::BadQuery);
+                }
+                token = Some(value.to_string());
             }
             "rooms" if value.is_empty() => {}
             "rooms" => {
@@ -494,7 +541,7 @@ fn parse_query(
             _ => {}
         }
     }
-    Ok((user, rooms))
+    Ok(Query { user, rooms, token })
 }
 
 /// Percent-decodes one user or room name and checks it against the name rule.
@@ -653,9 +700,48 @@ mod tests {
             Request::Upgrade(Upgrade {
                 accept: ACCEPT.into(),
                 user: None,
-                rooms: vec![]
+                rooms: vec![],
+                token: None,
             })
         );
+    }
+
+    fn upgrade_with(extra: &str, query: &str) -> Result<Upgrade, HandshakeError> {
+        let buf = format!(
+            "GET /ws{query} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        );
+        match parse_request(buf.as_bytes(), &cfg())? {
+            Some((Request::Upgrade(u), _)) => Ok(u),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_token_comes_from_the_query_or_a_bearer_header() {
+        assert_eq!(upgrade_with("", "?token=a.b.c").unwrap().token.as_deref(), Some("a.b.c"));
+        let u = upgrade_with("Authorization: Bearer x.y.z\r\n", "").unwrap();
+        assert_eq!(u.token.as_deref(), Some("x.y.z"));
+        let u = upgrade_with("authorization: bearer   x.y.z \r\n", "").unwrap();
+        assert_eq!(u.token.as_deref(), Some("x.y.z"));
+        assert_eq!(upgrade_with("", "").unwrap().token, None);
+    }
+
+    #[test]
+    fn a_second_credential_or_a_malformed_one_is_a_400() {
+        let bad = HandshakeError::BadQuery;
+        assert_eq!(upgrade_with("", "?token=a&token=b").unwrap_err(), bad);
+        assert_eq!(upgrade_with("", "?token=").unwrap_err(), bad);
+        assert_eq!(
+            upgrade_with("Authorization: Bearer x\r\n", "?token=y").unwrap_err(),
+            bad
+        );
+        assert_eq!(
+            upgrade_with("Authorization: Bearer x\r\nAuthorization: Bearer y\r\n", "").unwrap_err(),
+            bad
+        );
+        assert_eq!(upgrade_with("Authorization: Basic dTpw\r\n", "").unwrap_err(), bad);
+        assert_eq!(upgrade_with("Authorization: Bearer \r\n", "").unwrap_err(), bad);
     }
 
     #[test]
