@@ -110,6 +110,47 @@ pub struct Config {
     /// (0 = no added latency).
     #[arg(long, default_value = "0ms", value_parser = parse_duration)]
     pub batch_delay: Duration,
+
+    /// HS256 secret for connection tokens; turns authentication on. Prefer the
+    /// environment variable or --jwt-secret-file: a flag is visible in `ps`.
+    #[arg(
+        long,
+        env = "WSPUSH_JWT_SECRET",
+        hide_env_values = true,
+        help_heading = "Authentication"
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// File holding the HS256 secret (trailing newline ignored); turns authentication on.
+    #[arg(long, value_name = "FILE", help_heading = "Authentication")]
+    pub jwt_secret_file: Option<std::path::PathBuf>,
+
+    /// PEM public key (RSA for RS256, EC P-256 for ES256) for connection tokens; turns
+    /// authentication on.
+    #[arg(long, value_name = "FILE", help_heading = "Authentication")]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+
+    /// Required `iss` claim.
+    #[arg(long, help_heading = "Authentication")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim (one of the token's audiences).
+    #[arg(long, help_heading = "Authentication")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, help_heading = "Authentication")]
+    pub jwt_leeway: Duration,
+
+    /// Rooms any client may join and leave itself (repeatable; `*` is a wildcard,
+    /// e.g. `public.*`). Without authentication and without this flag, clients may join
+    /// any room.
+    #[arg(
+        long = "client-join",
+        value_name = "PATTERN",
+        help_heading = "Authentication"
+    )]
+    pub client_join: Vec<String>,
 }
 
 /// A configuration error, reported before any thread starts.
@@ -163,6 +204,17 @@ impl Config {
         if self.threads == Some(0) || self.threads.is_some_and(|t| t > 1024) {
             return err("--threads must be between 1 and 1024");
         }
+        if self.jwt_secret.is_some() && self.jwt_secret_file.is_some() {
+            return err("give the HS256 secret once: --jwt-secret (or WSPUSH_JWT_SECRET) or --jwt-secret-file");
+        }
+        if self.jwt_public_key.is_some()
+            && (self.jwt_secret.is_some() || self.jwt_secret_file.is_some())
+        {
+            return err("choose one kind of token key: an HS256 secret or --jwt-public-key (RS256/ES256), not both");
+        }
+        if self.jwt_secret.as_deref() == Some("") {
+            return err("--jwt-secret must not be empty");
+        }
         if self.max_handshakes == Some(0) {
             return err("--max-handshakes must be at least 1");
         }
@@ -211,6 +263,11 @@ impl Config {
                 OriginPattern::parse(o).map_err(|e| ConfigError(format!("--allow-origin {o}: {e}")))
             })
             .collect()
+    }
+
+    /// True when connection tokens are required.
+    pub fn auth_enabled(&self) -> bool {
+        self.jwt_secret.is_some() || self.jwt_secret_file.is_some() || self.jwt_public_key.is_some()
     }
 
     /// The reactors' slow-consumer policy.

@@ -519,7 +519,9 @@ fn parse_query(query: &str, max_rooms: usize) -> Result<Query, HandshakeError> {
                 user = Some(decode_name(value)?);
             }
             "token" => {
-                if token.is_some() || value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic())
+                if token.is_some()
+                    || value.is_empty()
+                    || !value.bytes().all(|b| b.is_ascii_graphic())
                 {
                     return Err(HandshakeError::BadQuery);
                 }
@@ -719,7 +721,10 @@ mod tests {
 
     #[test]
     fn the_token_comes_from_the_query_or_a_bearer_header() {
-        assert_eq!(upgrade_with("", "?token=a.b.c").unwrap().token.as_deref(), Some("a.b.c"));
+        assert_eq!(
+            upgrade_with("", "?token=a.b.c").unwrap().token.as_deref(),
+            Some("a.b.c")
+        );
         let u = upgrade_with("Authorization: Bearer x.y.z\r\n", "").unwrap();
         assert_eq!(u.token.as_deref(), Some("x.y.z"));
         let u = upgrade_with("authorization: bearer   x.y.z \r\n", "").unwrap();
@@ -740,8 +745,14 @@ mod tests {
             upgrade_with("Authorization: Bearer x\r\nAuthorization: Bearer y\r\n", "").unwrap_err(),
             bad
         );
-        assert_eq!(upgrade_with("Authorization: Basic dTpw\r\n", "").unwrap_err(), bad);
-        assert_eq!(upgrade_with("Authorization: Bearer \r\n", "").unwrap_err(), bad);
+        assert_eq!(
+            upgrade_with("Authorization: Basic dTpw\r\n", "").unwrap_err(),
+            bad
+        );
+        assert_eq!(
+            upgrade_with("Authorization: Bearer \r\n", "").unwrap_err(),
+            bad
+        );
     }
 
     #[test]

@@ -567,3 +567,99 @@ impl Lcg {
         ((self.0 >> 33) % n as u64) as usize
     }
 }
+
+/// The Python with PyJWT that scripts/test.sh prepares (an independent JWT
+/// implementation for minting test tokens).
+pub fn test_python() -> String {
+    std::env::var("WSPUSH_TEST_PYTHON")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/pyvenv/bin/python").into())
+}
+
+fn run_python(script: &str, args: &[&str]) -> String {
+    let out = Command::new(test_python())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run the test Python (scripts/test.sh creates target/pyvenv with PyJWT)");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
+}
+
+/// Mints a JWT with PyJWT: `alg` HS256 with `key` as the secret, or RS256/ES256 with
+/// `key` a PEM private key file; `claims` is a JSON object.
+pub fn mint_token(alg: &str, key: &str, claims: &str) -> String {
+    run_python(
+        "import sys, json, jwt\n\
+         alg, key, claims = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])\n\
+         if alg != 'HS256' and alg != 'none': key = open(key).read()\n\
+         print(jwt.encode(claims, key if alg != 'none' else None, algorithm=alg))",
+        &[alg, key, claims],
+    )
+}
+
+/// Unix time now, in seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// Fresh RSA (2048) and EC P-256 key pairs as PEM files in a temporary directory.
+pub struct TestKeys {
+    pub dir: std::path::PathBuf,
+    pub rsa_private: String,
+    pub rsa_public: String,
+    pub ec_private: String,
+    pub ec_public: String,
+}
+
+impl TestKeys {
+    pub fn generate() -> TestKeys {
+        let dir = std::env::temp_dir().join(format!(
+            "wspush-keys-{}-{}",
+            std::process::id(),
+            unix_now_nanos()
+        ));
+        std::fs::create_dir_all(&dir).expect("key dir");
+        let d = dir.to_string_lossy().into_owned();
+        run_python(
+            "import sys\n\
+             from cryptography.hazmat.primitives.asymmetric import rsa, ec\n\
+             from cryptography.hazmat.primitives import serialization as s\n\
+             d = sys.argv[1]\n\
+             for name, k in (('rsa', rsa.generate_private_key(65537, 2048)), ('ec', ec.generate_private_key(ec.SECP256R1()))):\n\
+             \x20   open(f'{d}/{name}.pem', 'wb').write(k.private_bytes(s.Encoding.PEM, s.PrivateFormat.PKCS8, s.NoEncryption()))\n\
+             \x20   open(f'{d}/{name}.pub.pem', 'wb').write(k.public_key().public_bytes(s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo))\n",
+            &[&d],
+        );
+        TestKeys {
+            rsa_private: format!("{d}/rsa.pem"),
+            rsa_public: format!("{d}/rsa.pub.pem"),
+            ec_private: format!("{d}/ec.pem"),
+            ec_public: format!("{d}/ec.pub.pem"),
+            dir,
+        }
+    }
+}
+
+impl Drop for TestKeys {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn unix_now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
