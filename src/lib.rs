@@ -2,7 +2,8 @@
 //!
 //! Reactor threads (`reactor`) own the WebSocket connections; one dispatcher
 //! thread (`dispatch`) owns the Redis-protocol control port (`control`) and routes
-//! pushes to the reactors. `ws` is the pure RFC 6455 code both sides build on.
+//! pushes to the reactors. `ws` is the pure RFC 6455 code both sides build on;
+//! `proxy` finds the real client address behind a load balancer.
 //! No async runtime anywhere: each thread is a plain `mio::Poll` loop.
 
 pub mod config;
@@ -11,6 +12,7 @@ pub mod dispatch;
 pub mod limits;
 pub mod link;
 pub mod names;
+pub mod proxy;
 pub mod reactor;
 pub mod server;
 pub mod ws;
