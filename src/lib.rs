@@ -5,6 +5,7 @@
 //! pushes to the reactors. `ws` is the pure RFC 6455 code both sides build on.
 //! No async runtime anywhere: each thread is a plain `mio::Poll` loop.
 
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod dispatch;
