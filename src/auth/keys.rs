@@ -10,10 +10,10 @@ use std::fmt;
 use std::path::Path;
 
 use hmac::{Hmac, Mac};
+// One `signature` crate serves both rsa and p256, so one import covers both.
 use p256::ecdsa::signature::Verifier as _;
 use p256::pkcs8::DecodePublicKey as _;
 use rsa::pkcs1::DecodeRsaPublicKey as _;
-use rsa::signature::Verifier as _;
 use rsa::traits::PublicKeyParts as _;
 use rsa::RsaPublicKey;
 use sha2::Sha256;

@@ -84,15 +84,17 @@ impl RoomPattern {
             return room == pattern;
         };
         let (middle, last) = rest.rsplit_once('*').unwrap_or(("", rest));
-        if room.len() < first.len() + last.len()
-            || !room.starts_with(first)
-            || !room.ends_with(last)
-        {
+        if !room.starts_with(first) || !room.ends_with(last) {
             return false;
         }
-        // Both ends matched ASCII pieces, so these offsets are character boundaries;
-        // `get` keeps that an argument rather than a panic.
-        let Some(mut hay) = room.get(first.len()..room.len() - last.len()) else {
+        // Prefix and suffix may not overlap ("a*a" does not match "a"): then the range
+        // is empty-reversed and `get` says no. Both ends matched ASCII pieces, so the
+        // offsets are character boundaries; `get` makes that a check, not a panic.
+        let Some(mut hay) = room
+            .len()
+            .checked_sub(last.len())
+            .and_then(|end| room.get(first.len()..end))
+        else {
             return false;
         };
         for piece in middle.split('*').filter(|p| !p.is_empty()) {
