@@ -6,6 +6,7 @@
 //! `proxy` finds the real client address behind a load balancer.
 //! No async runtime anywhere: each thread is a plain `mio::Poll` loop.
 
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod dispatch;
