@@ -103,8 +103,9 @@ pub enum Refusal {
     Busy { retry_after_secs: u32 },
     /// A new address found `max_entries` addresses tracked. Refused rather than let in
     /// untracked: a flood from many (spoofed or rented) addresses must neither grow
-    /// memory nor switch the per-address limits off. It lasts until the sweep drops
-    /// idle entries, about a second after the flood's last handshake.
+    /// memory nor switch the per-address limits off. It lasts until the flood's
+    /// connections close and their buckets refill (at most a second with a per-address
+    /// rate), plus one sweep pass.
     TableFull,
 }
 
@@ -816,6 +817,24 @@ mod tests {
         let refused = t.stats().refused[0];
         assert_eq!(u64::from(admitted) + refused, 200_000);
         assert_eq!(t.connections(v4(1)), 0);
+    }
+
+    #[test]
+    fn concurrent_admits_take_exactly_the_process_burst() {
+        let t = Arc::new(PeerTable::new(limits(0, 0, 200_000)));
+        let start = Arc::new(std::sync::Barrier::new(4));
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let (t, start) = (Arc::clone(&t), Arc::clone(&start));
+                std::thread::spawn(move || {
+                    start.wait();
+                    (0..100_000).filter(|_| t.admit(v4(1), 7).is_ok()).count()
+                })
+            })
+            .collect();
+        let admitted: usize = workers.into_iter().map(|w| w.join().expect("worker")).sum();
+        assert_eq!(admitted, 200_000, "one burst of R, no token taken twice");
+        assert_eq!(t.stats().refused[2], 200_000);
     }
 
     /// A token bucket written the obvious way (milli-tokens and a refill time), to
