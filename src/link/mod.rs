@@ -5,10 +5,12 @@
 //! the commands the dispatcher sends (`ReactorMsg`), the events reactors send back
 //! (`Event`), the handles each side uses to reach the other, the counters reactors
 //! publish for INFO (`stats`), the process-wide admission counts (`capacity`) and the
-//! threads' heartbeats behind `/healthz` (`health`). No I/O and no locks here.
+//! threads' heartbeats behind `/healthz` (`health`), and the per-address limits
+//! (`peers`). No I/O here, and no lock but the handshake-time shard locks of `peers`.
 
 pub mod capacity;
 pub mod health;
+pub mod peers;
 pub mod stats;
 
 use std::sync::Arc;
