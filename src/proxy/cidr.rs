@@ -1,7 +1,7 @@
-//! Address ranges (`--trusted-proxy 10.0.0.0/8`) and the key per-address limits count by.
+//! Address ranges (`--trusted-proxy 10.0.0.0/8`).
 //!
-//! Pure and allocation-free: parsing happens once at start-up, `contains` and
-//! [`addr_group`] run per connection and are a few integer operations. Never
+//! Pure and allocation-free: parsing happens once at start-up, `contains` runs
+//! per connection and is a few integer operations. Never
 //! panics on any input.
 //!
 //! IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`, what a dual-stack socket
@@ -11,7 +11,7 @@
 //! `::/0` is "every IPv6 peer", not "everyone" (add `0.0.0.0/0` for that).
 
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::str::FromStr;
 
 /// An address range: a network address and a prefix length.
@@ -138,44 +138,6 @@ impl fmt::Display for Cidr {
     }
 }
 
-/// What per-address limits count connections by.
-///
-/// One IPv4 address is one key. An IPv6 key is the address masked to a prefix
-/// (default /64): a single host is commonly handed a whole /64, so counting full
-/// IPv6 addresses would let one client take any number of slots. IPv4 keys are
-/// stored as IPv4-mapped IPv6, which no masked native IPv6 address can equal
-/// (a native address masked to any prefix never lands in `::ffff:0:0/96`), so one
-/// `u128` is the whole key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AddrKey(u128);
-
-impl AddrKey {
-    /// The address (or IPv6 network) this key stands for, for logs and INFO.
-    pub fn ip(self) -> IpAddr {
-        Ipv6Addr::from(self.0).to_canonical()
-    }
-}
-
-impl fmt::Display for AddrKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.ip() {
-            ip @ IpAddr::V4(_) => write!(f, "{ip}"),
-            ip @ IpAddr::V6(_) => write!(f, "{ip}/net"),
-        }
-    }
-}
-
-/// The limit key for `ip`; `ipv6_prefix` above 128 counts as 128.
-pub fn addr_group(ip: IpAddr, ipv6_prefix: u8) -> AddrKey {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => AddrKey(u128::from(v4.to_ipv6_mapped())),
-        IpAddr::V6(v6) => AddrKey(u128::from(v6) & mask(ipv6_prefix.min(128), 128)),
-    }
-}
-
-/// The default IPv6 prefix per-address limits group by.
-pub const DEFAULT_IPV6_PREFIX: u8 = 64;
-
 fn width(ip: IpAddr) -> u8 {
     if ip.is_ipv4() {
         32
@@ -203,11 +165,6 @@ fn mask(prefix: u8, width: u8) -> u128 {
         host => all & !((1u128 << host) - 1),
     }
 }
-
-const _: () = {
-    // AddrKey is a hash-map key per connection's address: keep it one word pair.
-    assert!(std::mem::size_of::<AddrKey>() == 16);
-};
 
 #[cfg(test)]
 mod tests {
@@ -292,49 +249,5 @@ mod tests {
         assert!(any_contains(&list, ip("10.0.0.1")));
         assert!(!any_contains(&list, ip("127.0.0.1")));
         assert!(!any_contains(&[], ip("127.0.0.1")));
-    }
-
-    #[test]
-    fn ipv4_key_is_the_whole_address_and_ignores_mapping() {
-        assert_eq!(
-            addr_group(ip("1.2.3.4"), 64),
-            addr_group(ip("::ffff:1.2.3.4"), 64)
-        );
-        assert_ne!(addr_group(ip("1.2.3.4"), 64), addr_group(ip("1.2.3.5"), 64));
-        assert_eq!(addr_group(ip("1.2.3.4"), 0).ip(), ip("1.2.3.4"));
-    }
-
-    #[test]
-    fn ipv6_key_is_masked_to_the_prefix() {
-        let a = addr_group(ip("2001:db8:1:2:aaaa::1"), DEFAULT_IPV6_PREFIX);
-        assert_eq!(
-            a,
-            addr_group(ip("2001:db8:1:2:ffff::9"), DEFAULT_IPV6_PREFIX)
-        );
-        assert_ne!(a, addr_group(ip("2001:db8:1:3::1"), DEFAULT_IPV6_PREFIX));
-        assert_eq!(a.ip(), ip("2001:db8:1:2::"));
-        assert_ne!(
-            addr_group(ip("2001:db8::1"), 128),
-            addr_group(ip("2001:db8::2"), 128)
-        );
-        assert_eq!(
-            addr_group(ip("2001:db8::1"), 200),
-            addr_group(ip("2001:db8::1"), 128)
-        );
-        assert_eq!(addr_group(ip("2001:db8::1"), 0), addr_group(ip("::1"), 0));
-    }
-
-    #[test]
-    fn ipv6_keys_never_collide_with_ipv4_keys() {
-        // ::/0 masks everything to ::, which is not an IPv4-mapped address.
-        assert_ne!(
-            addr_group(ip("::ffff:0.0.0.0"), 64),
-            addr_group(ip("2001:db8::"), 0)
-        );
-        // A native address sharing the mapped prefix's top bits, masked at /96.
-        assert_ne!(
-            addr_group(ip("::fffe:1.2.3.4"), 96),
-            addr_group(ip("1.2.3.4"), 96)
-        );
     }
 }

@@ -15,6 +15,6 @@ pub mod cidr;
 pub mod forwarded;
 pub mod header;
 
-pub use cidr::{addr_group, AddrKey, Cidr, CidrError};
+pub use cidr::{Cidr, CidrError};
 pub use forwarded::client_ip;
 pub use header::{parse as parse_header, ProxyError, ProxyHeader};
