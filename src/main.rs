@@ -49,6 +49,11 @@ fn run(cfg: &Config) -> Result<(), StartError> {
     for w in limits::capacity_warnings(max_connections, &nofile, BACKLOG as u32) {
         warn!("{w}");
     }
+    if !cfg.auth_enabled() && cfg.client_join.is_empty() {
+        warn!("no --jwt-secret / --jwt-public-key and no --client-join: any client may claim any user (?user=) and join any room (development mode)");
+    } else if !cfg.auth_enabled() {
+        warn!("no --jwt-secret / --jwt-public-key: any client may claim any user (?user=)");
+    }
     if cfg.allow_origin.is_empty() {
         warn!("no --allow-origin given: WebSocket connections are accepted from any origin");
     }

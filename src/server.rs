@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::auth::{AuthConfig, Keys, RoomPattern};
 use crate::config::{Config, ConfigError};
 use crate::dispatch::{DispatchSettings, Dispatcher, DispatcherHandle};
 use crate::limits::DescriptorShortfall;
@@ -61,6 +62,11 @@ pub enum StartError {
         path: PathBuf,
         err: io::Error,
     },
+    /// A token key that cannot be used (too short a secret, not a public key PEM...).
+    Key {
+        flag: &'static str,
+        err: crate::auth::KeyError,
+    },
     /// The system refused something else start-up needs (an epoll, an eventfd, a
     /// thread, the signal handlers); `what` names it.
     Resource { what: String, err: io::Error },
@@ -71,7 +77,7 @@ impl StartError {
     /// status clap uses for a bad flag), 1 when the system refused a resource.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartError::Config(_) | StartError::Descriptors(_) => 2,
+            StartError::Config(_) | StartError::Descriptors(_) | StartError::Key { .. } => 2,
             StartError::NofileLimit(_)
             | StartError::Listen { .. }
             | StartError::File { .. }
@@ -108,6 +114,7 @@ impl fmt::Display for StartError {
                     reason(err)
                 )
             }
+            StartError::Key { flag, err } => write!(f, "unusable token key ({flag}): {err}"),
             StartError::Resource { what, err } => {
                 write!(f, "cannot create {what}: {}", reason(err))
             }
@@ -149,6 +156,57 @@ fn reason(err: &io::Error) -> String {
         .into_owned()
 }
 
+/// The token verification the flags ask for (`None`: authentication off). Files are
+/// read here, once; a file error names its flag and path.
+fn auth_config(cfg: &Config) -> Result<Option<AuthConfig>, StartError> {
+    let keys = if let Some(secret) = &cfg.jwt_secret {
+        Keys::hs256(secret.as_bytes()).map_err(|err| StartError::Key {
+            flag: "--jwt-secret",
+            err,
+        })?
+    } else if let Some(path) = &cfg.jwt_secret_file {
+        let text = std::fs::read(path).map_err(|err| StartError::File {
+            flag: "--jwt-secret-file",
+            path: path.clone(),
+            err,
+        })?;
+        let secret = text.strip_suffix(b"\n").unwrap_or(&text);
+        let secret = secret.strip_suffix(b"\r").unwrap_or(secret);
+        Keys::hs256(secret).map_err(|err| StartError::Key {
+            flag: "--jwt-secret-file",
+            err,
+        })?
+    } else if let Some(path) = &cfg.jwt_public_key {
+        let pem = std::fs::read(path).map_err(|err| StartError::File {
+            flag: "--jwt-public-key",
+            path: path.clone(),
+            err,
+        })?;
+        Keys::from_public_pem(&pem).map_err(|err| StartError::Key {
+            flag: "--jwt-public-key",
+            err,
+        })?
+    } else {
+        return Ok(None);
+    };
+    let mut auth = AuthConfig::new(keys);
+    auth.issuer = cfg.jwt_issuer.clone();
+    auth.audience = cfg.jwt_audience.clone();
+    auth.leeway = cfg.jwt_leeway;
+    Ok(Some(auth))
+}
+
+/// The `--client-join` patterns.
+fn client_join(cfg: &Config) -> Result<Vec<RoomPattern>, StartError> {
+    cfg.client_join
+        .iter()
+        .map(|p| {
+            RoomPattern::parse(p)
+                .map_err(|e| StartError::Config(ConfigError(format!("--client-join {p}: {e}"))))
+        })
+        .collect()
+}
+
 impl Server {
     /// Binds every socket and starts every thread. Fails before starting any thread if
     /// an address cannot be bound.
@@ -159,6 +217,8 @@ impl Server {
     ) -> Result<Server, StartError> {
         let threads = cfg.reactor_threads();
         let origins = cfg.origins()?;
+        let auth = auth_config(cfg)?.map(Arc::new);
+        let client_join = client_join(cfg)?;
         let listen_err = |err| StartError::Listen {
             flag: "--listen",
             addr: cfg.listen,
@@ -198,6 +258,8 @@ impl Server {
                 ping_interval: cfg.ping_interval,
                 idle_timeout: cfg.idle_timeout,
                 shutdown_grace: cfg.shutdown_grace,
+                auth,
+                client_join,
             },
             capacity: capacity.clone(),
             liveness: liveness.clone(),

@@ -7,6 +7,10 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::Dispatcher;
+use crate::auth::AuthError;
+
+/// Reads one counter of a reactor's stats.
+type Counter = fn(&ReactorStats) -> u64;
 use crate::link::stats::{ReactorStats, HANDSHAKE_FAILURES, HANDSHAKE_TIMEOUT};
 
 /// Renders INFO; `section` (case-insensitive) limits it to one section, like Redis.
@@ -70,6 +74,12 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
         line(&mut out, "pending_bytes", &pending);
         line(&mut out, "control_clients", &d.clients.len());
         line(&mut out, "users", &d.users.len());
+        let grant_sets: u64 = d
+            .reactors
+            .iter()
+            .map(|r| r.gauges.grant_sets.load(Relaxed))
+            .sum();
+        line(&mut out, "token_grant_sets", &grant_sets);
         out.push_str("\r\n");
     }
     if want("rooms") {
@@ -186,6 +196,36 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
             "outbox_overflows",
             &sum(|s| s.outbox_overflows.load(Relaxed)),
         );
+        let mut auth_failures = 0;
+        for (i, e) in AuthError::ALL.iter().enumerate() {
+            let n: u64 = d
+                .reactors
+                .iter()
+                .map(|r| r.stats.auth_failures[i].load(Relaxed))
+                .sum();
+            auth_failures += n;
+            line(&mut out, &format!("auth_failures_{}", e.reason()), &n);
+        }
+        line(&mut out, "auth_failures", &auth_failures);
+        let counters: [(&str, Counter); 6] = [
+            ("auth_user_param_refused", |s| {
+                s.user_param_refused.load(Relaxed)
+            }),
+            ("rooms_forbidden_at_connect", |s| {
+                s.rooms_forbidden.load(Relaxed)
+            }),
+            ("joins_forbidden", |s| s.join_forbidden.load(Relaxed)),
+            ("token_refreshes", |s| s.token_refreshes.load(Relaxed)),
+            ("token_refresh_failures", |s| {
+                s.refresh_failures.load(Relaxed)
+            }),
+            ("token_expired_closes", |s| {
+                s.token_expired_closes.load(Relaxed)
+            }),
+        ];
+        for (name, f) in counters {
+            line(&mut out, name, &sum(f));
+        }
     }
     out
 }

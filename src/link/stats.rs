@@ -6,6 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::auth::AuthError;
 use crate::ws::handshake::HandshakeError;
 
 /// Handshake failure reasons, in the order of the `handshake_failures` slots.
@@ -20,6 +21,8 @@ macro_rules! counters {
             /// Handshake failures by reason (index into HANDSHAKE_FAILURES), plus one
             /// slot for handshake timeouts.
             pub handshake_failures: [AtomicU64; HANDSHAKE_FAILURES.len() + 1],
+            /// Refused tokens by reason (index into `AuthError::ALL`).
+            pub auth_failures: [AtomicU64; AuthError::ALL.len()],
         }
 
         /// Counts of one loop turn, added to `ReactorStats` at its end.
@@ -27,6 +30,7 @@ macro_rules! counters {
         pub struct LocalStats {
             $(pub $name: u64,)*
             pub handshake_failures: [u64; HANDSHAKE_FAILURES.len() + 1],
+            pub auth_failures: [u64; AuthError::ALL.len()],
         }
 
         impl LocalStats {
@@ -39,6 +43,12 @@ macro_rules! counters {
                 for (i, n) in self.handshake_failures.iter_mut().enumerate() {
                     if *n != 0 {
                         to.handshake_failures[i].fetch_add(*n, Relaxed);
+                        *n = 0;
+                    }
+                }
+                for (i, n) in self.auth_failures.iter_mut().enumerate() {
+                    if *n != 0 {
+                        to.auth_failures[i].fetch_add(*n, Relaxed);
                         *n = 0;
                     }
                 }
@@ -66,6 +76,12 @@ counters!(
     handshakes_refused,
     slow_close_discards,
     outbox_overflows,
+    rooms_forbidden,
+    user_param_refused,
+    join_forbidden,
+    token_refreshes,
+    refresh_failures,
+    token_expired_closes,
 );
 
 /// Index of the "handshake timeout" slot in `handshake_failures`.
@@ -79,6 +95,11 @@ pub fn failure_index(e: HandshakeError) -> usize {
         .unwrap_or(HANDSHAKE_TIMEOUT)
 }
 
+/// Slot of a token refusal in `auth_failures`.
+pub fn auth_failure_index(e: AuthError) -> usize {
+    AuthError::ALL.iter().position(|&x| x == e).unwrap_or(0)
+}
+
 /// Gauges a reactor overwrites every turn.
 #[derive(Default)]
 pub struct Gauges {
@@ -88,4 +109,6 @@ pub struct Gauges {
     pub rooms: AtomicU64,
     /// Bytes queued for slow connections.
     pub pending_bytes: AtomicU64,
+    /// Distinct token grant sets held by this reactor's connections.
+    pub grant_sets: AtomicU64,
 }

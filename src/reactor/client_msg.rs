@@ -4,6 +4,8 @@
 //! {"op":"join","room":"news"}   → {"op":"joined","room":"news"}
 //! {"op":"leave","room":"news"}  → {"op":"left","room":"news"}
 //! {"op":"ping"}                 → {"op":"pong"}
+//! {"op":"refresh","token":"…"}  → {"op":"refreshed","exp":1767225600}
+//! a join or leave not granted   → {"op":"error","reason":"forbidden","room":"news"}
 //! anything else                 → {"op":"error","reason":"..."}
 //! ```
 //! Pure code: parsing and reply formatting; never panics, whatever the client sends. Joining an already joined room, or leaving
@@ -19,6 +21,7 @@ pub enum ClientRequest {
     Join(String),
     Leave(String),
     Ping,
+    Refresh(String),
 }
 
 /// Why a client message was refused; `reason()` is sent back to the client.
@@ -30,6 +33,7 @@ pub enum ClientError {
     InvalidRoom,
     TooManyRooms,
     Binary,
+    MissingToken,
 }
 
 impl ClientError {
@@ -43,6 +47,7 @@ impl ClientError {
             }
             ClientError::TooManyRooms => "too many rooms for this connection",
             ClientError::Binary => "binary messages are not part of the client protocol",
+            ClientError::MissingToken => "missing \"token\"",
         }
     }
 }
@@ -70,6 +75,11 @@ pub fn parse(text: &[u8]) -> Result<ClientRequest, ClientError> {
         "join" => Ok(ClientRequest::Join(room()?)),
         "leave" => Ok(ClientRequest::Leave(room()?)),
         "ping" => Ok(ClientRequest::Ping),
+        "refresh" => obj
+            .get("token")
+            .and_then(Value::as_str)
+            .map(|t| ClientRequest::Refresh(t.to_string()))
+            .ok_or(ClientError::MissingToken),
         _ => Err(ClientError::UnknownOp),
     }
 }
@@ -83,6 +93,28 @@ pub fn room_reply(op: &str, room: &str) -> String {
 }
 
 pub const PONG_REPLY: &str = "{\"op\":\"pong\"}";
+
+/// `{"op":"refreshed","exp":...}`: the new token's `exp`.
+pub fn refreshed_reply(exp: u64) -> String {
+    format!("{{\"op\":\"refreshed\",\"exp\":{exp}}}")
+}
+
+/// `{"op":"error","reason":"forbidden","room":...}`: a join or leave not granted.
+pub fn forbidden_reply(room: &str) -> String {
+    format!(
+        "{{\"op\":\"error\",\"reason\":\"forbidden\",\"room\":{}}}",
+        Value::String(room.to_string())
+    )
+}
+
+/// `{"op":"error","reason":...}` for a refused refresh (the connection keeps its
+/// old token).
+pub fn refresh_error_reply(reason: &str) -> String {
+    format!(
+        "{{\"op\":\"error\",\"reason\":{}}}",
+        Value::String(format!("refresh refused: {reason}"))
+    )
+}
 
 /// `{"op":"error","reason":...}`.
 pub fn error_reply(err: ClientError) -> String {
@@ -107,6 +139,14 @@ mod tests {
             Ok(ClientRequest::Leave("news".into()))
         );
         assert_eq!(parse(br#" {"op":"ping"} "#), Ok(ClientRequest::Ping));
+        assert_eq!(
+            parse(br#"{"op":"refresh","token":"a.b.c"}"#),
+            Ok(ClientRequest::Refresh("a.b.c".into()))
+        );
+        assert_eq!(
+            parse(br#"{"op":"refresh"}"#),
+            Err(ClientError::MissingToken)
+        );
     }
 
     #[test]

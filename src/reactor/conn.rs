@@ -63,6 +63,16 @@ impl Input {
     }
 }
 
+/// One room a connection is in.
+#[derive(Clone, Copy, Debug)]
+pub struct Joined {
+    pub m: Membership,
+    /// Joined by the client itself (`{"op":"join"}` or `?rooms=`), so a token refresh
+    /// that no longer grants it takes it away; rooms the token or the backend gave are
+    /// kept.
+    pub by_client: bool,
+}
+
 /// A client connection.
 pub struct Conn {
     /// The socket (a file descriptor).
@@ -80,7 +90,12 @@ pub struct Conn {
     /// The user this connection belongs to (`Membership::NONE` if anonymous).
     pub user: Membership,
     /// Rooms joined.
-    pub rooms: SmallVec<[Membership; 2]>,
+    pub rooms: SmallVec<[Joined; 2]>,
+    /// Unix second at which the connection's token (plus leeway) expires; 0: never.
+    pub expires: u32,
+    /// The connection's grants in the reactor's grant table (`grants::NONE` without
+    /// authentication).
+    pub grants: u32,
     /// Incomplete input, if any.
     pub input: Option<Box<Input>>,
     /// Unsent output, if the socket would block.
@@ -97,6 +112,8 @@ impl Conn {
             chain: Chain::EMPTY,
             user: Membership::NONE,
             rooms: SmallVec::new(),
+            expires: 0,
+            grants: super::grants::NONE,
             input: None,
             output: None,
         }
@@ -121,7 +138,7 @@ impl Conn {
 
     /// The index in `rooms` of the membership in room `id`.
     pub fn room_index(&self, id: u32) -> Option<usize> {
-        self.rooms.iter().position(|m| m.group == id)
+        self.rooms.iter().position(|r| r.m.group == id)
     }
 }
 

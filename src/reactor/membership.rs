@@ -5,18 +5,20 @@
 //! written). A connection leaves everything when it stops being open, so a closing
 //! connection is never a push recipient and never counted.
 
+use super::conn::Joined;
 use super::groups::Membership;
 use super::Reactor;
 use crate::link::Event;
 
 impl Reactor {
-    /// Adds a connection to a room (the caller checked it is not a member).
-    pub(super) fn join_room(&mut self, key: u32, room: &str) {
+    /// Adds a connection to a room (the caller checked it is not a member);
+    /// `by_client` when the client asked for it itself.
+    pub(super) fn join_room(&mut self, key: u32, room: &str, by_client: bool) {
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
         let (m, name) = self.rooms.add(room, key);
-        conn.rooms.push(m);
+        conn.rooms.push(Joined { m, by_client });
         self.events.push(Event::Room {
             reactor: self.id,
             room: name,
@@ -35,7 +37,7 @@ impl Reactor {
         let Some(i) = conn.room_index(id) else {
             return false;
         };
-        let m = conn.rooms.swap_remove(i);
+        let m = conn.rooms.swap_remove(i).m;
         self.remove_room_membership(m);
         true
     }
@@ -43,8 +45,8 @@ impl Reactor {
     fn remove_room_membership(&mut self, m: Membership) {
         if let Some((name, moved)) = self.rooms.remove(m) {
             if let Some(other) = moved.and_then(|k| self.conns.get_mut(k as usize)) {
-                if let Some(r) = other.rooms.iter_mut().find(|r| r.group == m.group) {
-                    r.pos = m.pos;
+                if let Some(r) = other.rooms.iter_mut().find(|r| r.m.group == m.group) {
+                    r.m.pos = m.pos;
                 }
             }
             self.events.push(Event::Room {
@@ -55,15 +57,18 @@ impl Reactor {
         }
     }
 
-    /// An open connection stops being one: out of every room and the user table.
+    /// An open connection stops being one: out of every room and the user table,
+    /// its grants released.
     pub(super) fn leave_all(&mut self, key: u32) {
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
         let rooms = std::mem::take(&mut conn.rooms);
         let user = std::mem::replace(&mut conn.user, Membership::NONE);
-        for m in rooms {
-            self.remove_room_membership(m);
+        let grants = std::mem::replace(&mut conn.grants, super::grants::NONE);
+        self.grants.release(grants);
+        for r in rooms {
+            self.remove_room_membership(r.m);
         }
         let mut name = None;
         if !user.is_none() {
@@ -102,7 +107,7 @@ impl Reactor {
                 .id(room)
                 .is_some_and(|id| conn.room_index(id).is_some());
             if !member && conn.rooms.len() < self.shared.settings.max_rooms {
-                self.join_room(key, room);
+                self.join_room(key, room, false);
                 affected += 1;
             }
         }

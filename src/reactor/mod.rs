@@ -25,6 +25,7 @@ pub mod client_msg;
 mod closing;
 mod commands;
 pub mod conn;
+mod grants;
 pub mod groups;
 mod input;
 pub mod listener;
@@ -69,6 +70,8 @@ pub struct Reactor {
     conns: Slab<Conn>,
     rooms: Groups,
     users: Groups,
+    /// Token grants of this reactor's connections, interned.
+    grants: grants::GrantTable,
     outbox: Outbox,
     /// Shared read buffer.
     scratch: Box<[u8]>,
@@ -136,6 +139,7 @@ impl Reactor {
             conns: Slab::new(),
             rooms: Groups::default(),
             users: Groups::default(),
+            grants: grants::GrantTable::default(),
             outbox: Outbox::default(),
             scratch: vec![0; SCRATCH].into_boxed_slice(),
             rx,

@@ -1,10 +1,18 @@
 //! What a connection's complete data messages do: echoed back in `--echo` mode, else
-//! the client protocol (`client_msg`: join, leave, ping), each request answered with
-//! one JSON text frame. A refused request gets an error reply; the connection stays.
+//! the client protocol (`client_msg`: join, leave, ping, refresh), each request
+//! answered with one JSON text frame. A refused request gets an error reply; the
+//! connection stays.
+//!
+//! Permissions: a client joins and leaves only rooms its token's `join` patterns or
+//! `--client-join` grant (any room when authentication is off and no `--client-join`
+//! is given). A refresh must carry a valid token for the same user; it replaces the
+//! expiry and the grants, and rooms the client joined itself that the new grants no
+//! longer allow are left (rooms the token or the backend gave are kept).
 
 use super::client_msg::{self, ClientError, ClientRequest};
 use super::outbox::Chunk;
 use super::Reactor;
+use crate::auth::verify;
 use crate::ws::frame::{encode_frame, OpCode};
 
 impl Reactor {
@@ -24,33 +32,97 @@ impl Reactor {
         }
         let reply = match client_msg::parse(payload) {
             Ok(ClientRequest::Ping) => client_msg::PONG_REPLY.to_string(),
-            Ok(ClientRequest::Join(room)) => {
-                let Some(conn) = self.conns.get(key as usize) else {
-                    return;
-                };
-                let member = self
-                    .rooms
-                    .id(&room)
-                    .is_some_and(|id| conn.room_index(id).is_some());
-                if member || conn.rooms.len() < self.shared.settings.max_rooms {
-                    if !member {
-                        self.join_room(key, &room);
-                    }
-                    client_msg::room_reply("joined", &room)
+            Ok(ClientRequest::Join(room)) => self.client_join(key, &room),
+            Ok(ClientRequest::Leave(room)) => {
+                if self.may_join(key, &room) {
+                    self.leave_room(key, &room);
+                    client_msg::room_reply("left", &room)
                 } else {
-                    client_msg::error_reply(ClientError::TooManyRooms)
+                    self.local.join_forbidden += 1;
+                    client_msg::forbidden_reply(&room)
                 }
             }
-            Ok(ClientRequest::Leave(room)) => {
-                self.leave_room(key, &room);
-                client_msg::room_reply("left", &room)
-            }
+            Ok(ClientRequest::Refresh(token)) => self.refresh(key, &token),
             Err(e) => client_msg::error_reply(e),
         };
         self.reply_text(key, &reply);
     }
 
-    fn reply_text(&mut self, key: u32, text: &str) {
+    fn may_join(&self, key: u32, room: &str) -> bool {
+        let grants = self
+            .conns
+            .get(key as usize)
+            .and_then(|c| self.grants.get(c.grants));
+        self.shared.settings.may_join(grants, room)
+    }
+
+    fn client_join(&mut self, key: u32, room: &str) -> String {
+        if !self.may_join(key, room) {
+            self.local.join_forbidden += 1;
+            return client_msg::forbidden_reply(room);
+        }
+        let Some(conn) = self.conns.get(key as usize) else {
+            return String::new();
+        };
+        let member = self
+            .rooms
+            .id(room)
+            .is_some_and(|id| conn.room_index(id).is_some());
+        if member || conn.rooms.len() < self.shared.settings.max_rooms {
+            if !member {
+                self.join_room(key, room, true);
+            }
+            client_msg::room_reply("joined", room)
+        } else {
+            client_msg::error_reply(ClientError::TooManyRooms)
+        }
+    }
+
+    /// `{"op":"refresh"}`: a new token for the same user extends the connection.
+    fn refresh(&mut self, key: u32, token: &str) -> String {
+        let Some(auth) = self.shared.settings.auth.clone() else {
+            return client_msg::refresh_error_reply("authentication is off");
+        };
+        let Some(conn) = self.conns.get(key as usize) else {
+            return String::new();
+        };
+        let user = self.users.name(conn.user.group).cloned();
+        let verdict = match verify(token.as_bytes(), &auth, super::timers::unix_now()) {
+            Ok(v) => v,
+            Err(e) => {
+                self.local.refresh_failures += 1;
+                return client_msg::refresh_error_reply(e.reason());
+            }
+        };
+        if user.as_deref() != Some(verdict.user.as_str()) {
+            self.local.refresh_failures += 1;
+            return client_msg::refresh_error_reply("token is for another user");
+        }
+        let exp = verdict.expires_at.saturating_sub(auth.leeway.as_secs());
+        let new = self.grants.intern(verdict.grants);
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return String::new();
+        };
+        let old = std::mem::replace(&mut conn.grants, new);
+        conn.expires = super::timers::unix_stamp(verdict.expires_at);
+        self.grants.release(old);
+        // Rooms the client joined itself and may no longer join are left.
+        let lost: Vec<std::sync::Arc<str>> = conn
+            .rooms
+            .iter()
+            .filter(|r| r.by_client)
+            .filter_map(|r| self.rooms.name(r.m.group).cloned())
+            .collect();
+        for room in lost {
+            if !self.may_join(key, &room) && self.leave_room(key, &room) {
+                self.reply_text(key, &client_msg::room_reply("left", &room));
+            }
+        }
+        self.local.token_refreshes += 1;
+        client_msg::refreshed_reply(exp)
+    }
+
+    pub(super) fn reply_text(&mut self, key: u32, text: &str) {
         self.queue(
             key,
             Chunk::Owned(encode_frame(OpCode::Text, text.as_bytes()).into_boxed_slice()),

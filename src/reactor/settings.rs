@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::{AuthConfig, RoomPattern};
 use crate::link::capacity::Capacity;
 use crate::link::health::Liveness;
 use crate::ws::handshake::HandshakeConfig;
@@ -33,6 +34,24 @@ pub struct Settings {
     /// Zero: never close idle connections.
     pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Token verification; `None`: authentication is off.
+    pub auth: Option<Arc<AuthConfig>>,
+    /// Rooms any client may join and leave itself (`--client-join`).
+    pub client_join: Vec<RoomPattern>,
+}
+
+impl Settings {
+    /// May a connection with `grants` (None without authentication) join or leave
+    /// `room` itself? Without authentication and without `--client-join`, any room
+    /// (development mode, warned at start-up); otherwise the token's `join` patterns
+    /// and the `--client-join` ones.
+    pub fn may_join(&self, grants: Option<&crate::auth::Grants>, room: &str) -> bool {
+        match grants {
+            Some(g) => g.may_join(room, &self.client_join),
+            None if self.auth.is_none() && self.client_join.is_empty() => true,
+            None => self.client_join.iter().any(|p| p.matches(room)),
+        }
+    }
 }
 
 /// State shared by all reactors.

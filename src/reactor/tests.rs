@@ -24,6 +24,8 @@ fn settings() -> Settings {
         ping_interval: Duration::ZERO,
         idle_timeout: Duration::ZERO,
         shutdown_grace: Duration::from_secs(1),
+        auth: None,
+        client_join: Vec::new(),
     }
 }
 

@@ -49,6 +49,19 @@ impl Clock {
     }
 }
 
+/// Seconds since the Unix epoch (token expiry is wall-clock time).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A token expiry as a connection stores it: 32-bit Unix seconds (until 2106),
+/// never 0 (which means "no expiry").
+pub fn unix_stamp(at: u64) -> u32 {
+    u32::try_from(at).unwrap_or(u32::MAX).max(1)
+}
+
 /// A tick as a connection stores it.
 pub fn stamp(now: u64) -> u32 {
     now as u32
@@ -72,6 +85,7 @@ pub struct Timeouts {
 
 impl Timeouts {
     pub fn new(s: &Settings) -> Timeouts {
+        // At most 1 s, so a token is cut off within a second of its expiry.
         let mut scan = Duration::from_secs(1).min(s.handshake_timeout / 4);
         for d in [s.ping_interval, s.idle_timeout, s.shutdown_grace] {
             if !d.is_zero() {
@@ -102,6 +116,8 @@ pub enum Expiry {
     Handshake,
     Idle,
     Closing,
+    /// The token's `exp` (plus leeway) has passed without a refresh.
+    Token,
 }
 
 impl Reactor {
@@ -125,10 +141,15 @@ impl Reactor {
         let t = &self.timeouts;
         let mut expired = std::mem::take(&mut self.expired);
         let mut pending_bytes = 0u64;
+        // Token expiry is wall-clock time (the issuer's `exp`), read once per scan.
+        let unix = unix_stamp(unix_now());
         for (key, conn) in self.conns.iter_mut() {
             let age = age(now, conn.last_seen);
             pending_bytes += conn.pending() as u64;
             match conn.phase {
+                Phase::Open if conn.expires != 0 && unix >= conn.expires => {
+                    expired.push((key as u32, Expiry::Token))
+                }
                 Phase::Handshake if age >= t.handshake => {
                     expired.push((key as u32, Expiry::Handshake))
                 }
@@ -159,6 +180,10 @@ impl Reactor {
                     self.close_with_reason(key, CloseCode::GOING_AWAY, "idle timeout");
                 }
                 Expiry::Closing => self.close_now(key),
+                Expiry::Token => {
+                    self.local.token_expired_closes += 1;
+                    self.close_with_reason(key, CloseCode::TOKEN_EXPIRED, "token expired");
+                }
             }
         }
         expired.clear();
@@ -167,5 +192,7 @@ impl Reactor {
         g.sockets.store(self.conns.len() as u64, Ordering::Relaxed);
         g.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);
         g.pending_bytes.store(pending_bytes, Ordering::Relaxed);
+        g.grant_sets
+            .store(self.grants.len() as u64, Ordering::Relaxed);
     }
 }

@@ -5,16 +5,24 @@
 //! established slot at upgrade time (503 if none is free), joins the rooms the query
 //! names before the 101 is queued (so the dispatcher's counts hold them by the time
 //! the client can see the 101), and answers `/healthz` from the threads' heartbeats.
+//!
+//! With authentication on, the upgrade is decided here from the token alone, with no
+//! network call: `auth::verify` gives the user (`sub`), the expiry and the grants; a
+//! bad or missing token is a 401, `?user=` a 400 (the user is the token's `sub`, and
+//! nothing else), and a `?rooms=` room the token does not grant a 403. Only the
+//! expiry and an interned grant set stay with the connection, never the token.
 
 use log::debug;
 
 use super::conn::{flag, Phase};
 use super::outbox::Chunk;
 use super::Reactor;
-use crate::link::stats::failure_index;
+use crate::auth::{verify, AuthError, Grants};
+use crate::link::stats::{auth_failure_index, failure_index};
 use crate::link::Event;
 use crate::ws::handshake::{
-    health_response, parse_request, upgrade_response, HandshakeError, Request, Upgrade,
+    error_response, health_response, parse_request, upgrade_response, HandshakeError, Request,
+    Upgrade,
 };
 use crate::ws::message::Assembler;
 
@@ -68,25 +76,109 @@ impl Reactor {
         self.begin_closing(key);
     }
 
-    /// Completes the upgrade: takes an established slot, then memberships (events
-    /// reach the dispatcher before the 101 is written), then the 101. False if the
-    /// connection was refused instead.
+    /// Decides who the connection is and what it may join, from its token when
+    /// authentication is on. Queues the refusal itself when there is one.
+    fn admit(&mut self, key: u32, up: &Upgrade) -> Option<Admission> {
+        let settings = &self.shared.settings;
+        let Some(auth) = settings.auth.as_deref() else {
+            if let Some(room) = up.rooms.iter().find(|r| !settings.may_join(None, r)) {
+                let body = format!("room {room} is not open to clients");
+                self.refuse(key, 403, "", &body);
+                self.local.rooms_forbidden += 1;
+                return None;
+            }
+            return Some(Admission {
+                user: up.user.clone(),
+                expires: 0,
+                grants: None,
+            });
+        };
+        if up.user.is_some() {
+            self.local.user_param_refused += 1;
+            self.refuse(
+                key,
+                400,
+                "",
+                "user= is not accepted with authentication: the user is the token's sub",
+            );
+            return None;
+        }
+        let verdict = match up.token.as_deref() {
+            None => Err(AuthError::NoToken),
+            Some(t) => verify(t.as_bytes(), auth, super::timers::unix_now()),
+        };
+        let v = match verdict {
+            Ok(v) => v,
+            Err(e) => {
+                self.local.auth_failures[auth_failure_index(e)] += 1;
+                debug!("reactor {}: token refused: {}", self.id, e.reason());
+                let body = format!("invalid or missing token ({})", e.reason());
+                self.refuse(
+                    key,
+                    e.status(),
+                    "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n",
+                    &body,
+                );
+                return None;
+            }
+        };
+        let granted = |room: &str| {
+            v.grants.rooms().iter().any(|r| &**r == room)
+                || settings.may_join(Some(&v.grants), room)
+        };
+        if let Some(room) = up.rooms.iter().find(|r| !granted(r)) {
+            let body = format!("room {room} is not granted by the token");
+            self.refuse(key, 403, "", &body);
+            self.local.rooms_forbidden += 1;
+            return None;
+        }
+        if v.grants.rooms().len() + up.rooms.len() > settings.max_rooms {
+            self.reject(key, HandshakeError::BadQuery);
+            return None;
+        }
+        Some(Admission {
+            user: Some(v.user),
+            expires: super::timers::unix_stamp(v.expires_at),
+            grants: Some(v.grants),
+        })
+    }
+
+    /// Answers with `status` and closes.
+    fn refuse(&mut self, key: u32, status: u16, extra: &str, body: &str) {
+        let response = error_response(status, extra, body);
+        self.queue(key, Chunk::Owned(response.into_boxed_slice()));
+        self.begin_closing(key);
+    }
+
+    /// Completes the upgrade: admission (token, rooms), an established slot, then
+    /// memberships (events reach the dispatcher before the 101 is written), then the
+    /// 101. False if the connection was refused instead.
     fn open(&mut self, key: u32, up: Upgrade) -> bool {
         if !self.conns.contains(key as usize) {
             return false;
         }
+        let Some(admission) = self.admit(key, &up) else {
+            return false;
+        };
         if !self.shared.capacity.open() {
             self.reject(key, HandshakeError::AtCapacity);
             return false;
         }
+        let grants = admission.grants.map(|g| self.grants.intern(g));
+        let token_rooms: Vec<Box<str>> = grants
+            .and_then(|id| self.grants.get(id))
+            .map(|g| g.rooms().to_vec())
+            .unwrap_or_default();
         let now = super::timers::stamp(self.now);
         let conn = &mut self.conns[key as usize];
         self.local.handshakes += 1;
         conn.phase = Phase::Open;
         conn.set(flag::OPENED);
+        conn.expires = admission.expires;
+        conn.grants = grants.unwrap_or(super::grants::NONE);
         // The ping and idle timers start when the connection opens.
         conn.last_seen = now;
-        let user = up.user.as_deref().map(|u| {
+        let user = admission.user.as_deref().map(|u| {
             let (m, name) = self.users.add(u, key);
             conn.user = m;
             name
@@ -96,8 +188,13 @@ impl Reactor {
             user,
             delta: 1,
         });
+        for room in &token_rooms {
+            self.join_room(key, room, false);
+        }
         for room in &up.rooms {
-            self.join_room(key, room);
+            if !token_rooms.iter().any(|r| &**r == room.as_str()) {
+                self.join_room(key, room, true);
+            }
         }
         self.queue(
             key,
@@ -105,4 +202,12 @@ impl Reactor {
         );
         true
     }
+}
+
+/// Who an admitted connection is.
+struct Admission {
+    user: Option<String>,
+    /// Unix seconds (32-bit) when its token expires; 0: never.
+    expires: u32,
+    grants: Option<Grants>,
 }

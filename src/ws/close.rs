@@ -19,6 +19,8 @@ impl CloseCode {
     pub const INTERNAL_ERROR: Self = Self(1011);
     /// wspush's own code (private-use range 4000–4999): the backend sent `KICK`.
     pub const KICKED: Self = Self(4000);
+    /// wspush: the connection's token expired and was not refreshed.
+    pub const TOKEN_EXPIRED: Self = Self(4001);
 
     /// May a peer send this code in a Close frame?
     ///

@@ -299,29 +299,36 @@ impl HandshakeError {
     /// `Content-Length`, `Connection: close`, for 426 also `Sec-WebSocket-Version: 13`,
     /// for 405 `Allow: GET`, and a one-line plain-text body saying what was wrong.
     pub fn response(self) -> Vec<u8> {
-        let status = self.status();
         let extra = match self {
             Self::VersionUnsupported => "Sec-WebSocket-Version: 13\r\n",
             Self::MethodNotAllowed => "Allow: GET\r\n",
             _ => "",
         };
-        let body = self.message();
-        format!(
-            "HTTP/1.1 {status} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}\n",
-            status_text(status),
-            body.len() + 1,
-        )
-        .into_bytes()
+        error_response(self.status(), extra, self.message())
     }
+}
+
+/// A complete HTTP/1.1 error response: status line, `Content-Type: text/plain`,
+/// `Content-Length`, `Connection: close`, the `extra` header lines (each ending in
+/// CRLF), and `body` plus a newline.
+pub fn error_response(status: u16, extra: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}\n",
+        status_text(status),
+        body.len() + 1,
+    )
+    .into_bytes()
 }
 
 fn status_text(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Error",
