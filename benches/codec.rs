@@ -84,6 +84,7 @@ fn handshake(c: &mut Criterion) {
             OriginPattern::parse("*.example.com").unwrap(),
         ],
         max_rooms: 16,
+        forwarded_headers: false,
     };
     let request = b"GET /ws?user=u-1234&rooms=news,sport,weather HTTP/1.1\r\n\
         Host: push.example.com\r\n\

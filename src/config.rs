@@ -151,6 +151,42 @@ pub struct Config {
         help_heading = "Authentication"
     )]
     pub client_join: Vec<String>,
+
+    /// Most concurrent connections from one client address (0 = unlimited); more get
+    /// HTTP 429.
+    #[arg(long, default_value_t = 0, help_heading = "Per-address limits")]
+    pub max_conns_per_ip: u32,
+
+    /// Handshakes per second per client address, with a burst of as many (0 =
+    /// unlimited); more get HTTP 429 with Retry-After.
+    #[arg(long, default_value_t = 0, help_heading = "Per-address limits")]
+    pub handshake_rate_per_ip: u32,
+
+    /// Handshakes per second for the whole process, with a burst of as many (0 =
+    /// unlimited): a reconnect storm after a restart gets HTTP 503 with Retry-After.
+    #[arg(long, default_value_t = 0, help_heading = "Per-address limits")]
+    pub max_handshake_rate: u32,
+
+    /// IPv6 clients are grouped by this prefix for the per-address limits (a host is
+    /// commonly given a whole /64).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u8).range(0..=128), help_heading = "Per-address limits")]
+    pub ipv6_prefix: u8,
+
+    /// Most client addresses tracked for the per-address limits; new addresses past it
+    /// get 503 [default: 800000, and at least --max-connections].
+    #[arg(long, help_heading = "Per-address limits")]
+    pub max_tracked_addresses: Option<usize>,
+
+    /// Every connection starts with a PROXY protocol v1 or v2 header (HAProxy, nginx,
+    /// AWS NLB); without a valid one it is closed. The header's source address is the
+    /// client's.
+    #[arg(long, help_heading = "Client addresses")]
+    pub proxy_protocol: bool,
+
+    /// A balancer's address or range (repeatable, e.g. 10.0.0.0/8): from these peers
+    /// only, X-Forwarded-For / Forwarded name the client.
+    #[arg(long = "trusted-proxy", value_name = "CIDR", help_heading = "Client addresses")]
+    pub trusted_proxy: Vec<crate::proxy::Cidr>,
 }
 
 /// A configuration error, reported before any thread starts.

@@ -248,6 +248,7 @@ impl Server {
                     path: cfg.path.clone(),
                     allow_origins: origins,
                     max_rooms: cfg.max_rooms_per_conn,
+                    forwarded_headers: !cfg.trusted_proxy.is_empty(),
                 },
                 max_message: cfg.max_message,
                 max_pending: cfg.max_pending,

@@ -14,6 +14,7 @@ fn settings() -> Settings {
             path: "/ws".into(),
             allow_origins: Vec::new(),
             max_rooms: 8,
+            forwarded_headers: false,
         },
         max_message: 64 << 10,
         max_pending: 1,

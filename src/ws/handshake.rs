@@ -176,6 +176,9 @@ pub struct HandshakeConfig {
     pub allow_origins: Vec<OriginPattern>,
     /// Most rooms an upgrade request may join at once through `rooms=`.
     pub max_rooms: usize,
+    /// Keep `X-Forwarded-For` and `Forwarded` headers in the upgrade (trusted
+    /// proxies are configured).
+    pub forwarded_headers: bool,
 }
 
 /// A complete, valid request head.
@@ -197,6 +200,9 @@ pub struct Upgrade {
     pub rooms: Vec<String>,
     /// `token=` from the query string, or the `Authorization: Bearer` credential.
     pub token: Option<String>,
+    /// `X-Forwarded-For` / `Forwarded` headers (name, value), in order, when
+    /// `HandshakeConfig::forwarded_headers` asks for them.
+    pub forwarded: Vec<(String, Vec<u8>)>,
 }
 
 /// Why a request head is refused. Each maps to one HTTP response, here.
@@ -455,11 +461,24 @@ fn check_upgrade(
         (Some(_), Some(_)) => return Err(HandshakeError::BadQuery),
         (t, b) => t.or(b),
     };
+    let forwarded = if cfg.forwarded_headers {
+        headers
+            .iter()
+            .filter(|h| {
+                h.name.eq_ignore_ascii_case("x-forwarded-for")
+                    || h.name.eq_ignore_ascii_case("forwarded")
+            })
+            .map(|h| (h.name.to_string(), h.value.to_vec()))
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(Upgrade {
         accept: accept_key(key),
         user: q.user,
         rooms: q.rooms,
         token,
+        forwarded,
     })
 }
 
@@ -626,6 +645,7 @@ mod tests {
             path: "/ws".into(),
             allow_origins: Vec::new(),
             max_rooms: 4,
+            forwarded_headers: false,
         }
     }
 
@@ -711,6 +731,7 @@ mod tests {
                 user: None,
                 rooms: vec![],
                 token: None,
+                forwarded: vec![],
             })
         );
     }
