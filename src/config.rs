@@ -185,7 +185,11 @@ pub struct Config {
 
     /// A balancer's address or range (repeatable, e.g. 10.0.0.0/8): from these peers
     /// only, X-Forwarded-For / Forwarded name the client.
-    #[arg(long = "trusted-proxy", value_name = "CIDR", help_heading = "Client addresses")]
+    #[arg(
+        long = "trusted-proxy",
+        value_name = "CIDR",
+        help_heading = "Client addresses"
+    )]
     pub trusted_proxy: Vec<crate::proxy::Cidr>,
 }
 

@@ -20,7 +20,8 @@ use crate::dispatch::{DispatchSettings, Dispatcher, DispatcherHandle};
 use crate::limits::DescriptorShortfall;
 use crate::link::capacity::Capacity;
 use crate::link::health::Liveness;
-use crate::link::{DispatcherLink, ReactorHandle, ReactorMsg};
+use crate::link::peers::{Limits, PeerTable, DEFAULT_MAX_ENTRIES};
+use crate::link::{Census, DispatcherLink, ReactorHandle, ReactorMsg};
 use crate::reactor::listener::bind_listeners;
 use crate::reactor::{Reactor, Settings, Shared};
 use crate::ws::handshake::HandshakeConfig;
@@ -242,6 +243,17 @@ impl Server {
 
         let capacity = Arc::new(Capacity::new(max_connections, max_handshakes));
         let liveness = Arc::new(Liveness::new(threads));
+        let limits = Limits {
+            max_conns_per_ip: cfg.max_conns_per_ip,
+            rate_per_ip: cfg.handshake_rate_per_ip,
+            max_rate: cfg.max_handshake_rate,
+            max_entries: cfg
+                .max_tracked_addresses
+                .unwrap_or(DEFAULT_MAX_ENTRIES.max(max_connections)),
+        };
+        let per_address_limits =
+            limits.max_conns_per_ip > 0 || limits.rate_per_ip > 0 || limits.max_rate > 0;
+        let peers = Arc::new(PeerTable::new(limits));
         let shared = Arc::new(Shared {
             settings: Settings {
                 handshake: HandshakeConfig {
@@ -261,9 +273,15 @@ impl Server {
                 shutdown_grace: cfg.shutdown_grace,
                 auth,
                 client_join,
+                proxy_protocol: cfg.proxy_protocol,
+                trusted_proxies: cfg.trusted_proxy.clone(),
+                ipv6_prefix: cfg.ipv6_prefix,
+                per_address_limits,
             },
             capacity: capacity.clone(),
             liveness: liveness.clone(),
+            peers: peers.clone(),
+            epoch: std::time::Instant::now(),
         });
 
         let (dpoll, dwaker) = Dispatcher::poll_and_waker()
@@ -299,8 +317,11 @@ impl Server {
                 listen: ws_addr,
                 control: control_addr,
             },
-            capacity,
-            liveness,
+            Census {
+                capacity,
+                liveness,
+                peers,
+            },
         )
         .map_err(StartError::resource("the dispatcher"))?;
         let djoin = std::thread::Builder::new()

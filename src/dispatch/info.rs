@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::Dispatcher;
 use crate::auth::AuthError;
+use crate::link::peers::Refusal;
 
 /// Reads one counter of a reactor's stats.
 type Counter = fn(&ReactorStats) -> u64;
@@ -54,9 +55,21 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
             .map(|r| r.gauges.sockets.load(Relaxed))
             .sum();
         line(&mut out, "sockets", &sockets);
-        line(&mut out, "established_slots", &d.capacity.open_count());
-        line(&mut out, "handshaking", &d.capacity.handshaking_count());
-        line(&mut out, "max_handshakes", &d.capacity.max_handshakes);
+        line(
+            &mut out,
+            "established_slots",
+            &d.census.capacity.open_count(),
+        );
+        line(
+            &mut out,
+            "handshaking",
+            &d.census.capacity.handshaking_count(),
+        );
+        line(
+            &mut out,
+            "max_handshakes",
+            &d.census.capacity.max_handshakes,
+        );
         for (i, r) in d.reactors.iter().enumerate() {
             let _ = write!(
                 out,
@@ -190,6 +203,17 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
             &mut out,
             "slow_consumer_discarded_pushes",
             &sum(|s| s.slow_close_discards.load(Relaxed)),
+        );
+        let peers = d.census.peers.stats();
+        line(&mut out, "tracked_addresses", &peers.tracked_addresses);
+        line(&mut out, "tracked_addresses_bytes", &peers.table_bytes);
+        for (r, n) in Refusal::ALL.iter().zip(peers.refused) {
+            line(&mut out, &format!("address_refusals_{}", r.reason()), &n);
+        }
+        line(
+            &mut out,
+            "proxy_header_failures",
+            &sum(|s| s.proxy_header_failures.load(Relaxed)),
         );
         line(
             &mut out,

@@ -41,9 +41,7 @@ use smallvec::SmallVec;
 
 use crate::control::command::{allowed_before_auth, AuthError, Command, CommandError};
 use crate::control::resp::{self, Limits, Parsed, Parser};
-use crate::link::capacity::Capacity;
-use crate::link::health::Liveness;
-use crate::link::{self, Event, ReactorHandle, ReactorMsg, Target};
+use crate::link::{self, Census, Event, ReactorHandle, ReactorMsg, Target};
 use crate::ws::close::CloseCode;
 use crate::ws::frame::{encode_close, encode_header, OpCode};
 use counts::CountTable;
@@ -178,8 +176,7 @@ pub struct Dispatcher {
     stats: DispatchStats,
     started: Instant,
     stop: Arc<AtomicBool>,
-    capacity: Arc<Capacity>,
-    liveness: Arc<Liveness>,
+    census: Census,
 }
 
 impl Dispatcher {
@@ -189,8 +186,7 @@ impl Dispatcher {
         events: Receiver<Vec<Event>>,
         (poll, waker): (Poll, Arc<Waker>),
         settings: DispatchSettings,
-        capacity: Arc<Capacity>,
-        liveness: Arc<Liveness>,
+        census: Census,
     ) -> io::Result<(Dispatcher, DispatcherHandle)> {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
@@ -225,8 +221,7 @@ impl Dispatcher {
                 stats: DispatchStats::default(),
                 started: Instant::now(),
                 stop,
-                capacity,
-                liveness,
+                census,
             },
             handle,
         ))
@@ -243,7 +238,10 @@ impl Dispatcher {
         let mut events = Events::with_capacity(256);
         let mut last_housekeeping = Instant::now();
         // Marks the dispatcher dead for /healthz when the loop ends, even by a panic.
-        let _alive = self.liveness.guard(self.liveness.dispatcher_slot());
+        let _alive = self
+            .census
+            .liveness
+            .guard(self.census.liveness.dispatcher_slot());
         while !self.stop.load(Ordering::SeqCst) {
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
@@ -252,7 +250,9 @@ impl Dispatcher {
                     return;
                 }
             }
-            self.liveness.beat(self.liveness.dispatcher_slot());
+            self.census
+                .liveness
+                .beat(self.census.liveness.dispatcher_slot());
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
@@ -895,8 +895,18 @@ mod tests {
                     listen: control,
                     control,
                 },
-                Arc::new(Capacity::new(100, 100)),
-                Arc::new(Liveness::new(reactors)),
+                Census {
+                    capacity: Arc::new(crate::link::capacity::Capacity::new(100, 100)),
+                    liveness: Arc::new(crate::link::health::Liveness::new(reactors)),
+                    peers: Arc::new(crate::link::peers::PeerTable::new(
+                        crate::link::peers::Limits {
+                            max_conns_per_ip: 0,
+                            rate_per_ip: 0,
+                            max_rate: 0,
+                            max_entries: 0,
+                        },
+                    )),
+                },
             )
             .unwrap();
             let client = std::net::TcpStream::connect(control).unwrap();

@@ -125,6 +125,14 @@ impl ReactorHandle {
     }
 }
 
+/// The process-wide state the dispatcher reads for INFO and beats into.
+#[derive(Clone)]
+pub struct Census {
+    pub capacity: Arc<capacity::Capacity>,
+    pub liveness: Arc<health::Liveness>,
+    pub peers: Arc<peers::PeerTable>,
+}
+
 /// How a reactor reaches the dispatcher.
 #[derive(Clone)]
 pub struct DispatcherLink {

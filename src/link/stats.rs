@@ -82,6 +82,7 @@ counters!(
     token_refreshes,
     refresh_failures,
     token_expired_closes,
+    proxy_header_failures,
 );
 
 /// Index of the "handshake timeout" slot in `handshake_failures`.

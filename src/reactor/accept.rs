@@ -19,7 +19,7 @@ use log::{debug, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::conn::Conn;
+use super::conn::{Conn, Phase};
 use super::outbox;
 use super::timers::{stamp, ticks};
 use super::Reactor;
@@ -96,7 +96,12 @@ impl Reactor {
             self.refuse_busy(stream);
             return;
         }
-        let key = self.conns.insert(Conn::new(stream, stamp(self.now))) as u32;
+        let phase = if self.shared.settings.proxy_protocol {
+            Phase::Proxy
+        } else {
+            Phase::Handshake
+        };
+        let key = self.conns.insert(Conn::new(stream, stamp(self.now), phase)) as u32;
         debug_assert!(key < outbox::NIL);
         self.local.accepted += 1;
         // The listener defers accept until the request has arrived (TCP_DEFER_ACCEPT):

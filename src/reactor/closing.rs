@@ -85,6 +85,11 @@ impl Reactor {
         if conn.phase == Phase::Open {
             self.leave_all(key);
         }
+        if !self.peer_slots.is_empty() {
+            if let Some(slot) = self.peer_slots.remove(&key) {
+                self.shared.peers.release(slot);
+            }
+        }
         // Closing the descriptor also removes it from the epoll set.
         let conn = self.conns.remove(key as usize);
         self.shared.capacity.release(conn.has(flag::OPENED));
@@ -111,7 +116,7 @@ impl Reactor {
                 Phase::Open => {
                     self.close_with(key, Chunk::Shared(frame.clone()));
                 }
-                Phase::Handshake => self.close_now(key),
+                Phase::Proxy | Phase::Handshake => self.close_now(key),
                 Phase::Closing => {}
             }
         }

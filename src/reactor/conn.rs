@@ -15,6 +15,8 @@ use crate::ws::message::Assembler;
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
+    /// Waiting for the PROXY protocol header (`--proxy-protocol`).
+    Proxy,
     /// Waiting for the HTTP upgrade request.
     Handshake,
     /// A WebSocket connection; may receive pushes.
@@ -54,12 +56,14 @@ pub struct Input {
     pub buf: Vec<u8>,
     /// Message assembly state (fragmented message, partly scanned frame).
     pub asm: Assembler,
+    /// The client's address from a PROXY header, kept until the upgrade.
+    pub peer: Option<std::net::IpAddr>,
 }
 
 impl Input {
     /// True when nothing is in progress and the box can be freed.
     pub fn is_idle(&self) -> bool {
-        self.buf.is_empty() && self.asm.is_idle()
+        self.buf.is_empty() && self.asm.is_idle() && self.peer.is_none()
     }
 }
 
@@ -103,10 +107,10 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, now: u32) -> Conn {
+    pub fn new(stream: TcpStream, now: u32, phase: Phase) -> Conn {
         Conn {
             stream,
-            phase: Phase::Handshake,
+            phase,
             flags: flag::WRITABLE,
             last_seen: now,
             chain: Chain::EMPTY,

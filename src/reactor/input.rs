@@ -142,14 +142,14 @@ impl Reactor {
         let mut scratch = std::mem::take(&mut self.scratch);
         if state.buf.is_empty() {
             // The common case: the bytes are consumed in place, nothing is copied.
-            let used = self.consume(key, &mut scratch[..n], &mut state.asm);
+            let used = self.consume(key, &mut scratch[..n], state);
             if used < n {
                 state.buf.extend_from_slice(&scratch[used..n]);
             }
         } else {
             state.buf.extend_from_slice(&scratch[..n]);
             let mut buf = std::mem::take(&mut state.buf);
-            let used = self.consume(key, &mut buf, &mut state.asm);
+            let used = self.consume(key, &mut buf, state);
             buf.drain(..used);
             state.buf = buf;
         }
@@ -171,11 +171,38 @@ impl Reactor {
 
     /// Consumes what it can of `data`; returns the bytes used. What is left is an
     /// incomplete head or frame.
-    fn consume(&mut self, key: u32, data: &mut [u8], asm: &mut Assembler) -> usize {
+    fn consume(&mut self, key: u32, data: &mut [u8], state: &mut Input) -> usize {
         match self.conns.get(key as usize).map(|c| c.phase) {
-            Some(Phase::Handshake) => self.consume_head(key, data, asm),
-            Some(Phase::Open) => self.consume_frames(key, data, asm),
+            Some(Phase::Proxy) => self.consume_proxy_header(key, data, state),
+            Some(Phase::Handshake) => self.consume_head(key, data, state),
+            Some(Phase::Open) => self.consume_frames(key, data, &mut state.asm),
             Some(Phase::Closing) | None => data.len(),
+        }
+    }
+
+    /// `--proxy-protocol`: the connection's first bytes are a PROXY header naming the
+    /// client; without a valid one the connection is dropped (its peer is a balancer,
+    /// which gets no HTTP answer).
+    fn consume_proxy_header(&mut self, key: u32, data: &mut [u8], state: &mut Input) -> usize {
+        match crate::proxy::parse_header(data) {
+            Ok(None) => 0,
+            Err(e) => {
+                self.local.proxy_header_failures += 1;
+                log::debug!("reactor {}: PROXY header refused: {}", self.id, e.reason());
+                self.close_now(key);
+                data.len()
+            }
+            Ok(Some((header, n))) => {
+                let Some(conn) = self.conns.get_mut(key as usize) else {
+                    return data.len();
+                };
+                conn.phase = Phase::Handshake;
+                state.peer = header
+                    .source
+                    .map(|a| a.ip())
+                    .or_else(|| conn.stream.peer_addr().ok().map(|a| a.ip()));
+                n + self.consume_head(key, &mut data[n..], state)
+            }
         }
     }
 

@@ -72,6 +72,9 @@ pub struct Reactor {
     users: Groups,
     /// Token grants of this reactor's connections, interned.
     grants: grants::GrantTable,
+    /// Per-address slots of the connections that hold one (only with per-address
+    /// limits: empty and free otherwise).
+    peer_slots: std::collections::HashMap<u32, crate::link::peers::PeerSlot>,
     outbox: Outbox,
     /// Shared read buffer.
     scratch: Box<[u8]>,
@@ -140,6 +143,7 @@ impl Reactor {
             rooms: Groups::default(),
             users: Groups::default(),
             grants: grants::GrantTable::default(),
+            peer_slots: std::collections::HashMap::new(),
             outbox: Outbox::default(),
             scratch: vec![0; SCRATCH].into_boxed_slice(),
             rx,

@@ -8,6 +8,8 @@ use std::time::Duration;
 use crate::auth::{AuthConfig, RoomPattern};
 use crate::link::capacity::Capacity;
 use crate::link::health::Liveness;
+use crate::link::peers::PeerTable;
+use crate::proxy::Cidr;
 use crate::ws::handshake::HandshakeConfig;
 
 /// What to do with a connection whose unsent bytes exceed `max_pending`.
@@ -38,6 +40,14 @@ pub struct Settings {
     pub auth: Option<Arc<AuthConfig>>,
     /// Rooms any client may join and leave itself (`--client-join`).
     pub client_join: Vec<RoomPattern>,
+    /// Every connection starts with a PROXY protocol header.
+    pub proxy_protocol: bool,
+    /// Peers whose X-Forwarded-For / Forwarded headers name the client.
+    pub trusted_proxies: Vec<Cidr>,
+    /// IPv6 clients are grouped by this prefix for per-address limits.
+    pub ipv6_prefix: u8,
+    /// Per-address limits are configured (the peer table tracks addresses).
+    pub per_address_limits: bool,
 }
 
 impl Settings {
@@ -61,4 +71,8 @@ pub struct Shared {
     pub capacity: Arc<Capacity>,
     /// Heartbeats of every server thread (for /healthz).
     pub liveness: Arc<Liveness>,
+    /// Connections and handshake rates per client address, shared by all reactors.
+    pub peers: Arc<PeerTable>,
+    /// The one clock all reactors give the peer table (its buckets compare times).
+    pub epoch: std::time::Instant,
 }

@@ -27,6 +27,10 @@ fn settings() -> Settings {
         shutdown_grace: Duration::from_secs(1),
         auth: None,
         client_join: Vec::new(),
+        proxy_protocol: false,
+        trusted_proxies: Vec::new(),
+        ipv6_prefix: 64,
+        per_address_limits: false,
     }
 }
 
@@ -48,6 +52,15 @@ fn rig_with(settings: Settings, capacity: Capacity) -> Rig {
         settings,
         capacity: Arc::new(capacity),
         liveness: Arc::new(Liveness::new(1)),
+        peers: Arc::new(crate::link::peers::PeerTable::new(
+            crate::link::peers::Limits {
+                max_conns_per_ip: 0,
+                rate_per_ip: 0,
+                max_rate: 0,
+                max_entries: 0,
+            },
+        )),
+        epoch: Instant::now(),
     });
     let dpoll = Poll::new().unwrap();
     let dwaker = Arc::new(Waker::new(dpoll.registry(), WAKER).unwrap());

@@ -194,5 +194,8 @@ impl Reactor {
         g.pending_bytes.store(pending_bytes, Ordering::Relaxed);
         g.grant_sets
             .store(self.grants.len() as u64, Ordering::Relaxed);
+        // One shard of the per-address table per scan: idle addresses expire.
+        let now_ms = self.shared.epoch.elapsed().as_millis() as u64;
+        self.shared.peers.sweep(now_ms);
     }
 }

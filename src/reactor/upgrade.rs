@@ -12,24 +12,27 @@
 //! nothing else), and a `?rooms=` room the token does not grant a 403. Only the
 //! expiry and an interned grant set stay with the connection, never the token.
 
+use std::net::IpAddr;
+
 use log::debug;
 
+use super::conn::Input;
 use super::conn::{flag, Phase};
 use super::outbox::Chunk;
 use super::Reactor;
 use crate::auth::{verify, AuthError, Grants};
+use crate::link::peers::{AddrKey, PeerSlot};
 use crate::link::stats::{auth_failure_index, failure_index};
 use crate::link::Event;
 use crate::ws::handshake::{
     error_response, health_response, parse_request, upgrade_response, HandshakeError, Request,
     Upgrade,
 };
-use crate::ws::message::Assembler;
 
 impl Reactor {
     /// Consumes a request head at the start of `data` (and, after an upgrade, the
     /// frames pipelined behind it); returns the bytes used, 0 while it is incomplete.
-    pub(super) fn consume_head(&mut self, key: u32, data: &mut [u8], asm: &mut Assembler) -> usize {
+    pub(super) fn consume_head(&mut self, key: u32, data: &mut [u8], state: &mut Input) -> usize {
         match parse_request(data, &self.shared.settings.handshake) {
             Ok(None) => 0,
             Err(e) => {
@@ -41,10 +44,10 @@ impl Reactor {
                 data.len()
             }
             Ok(Some((Request::Upgrade(up), head_len))) => {
-                if !self.open(key, up) {
+                if !self.open(key, up, state.peer.take()) {
                     return data.len();
                 }
-                head_len + self.consume_frames(key, &mut data[head_len..], asm)
+                head_len + self.consume_frames(key, &mut data[head_len..], &mut state.asm)
             }
         }
     }
@@ -143,6 +146,58 @@ impl Reactor {
         })
     }
 
+    /// The client's address: the PROXY header's source, else the TCP peer, then
+    /// X-Forwarded-For / Forwarded if that peer is a trusted proxy.
+    fn client_ip(&self, key: u32, up: &Upgrade, proxied: Option<IpAddr>) -> Option<IpAddr> {
+        let peer = proxied.or_else(|| {
+            self.conns
+                .get(key as usize)
+                .and_then(|c| c.stream.peer_addr().ok())
+                .map(|a| a.ip())
+        })?;
+        let headers = up.forwarded.iter().map(|(n, v)| (n.as_str(), v.as_slice()));
+        Some(crate::proxy::client_ip(
+            peer,
+            &self.shared.settings.trusted_proxies,
+            headers,
+        ))
+    }
+
+    /// Charges the client's address (connections, handshake rates). `Ok(None)` when
+    /// no per-address limit is set; `Err` once the refusal is queued.
+    fn admit_address(
+        &mut self,
+        key: u32,
+        up: &Upgrade,
+        proxied: Option<IpAddr>,
+    ) -> Result<Option<PeerSlot>, ()> {
+        let s = &self.shared.settings;
+        if !s.per_address_limits {
+            return Ok(None);
+        }
+        let Some(ip) = self.client_ip(key, up, proxied) else {
+            // The socket is already gone (getpeername fails on a reset connection).
+            return Err(());
+        };
+        let now_ms = self.shared.epoch.elapsed().as_millis() as u64;
+        match self
+            .shared
+            .peers
+            .admit(AddrKey::new(ip, s.ipv6_prefix), now_ms)
+        {
+            Ok(slot) => Ok(Some(slot)),
+            Err(r) => {
+                debug!("reactor {}: {ip} refused: {}", self.id, r.reason());
+                let extra = r
+                    .retry_after_secs()
+                    .map(|s| format!("Retry-After: {s}\r\n"))
+                    .unwrap_or_default();
+                self.refuse(key, r.status(), &extra, r.message());
+                Err(())
+            }
+        }
+    }
+
     /// Answers with `status` and closes.
     fn refuse(&mut self, key: u32, status: u16, extra: &str, body: &str) {
         let response = error_response(status, extra, body);
@@ -153,16 +208,32 @@ impl Reactor {
     /// Completes the upgrade: admission (token, rooms), an established slot, then
     /// memberships (events reach the dispatcher before the 101 is written), then the
     /// 101. False if the connection was refused instead.
-    fn open(&mut self, key: u32, up: Upgrade) -> bool {
+    fn open(&mut self, key: u32, up: Upgrade, proxied: Option<IpAddr>) -> bool {
         if !self.conns.contains(key as usize) {
             return false;
         }
+        // Per-address limits first: they are cheap, and they protect the token check
+        // (an RSA verification) from a flood.
+        let slot = match self.admit_address(key, &up, proxied) {
+            Ok(slot) => slot,
+            Err(()) => return false,
+        };
+        let release = |r: &mut Reactor, slot: Option<PeerSlot>| {
+            if let Some(s) = slot {
+                r.shared.peers.release(s);
+            }
+        };
         let Some(admission) = self.admit(key, &up) else {
+            release(self, slot);
             return false;
         };
         if !self.shared.capacity.open() {
+            release(self, slot);
             self.reject(key, HandshakeError::AtCapacity);
             return false;
+        }
+        if let Some(s) = slot {
+            self.peer_slots.insert(key, s);
         }
         let grants = admission.grants.map(|g| self.grants.intern(g));
         let token_rooms: Vec<Box<str>> = grants
