@@ -93,7 +93,9 @@ fn unfinished_handshakes_never_hold_established_capacity() {
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
     assert!(head.contains("Retry-After: 1\r\n"), "{head}");
     read_until_server_closes(&mut s);
-    assert!(server.info_u64("handshakes_refused_busy") >= 1);
+    assert!(wait_until(Duration::from_secs(5), || server
+        .info_u64("handshakes_refused_busy")
+        >= 1));
     // One stuck socket gives up; its slot serves an upgrade, and so on: all three
     // established slots are taken while the other handshakes stay stuck.
     let mut open = Vec::new();
@@ -109,7 +111,9 @@ fn unfinished_handshakes_never_hold_established_capacity() {
     // Established capacity is full: the next upgrade gets the connection limit's 503.
     let (_s, head) = raw_request(server.ws, &upgrade_request(server.ws, "/ws", ""));
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
-    assert!(server.info_u64("handshake_failures_capacity") >= 1);
+    assert!(wait_until(Duration::from_secs(5), || server
+        .info_u64("handshake_failures_capacity")
+        >= 1));
     // A closed connection gives its slot back.
     drop(open.pop());
     assert!(wait_until(Duration::from_secs(5), || server
