@@ -15,6 +15,8 @@
 #   PROCS=2          load-generator processes
 #   RATE=3000        target handshakes per second (all processes together; 0 = as fast
 #                    as possible)
+#   TOKEN=           HS256, RS256 or ES256: every connection presents a token of that kind
+#                    (minted once with PyJWT; keys made here), to measure verification cost
 #   QUERY=           query string for every upgrade request, e.g. '?rooms=all' (the load
 #                    generator appends user=c<i> to it)
 #   HOLD=10          seconds to hold the connections once all are open
@@ -51,6 +53,37 @@ bench_build "release build failed"
 bench_require_exec "$SERVER_BIN" "server binary"
 bench_setup
 
+if [ -n "${TOKEN:-}" ]; then
+    PY=$(./scripts/pyvenv.sh)
+    KEYDIR=$TMP/keys
+    mkdir -p "$KEYDIR"
+    # shellcheck disable=SC2016 # the Python program is single-quoted on purpose
+    TOKEN_VALUE=$("$PY" -c '
+import sys, time, jwt
+from cryptography.hazmat.primitives.asymmetric import rsa, ec
+from cryptography.hazmat.primitives import serialization as s
+alg, d = sys.argv[1], sys.argv[2]
+claims = {"sub": "bench", "exp": int(time.time()) + 3600, "rooms": ["all"]}
+if alg == "HS256":
+    secret = "bench-secret-bench-secret-bench-secret-0123"
+    open(f"{d}/secret", "w").write(secret)
+    print(jwt.encode(claims, secret, algorithm=alg))
+else:
+    k = rsa.generate_private_key(65537, 2048) if alg == "RS256" else ec.generate_private_key(ec.SECP256R1())
+    open(f"{d}/public.pem", "wb").write(k.public_key().public_bytes(s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo))
+    print(jwt.encode(claims, k, algorithm=alg))
+' "$TOKEN" "$KEYDIR")
+    case "$TOKEN" in
+        HS256) SERVER_ARGS="$SERVER_ARGS --jwt-secret-file $KEYDIR/secret" ;;
+        *) SERVER_ARGS="$SERVER_ARGS --jwt-public-key $KEYDIR/public.pem" ;;
+    esac
+    case "$QUERY" in
+        '') QUERY="?token=$TOKEN_VALUE" ;;
+        *) QUERY="$QUERY&token=$TOKEN_VALUE" ;;
+    esac
+fi
+
+
 mkdir -p bench-results
 STAMP=$(date +%Y%m%d-%H%M%S)
 JSON=bench-results/conns-$STAMP.json
@@ -58,7 +91,7 @@ JSON=bench-results/conns-$STAMP.json
 # shellcheck disable=SC2086 # SERVER_ARGS is a list of flags
 start_server "$SERVER_BIN" --threads "$THREADS" $SERVER_ARGS
 
-echo "== wspush-load conns: $CONNS connections at $RATE/s over $PROCS processes, hold $HOLD s, query '$QUERY'" >&2
+echo "== wspush-load conns: $CONNS connections at $RATE/s over $PROCS processes, hold $HOLD s, query '${QUERY%%token=*}${TOKEN:+token=<$TOKEN>}'" >&2
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 rc=0
 "$LOAD_BIN" conns --url "ws://$WS_ADDR/ws$QUERY" -n "$CONNS" --rate "$RATE" --hold "$HOLD" \
@@ -72,7 +105,7 @@ if [ "$rc" -eq 2 ] || ! jq -e . "$JSON" >/dev/null 2>&1; then
 fi
 
 echo
-echo "conns benchmark ($CONNS connections, $PROCS load processes, query '$QUERY', server $SERVER_BIN --threads $THREADS)"
+echo "conns benchmark ($CONNS connections, $PROCS load processes, query '${QUERY%%token=*}${TOKEN:+token=<$TOKEN>}', server $SERVER_BIN --threads $THREADS)"
 jq -r --arg load_before "$LOAD_BEFORE" --arg load_after "$LOAD_AFTER" '
   def f(d): if . == null then "n/a" else (. * pow(10; d) | round) / pow(10; d) | tostring end;
   [

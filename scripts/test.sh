@@ -17,21 +17,8 @@ fi
 
 # Tokens in the authentication tests are minted by an independent implementation:
 # PyJWT (with `cryptography` for RS256/ES256), in a venv kept under target/.
-PYVENV=${WSPUSH_TEST_PYVENV:-$PWD/target/pyvenv}
-if ! "$PYVENV/bin/python" -c 'import jwt, cryptography' >/dev/null 2>&1; then
-  echo "test.sh: creating $PYVENV with PyJWT and cryptography"
-  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
-    if [ "$(id -u)" -eq 0 ]; then
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
-    else
-      sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
-    fi
-  fi
-  rm -rf "$PYVENV"
-  python3 -m venv "$PYVENV"
-  "$PYVENV/bin/pip" install -q 'PyJWT>=2.8' 'cryptography>=41'
-fi
-export WSPUSH_TEST_PYTHON="$PYVENV/bin/python"
+WSPUSH_TEST_PYTHON=$(./scripts/pyvenv.sh)
+export WSPUSH_TEST_PYTHON
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings

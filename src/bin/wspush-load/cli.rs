@@ -75,7 +75,7 @@ pub struct Common {
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct ConnsArgs {
     /// WebSocket URL, e.g. ws://127.0.0.1:8080/ws (`user=c<i>` is appended to the query
-    /// unless it already names a user).
+    /// unless it already names a user or carries a token).
     #[arg(long)]
     pub url: String,
     /// Number of connections to open.

@@ -85,7 +85,8 @@ impl Plan {
             Mode::Fanout { rooms, .. } => {
                 url_with(&self.url, &format!("user=s{id}&rooms=room-{}", id % rooms))
             }
-            _ if self.url.contains("user=") => self.url.clone(),
+            // A token names the user (the server refuses user= next to it).
+            _ if self.url.contains("user=") || self.url.contains("token=") => self.url.clone(),
             Mode::Conns => url_with(&self.url, &format!("user=c{id}")),
             Mode::Echo { .. } => url_with(&self.url, &format!("user=e{id}")),
         }

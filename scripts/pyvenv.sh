@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# pyvenv.sh — prints the path of a Python that has PyJWT and cryptography, creating
+# the venv (target/pyvenv, or $WSPUSH_TEST_PYVENV) on first use. The tests and the
+# token benchmark mint tokens with it: an implementation independent of wspush's.
+# Installs Debian's python3-venv if the machine lacks it (as root, or with sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYVENV=${WSPUSH_TEST_PYVENV:-$PWD/target/pyvenv}
+if ! "$PYVENV/bin/python" -c 'import jwt, cryptography' >/dev/null 2>&1; then
+  echo "pyvenv.sh: creating $PYVENV with PyJWT and cryptography" >&2
+  if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    sudo_=""
+    [ "$(id -u)" -eq 0 ] || sudo_=sudo
+    $sudo_ apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq python3-venv >&2
+  fi
+  rm -rf "$PYVENV"
+  python3 -m venv "$PYVENV" >&2
+  "$PYVENV/bin/pip" install -q 'PyJWT>=2.8' 'cryptography>=41' >&2
+fi
+echo "$PYVENV/bin/python"
