@@ -72,6 +72,12 @@ impl Reactor {
             conn.last_seen = now;
             conn.input = None;
             conn.clear(flag::READ_PAUSED);
+            if conn.has(flag::READ_PENDING) {
+                // Input (perhaps the EOF) arrived while paused: read it now, no edge
+                // will announce it again.
+                conn.clear(flag::READ_PENDING);
+                self.read_again.push(key);
+            }
         }
         conn.set(flag::SHUTDOWN_AFTER_FLUSH);
         self.mark_dirty(key);
@@ -123,7 +129,8 @@ impl Reactor {
         self.shutdown_at = Some(self.now + ticks(self.shared.settings.shutdown_grace));
     }
 
-    /// At exit: every socket still held is dropped, after a last write.
+    /// At exit: every socket still held is dropped; a last turn's end sends the events
+    /// and counters that caused.
     pub(super) fn drop_all(&mut self) {
         let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
         for key in keys {

@@ -65,8 +65,8 @@ impl Reactor {
     /// no further edge.
     pub(super) fn read(&mut self, key: u32, to_end: bool) {
         for _ in 0..READS_PER_EVENT {
-            if self.outbox.over_budget() {
-                // The turn's arena is full: write first, read on next turn.
+            if self.outbox.over_read_budget() {
+                // Reads had their share of the turn: write first, read next turn.
                 break;
             }
             let Some(conn) = self.conns.get_mut(key as usize) else {

@@ -230,6 +230,13 @@ impl Outbox {
         self.links.len() >= LINK_BUDGET || self.frames.len() >= FRAME_BUDGET
     }
 
+    /// True once socket reads have used half the turn's budget. Reads stop there, so
+    /// the dispatcher's commands always find room: clients flooding the reactor with
+    /// requests (pings, joins) cannot hold up pushes, JOIN, LEAVE or KICK.
+    pub fn over_read_budget(&self) -> bool {
+        self.links.len() >= LINK_BUDGET / 2 || self.frames.len() >= FRAME_BUDGET / 2
+    }
+
     /// Gives back capacity a burst left behind: when this turn used under a quarter of
     /// what is allocated, shrink to twice the use (at least the retained minimum).
     fn release_after_peak(&mut self) {

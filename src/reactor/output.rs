@@ -94,6 +94,9 @@ impl Reactor {
                 && (self.carry.is_some() || !self.rx.is_empty())
             {
                 self.drain_channel();
+                // What those commands changed reaches the dispatcher before any reply
+                // they caused is written in this round.
+                self.send_events();
             }
             let Some(conn) = self.conns.get_mut(key as usize) else {
                 continue;

@@ -369,3 +369,37 @@ fn healthz_is_503_when_a_thread_is_dead() {
         "{bad}"
     );
 }
+
+/// Reads that fill their share of a turn's arena (a flood of pings, each one pong
+/// chunk) stop there and leave room for the dispatcher's commands: a push sent
+/// meanwhile is applied in the same turn, the unread input waits for the next.
+#[test]
+fn a_request_flood_cannot_crowd_out_the_dispatchers_commands() {
+    let mut rig = rig();
+    let (mut flood, flood_key) = rig.open("");
+    let (mut member, _) = rig.open("?rooms=r");
+    let r = &mut rig.r;
+    // Replies of this turn's reads, up to the reads' share of the arena.
+    while !r.outbox.over_read_budget() {
+        r.queue(flood_key, outbox::Chunk::Static(b"\x8a\x00"));
+    }
+    flood.write_all(&[0x89, 0x80, 0, 0, 0, 0]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    r.read(flood_key, false);
+    assert_eq!(r.read_again, vec![flood_key], "the read was not deferred");
+    rig.handle
+        .send(ReactorMsg::Batch(vec![Command::Push {
+            target: crate::link::Target::Room("r".into()),
+            frame: b"\x81\x05hello".to_vec().into(),
+        }]))
+        .unwrap();
+    r.drain_channel();
+    assert!(
+        r.rx.is_empty() && r.carry.is_none(),
+        "the push was not applied"
+    );
+    r.before_sleep();
+    let mut f = [0u8; 7];
+    member.read_exact(&mut f).unwrap();
+    assert_eq!(&f, b"\x81\x05hello");
+}
