@@ -68,7 +68,7 @@ fn every_bad_token_is_a_401_counted_by_reason() {
     }
     let info = server.info();
     for (_, reason) in &cases {
-        let key = format!("auth_failures_{reason}");
+        let key = format!("token_failures_{reason}");
         let n: u64 = info.get(&key).and_then(|v| v.parse().ok()).unwrap_or(0);
         let was: u64 = info_before
             .get(&key)
@@ -225,7 +225,7 @@ fn rs256_and_es256_tokens_verify_against_a_public_key_and_confusion_fails() {
             status.starts_with("HTTP/1.1 401"),
             "{alg} confusion: {status}"
         );
-        assert_info_eventually(&server, "auth_failures_alg_mismatch", 1);
+        assert_info_eventually(&server, "token_failures_alg_mismatch", 1);
     }
 }
 

@@ -117,9 +117,10 @@ fn third_failed_auth_answers_wrongpass_then_closes_and_is_counted() {
     expect_error(c.cmd(&["AUTH", "guess2"]), "WRONGPASS");
     expect_error(c.cmd(&["PING"]), "NOAUTH");
     // The third failure, with more commands pipelined behind it: none of them runs.
-    c.send(&["AUTH", "guess3"]);
-    c.send(&["AUTH", "s3cret"]);
-    c.send(&["PING"]);
+    let mut pipelined = Resp::encode(&["AUTH", "guess3"]);
+    pipelined.extend(Resp::encode(&["AUTH", "s3cret"]));
+    pipelined.extend(Resp::encode(&["PING"]));
+    c.send_raw(&pipelined);
     expect_error(c.read(), "WRONGPASS");
     expect_closed(&mut c);
 
@@ -422,4 +423,19 @@ fn arbitrary_bytes_never_crash_or_wedge_the_dispatcher() {
             == 1),
         "closed control clients are released"
     );
+}
+
+#[test]
+fn info_names_every_field_once() {
+    let server = Server::start(&[]);
+    let mut c = server.control();
+    let text = match c.cmd(&["INFO"]) {
+        Reply::Bulk(Some(b)) => String::from_utf8(b).unwrap(),
+        other => panic!("INFO replied {other:?}"),
+    };
+    let mut seen = std::collections::HashSet::new();
+    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let key = line.split(':').next().unwrap();
+        assert!(seen.insert(key.to_string()), "INFO repeats {key}");
+    }
 }

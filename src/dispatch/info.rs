@@ -220,17 +220,17 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
             "outbox_overflows",
             &sum(|s| s.outbox_overflows.load(Relaxed)),
         );
-        let mut auth_failures = 0;
+        let mut token_failures = 0;
         for (i, e) in AuthError::ALL.iter().enumerate() {
             let n: u64 = d
                 .reactors
                 .iter()
                 .map(|r| r.stats.auth_failures[i].load(Relaxed))
                 .sum();
-            auth_failures += n;
-            line(&mut out, &format!("auth_failures_{}", e.reason()), &n);
+            token_failures += n;
+            line(&mut out, &format!("token_failures_{}", e.reason()), &n);
         }
-        line(&mut out, "auth_failures", &auth_failures);
+        line(&mut out, "token_failures", &token_failures);
         let counters: [(&str, Counter); 6] = [
             ("auth_user_param_refused", |s| {
                 s.user_param_refused.load(Relaxed)

@@ -126,6 +126,23 @@ fn ws_cause(e: &tungstenite::Error) -> String {
     }
 }
 
+/// IP_BIND_ADDRESS_NO_PORT (Linux 4.2+); where it is missing the bind just picks a
+/// port itself, as before.
+fn bind_address_no_port(sock: &Socket) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket and a pointer to an int with its size.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 /// Small buffers: tungstenite's 128 KiB default read buffer per connection would cost
 /// gigabytes at 19,000 connections; our messages are small.
 fn ws_config() -> WebSocketConfig {
@@ -358,6 +375,10 @@ impl Worker<'_> {
         )?;
         if let Some(src) = self.plan.src {
             let ip: Ipv4Addr = src.pick(id);
+            // Let connect() pick the port: a bind to port 0 searches for a port free
+            // for any destination, which grows costly with thousands in use and
+            // would make the load generator, not the server, set the handshake rate.
+            bind_address_no_port(&sock);
             sock.bind(&SocketAddr::new(IpAddr::V4(ip), 0).into())?;
         }
         sock.set_nodelay(true)?;
