@@ -434,7 +434,10 @@ fn info_names_every_field_once() {
         other => panic!("INFO replied {other:?}"),
     };
     let mut seen = std::collections::HashSet::new();
-    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let key = line.split(':').next().unwrap();
         assert!(seen.insert(key.to_string()), "INFO repeats {key}");
     }
