@@ -62,7 +62,10 @@ pub struct Keys(Key);
 enum Key {
     Hs256(Box<[u8]>),
     /// Modulus and public exponent, big-endian.
-    Rs256 { n: Box<[u8]>, e: Box<[u8]> },
+    Rs256 {
+        n: Box<[u8]>,
+        e: Box<[u8]>,
+    },
     /// The uncompressed point (65 bytes).
     Es256(Box<[u8]>),
 }

@@ -186,6 +186,9 @@ impl Outbox {
     /// Adds a chunk for this turn and returns its index for `append`.
     /// `NIL` if the arena is full: appending it then does nothing.
     pub fn add_frame(&mut self, chunk: Chunk) -> u32 {
+        // `flush` counts on every chunk having bytes: a 0-byte write takes nothing
+        // and does not block, so a chain of empty chunks would never finish.
+        debug_assert!(!chunk.bytes().is_empty(), "empty chunk queued");
         match index(self.frames.len()) {
             Some(i) => {
                 self.frames.push(chunk);
