@@ -898,14 +898,7 @@ mod tests {
                 Census {
                     capacity: Arc::new(crate::link::capacity::Capacity::new(100, 100)),
                     liveness: Arc::new(crate::link::health::Liveness::new(reactors)),
-                    peers: Arc::new(crate::link::peers::PeerTable::new(
-                        crate::link::peers::Limits {
-                            max_conns_per_ip: 0,
-                            rate_per_ip: 0,
-                            max_rate: 0,
-                            max_entries: 0,
-                        },
-                    )),
+                    peers: Arc::new(crate::link::peers::PeerTable::unlimited()),
                 },
             )
             .unwrap();

@@ -273,6 +273,16 @@ pub struct PeerTable {
 }
 
 impl PeerTable {
+    /// A table with every limit off: tracks nothing, costs nothing.
+    pub fn unlimited() -> PeerTable {
+        PeerTable::new(Limits {
+            max_conns_per_ip: 0,
+            rate_per_ip: 0,
+            max_rate: 0,
+            max_entries: 0,
+        })
+    }
+
     pub fn new(limits: Limits) -> PeerTable {
         let rate_per_ip = Rate::new(limits.rate_per_ip);
         let tracks = limits.max_conns_per_ip > 0 || rate_per_ip.is_some();

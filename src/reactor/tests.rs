@@ -52,14 +52,7 @@ fn rig_with(settings: Settings, capacity: Capacity) -> Rig {
         settings,
         capacity: Arc::new(capacity),
         liveness: Arc::new(Liveness::new(1)),
-        peers: Arc::new(crate::link::peers::PeerTable::new(
-            crate::link::peers::Limits {
-                max_conns_per_ip: 0,
-                rate_per_ip: 0,
-                max_rate: 0,
-                max_entries: 0,
-            },
-        )),
+        peers: Arc::new(crate::link::peers::PeerTable::unlimited()),
         epoch: Instant::now(),
     });
     let dpoll = Poll::new().unwrap();
