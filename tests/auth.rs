@@ -283,3 +283,43 @@ fn a_secret_shorter_than_32_bytes_is_refused_at_start() {
     assert_eq!(r.status.code(), Some(2), "{:?}", r.stderr);
     assert!(r.stderr.contains("--jwt-secret"), "{}", r.stderr);
 }
+
+#[test]
+fn refreshes_are_rate_limited_and_the_third_refusal_closes_with_1008() {
+    let server = hs_server(&[]);
+    let mut ws = ws_connect(&server.url(&format!("?token={}", hs(&claims("u", 60, "")))));
+    let bad = r#"{"op":"refresh","token":"x.y.z"}"#;
+    ws.send(Message::text(bad)).unwrap();
+    assert!(next_text(&mut ws).contains("refresh refused"));
+    // A second refresh in the same second is refused without checking a signature.
+    let good = hs(&claims("u", 60, ""));
+    ws.send(Message::text(format!(
+        r#"{{"op":"refresh","token":"{good}"}}"#
+    )))
+    .unwrap();
+    assert!(next_text(&mut ws).contains("too soon"));
+    ws.send(Message::text(bad)).unwrap();
+    assert!(next_text(&mut ws).contains("refresh refused"));
+    match ws.read() {
+        Ok(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 1008),
+        other => panic!("expected a 1008 close after the third refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_room_the_backend_joined_survives_a_narrowing_refresh() {
+    let server = hs_server(&[]);
+    let t = hs(&claims("u", 60, r#","join":["a"]"#));
+    let mut ws = ws_connect(&server.url(&format!("?token={t}&rooms=a")));
+    let mut ctl = server.control();
+    // The backend now holds the membership too (the client was already in it).
+    assert_eq!(ctl.int(&["JOIN", "u", "a"]), 0);
+    let narrower = hs(&claims("u", 60, ""));
+    ws.send(Message::text(format!(
+        r#"{{"op":"refresh","token":"{narrower}"}}"#
+    )))
+    .unwrap();
+    assert!(next_text(&mut ws).starts_with(r#"{"op":"refreshed""#));
+    assert_eq!(ctl.int(&["PUBLISH", "a", "kept"]), 1);
+    assert_eq!(next_text(&mut ws), "kept");
+}

@@ -47,6 +47,13 @@ pub mod flag {
     /// The peer shut down its write side (read returned 0): drop the socket as soon as
     /// what is queued is written.
     pub const PEER_EOF: u16 = 256;
+    /// A refresh was asked for since the last timer scan (at most one per scan
+    /// interval gets its signature checked).
+    pub const REFRESHED: u16 = 512;
+    /// Refused refreshes, counted in two bits; the third closes the connection, so a
+    /// client cannot make the reactor verify signatures without end.
+    pub const REFRESH_REFUSED_1: u16 = 1024;
+    pub const REFRESH_REFUSED_2: u16 = 2048;
 }
 
 /// State kept only while input is incomplete.

@@ -102,11 +102,13 @@ impl Reactor {
             let Some(conn) = self.conns.get(key as usize) else {
                 continue;
             };
-            let member = self
-                .rooms
-                .id(room)
-                .is_some_and(|id| conn.room_index(id).is_some());
-            if !member && conn.rooms.len() < self.shared.settings.max_rooms {
+            let index = self.rooms.id(room).and_then(|id| conn.room_index(id));
+            if let Some(i) = index {
+                // The backend now holds this membership: a refresh must not take it.
+                if let Some(c) = self.conns.get_mut(key as usize) {
+                    c.rooms[i].by_client = false;
+                }
+            } else if conn.rooms.len() < self.shared.settings.max_rooms {
                 self.join_room(key, room, false);
                 affected += 1;
             }

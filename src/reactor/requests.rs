@@ -10,9 +10,11 @@
 //! longer allow are left (rooms the token or the backend gave are kept).
 
 use super::client_msg::{self, ClientError, ClientRequest};
+use super::conn::flag;
 use super::outbox::Chunk;
 use super::Reactor;
 use crate::auth::verify;
+use crate::ws::close::CloseCode;
 use crate::ws::frame::{encode_frame, OpCode};
 
 impl Reactor {
@@ -45,7 +47,14 @@ impl Reactor {
             Ok(ClientRequest::Refresh(token)) => self.refresh(key, &token),
             Err(e) => client_msg::error_reply(e),
         };
-        self.reply_text(key, &reply);
+        // Nothing follows a Close frame (a refresh refused once too often closes).
+        let open = self
+            .conns
+            .get(key as usize)
+            .is_some_and(|c| c.phase == super::conn::Phase::Open);
+        if open && !reply.is_empty() {
+            self.reply_text(key, &reply);
+        }
     }
 
     fn may_join(&self, key: u32, room: &str) -> bool {
@@ -78,25 +87,28 @@ impl Reactor {
         }
     }
 
-    /// `{"op":"refresh"}`: a new token for the same user extends the connection.
+    /// `{"op":"refresh"}`: a new token for the same user extends the connection. At
+    /// most one refresh per timer scan (≤ 1 s) is verified; the third refused refresh
+    /// closes the connection with 1008, so refreshes cannot be used to make the
+    /// reactor check signatures (tens of µs each for RS256/ES256) without end.
     fn refresh(&mut self, key: u32, token: &str) -> String {
         let Some(auth) = self.shared.settings.auth.clone() else {
             return client_msg::refresh_error_reply("authentication is off");
         };
-        let Some(conn) = self.conns.get(key as usize) else {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
             return String::new();
         };
+        if conn.has(flag::REFRESHED) {
+            return self.refuse_refresh(key, "too soon after the last refresh");
+        }
+        conn.set(flag::REFRESHED);
         let user = self.users.name(conn.user.group).cloned();
         let verdict = match verify(token.as_bytes(), &auth, super::timers::unix_now()) {
             Ok(v) => v,
-            Err(e) => {
-                self.local.refresh_failures += 1;
-                return client_msg::refresh_error_reply(e.reason());
-            }
+            Err(e) => return self.refuse_refresh(key, e.reason()),
         };
         if user.as_deref() != Some(verdict.user.as_str()) {
-            self.local.refresh_failures += 1;
-            return client_msg::refresh_error_reply("token is for another user");
+            return self.refuse_refresh(key, "token is for another user");
         }
         let exp = verdict.expires_at.saturating_sub(auth.leeway.as_secs());
         let new = self.grants.intern(verdict.grants);
@@ -120,6 +132,34 @@ impl Reactor {
         }
         self.local.token_refreshes += 1;
         client_msg::refreshed_reply(exp)
+    }
+
+    /// A refused refresh: the old token stays; the third refusal closes with 1008.
+    fn refuse_refresh(&mut self, key: u32, reason: &str) -> String {
+        self.local.refresh_failures += 1;
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return String::new();
+        };
+        let refused = u16::from(conn.has(flag::REFRESH_REFUSED_1))
+            + 2 * u16::from(conn.has(flag::REFRESH_REFUSED_2))
+            + 1;
+        if refused >= 3 {
+            self.reply_text(key, &client_msg::refresh_error_reply(reason));
+            self.close_with_reason(
+                key,
+                CloseCode::POLICY_VIOLATION,
+                "too many refused refreshes",
+            );
+            return String::new();
+        }
+        conn.clear(flag::REFRESH_REFUSED_1 | flag::REFRESH_REFUSED_2);
+        if refused & 1 != 0 {
+            conn.set(flag::REFRESH_REFUSED_1);
+        }
+        if refused & 2 != 0 {
+            conn.set(flag::REFRESH_REFUSED_2);
+        }
+        client_msg::refresh_error_reply(reason)
     }
 
     pub(super) fn reply_text(&mut self, key: u32, text: &str) {

@@ -396,3 +396,19 @@ fn a_request_flood_cannot_crowd_out_the_dispatchers_commands() {
     member.read_exact(&mut f).unwrap();
     assert_eq!(&f, b"\x81\x05hello");
 }
+
+/// `--proxy-protocol`: a connection that sends the start of a PROXY header and then
+/// nothing is closed at the handshake timeout like any unfinished handshake (found by
+/// review: the PROXY phase was never timed out, so stalled sockets could exhaust the
+/// handshake budget).
+#[test]
+fn a_partial_proxy_header_times_out() {
+    let mut s = settings();
+    s.proxy_protocol = true;
+    s.handshake_timeout = Duration::from_millis(300);
+    let mut rig = rig_with(s, Capacity::new(100, 100));
+    let (_c, key) = rig.connect(b"PROXY TCP4 ");
+    assert_eq!(rig.r.conns[key as usize].phase, Phase::Proxy);
+    // turn_until panics after 2 s: far past the 300 ms timeout.
+    rig.turn_until(|r| !r.conns.contains(key as usize));
+}

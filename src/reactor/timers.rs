@@ -144,13 +144,14 @@ impl Reactor {
         // Token expiry is wall-clock time (the issuer's `exp`), read once per scan.
         let unix = unix_stamp(unix_now());
         for (key, conn) in self.conns.iter_mut() {
+            conn.clear(flag::REFRESHED);
             let age = age(now, conn.last_seen);
             pending_bytes += conn.pending() as u64;
             match conn.phase {
                 Phase::Open if conn.expires != 0 && unix >= conn.expires => {
                     expired.push((key as u32, Expiry::Token))
                 }
-                Phase::Handshake if age >= t.handshake => {
+                Phase::Proxy | Phase::Handshake if age >= t.handshake => {
                     expired.push((key as u32, Expiry::Handshake))
                 }
                 Phase::Open if t.idle > 0 && age >= t.idle => {
