@@ -3,11 +3,10 @@
 //! The key decides the algorithm, never the token: an HS256 secret verifies only
 //! HS256, an RSA public key only RS256, a P-256 key only ES256. That is what stops
 //! algorithm confusion (an HS256 token "signed" with the server's public PEM bytes).
-//! Only `Keys::from_pem_file` touches the file system, once at start-up; everything
-//! else is bytes in, values out, and must never panic.
+//! Bytes in, values out (start-up reads the key file and hands the bytes in); must
+//! never panic.
 
 use std::fmt;
-use std::path::Path;
 
 use hmac::{Hmac, Mac};
 use p256::pkcs8::DecodePublicKey as _;
@@ -74,8 +73,6 @@ enum Key {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyError {
     SecretTooShort,
-    /// The file could not be read (message from the OS, with the path).
-    Io(String),
     NotPem,
     /// A private key was given where the public key belongs.
     PrivateKey,
@@ -93,7 +90,6 @@ impl fmt::Display for KeyError {
                 f,
                 "HS256 secret must be at least {MIN_HS256_SECRET} bytes (RFC 7518 section 3.2)"
             ),
-            KeyError::Io(msg) => write!(f, "cannot read public key: {msg}"),
             KeyError::NotPem => f.write_str("public key is not PEM text"),
             KeyError::PrivateKey => {
                 f.write_str("a private key was given; pass the public key (openssl pkey -pubout)")
@@ -154,12 +150,6 @@ impl Keys {
         }
     }
 
-    /// Reads `path` and calls `from_public_pem`. The only I/O in `auth`.
-    pub fn from_pem_file(path: &Path) -> Result<Keys, KeyError> {
-        let pem =
-            std::fs::read(path).map_err(|e| KeyError::Io(format!("{}: {e}", path.display())))?;
-        Keys::from_public_pem(&pem)
-    }
 
     /// The only algorithm tokens may use with this key.
     pub fn algorithm(&self) -> Algorithm {
@@ -255,19 +245,6 @@ mod tests {
             Keys::from_public_pem(broken.as_bytes()).unwrap_err(),
             KeyError::Unsupported
         );
-    }
-
-    #[test]
-    fn from_pem_file_reads_the_key_and_names_a_missing_file() {
-        let path = std::env::temp_dir().join(format!("wspush-auth-key-{}.pem", std::process::id()));
-        std::fs::write(&path, tv::EC_PUBLIC_PEM).unwrap();
-        let keys = Keys::from_pem_file(&path);
-        std::fs::remove_file(&path).unwrap();
-        assert_eq!(keys.unwrap().algorithm(), Algorithm::Es256);
-        match Keys::from_pem_file(&path) {
-            Err(KeyError::Io(msg)) => assert!(msg.contains("wspush-auth-key-"), "{msg}"),
-            other => panic!("expected Io error, got {other:?}"),
-        }
     }
 
     #[test]

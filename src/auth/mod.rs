@@ -1,7 +1,7 @@
 //! Token verification: a JWT (HS256, RS256 or ES256) in, a `Verdict` (user, expiry,
 //! grants) or a typed `AuthError` out.
 //!
-//! Pure: no I/O (except `Keys::from_pem_file`, called once at start-up), no clock
+//! Pure: no I/O (start-up reads key files and hands their bytes in), no clock
 //! (the caller passes `now`), no allocation beyond the bounded token. Must never
 //! panic on any input: a token comes straight from an unauthenticated client. The
 //! reactor keeps only `expires_at` and an interned `Grants` per connection, never the
