@@ -40,6 +40,12 @@ impl GrantTable {
         self.slots.get(id as usize).map(|(g, _)| &**g)
     }
 
+    /// The shared copy of `id`, for a caller that must change the reactor while it
+    /// reads the grants.
+    pub fn shared(&self, id: u32) -> Option<Arc<Grants>> {
+        self.slots.get(id as usize).map(|(g, _)| g.clone())
+    }
+
     /// One holder of `id` fewer; the entry goes with its last one.
     pub fn release(&mut self, id: u32) {
         let Some(slot) = self.slots.get_mut(id as usize) else {

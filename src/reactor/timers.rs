@@ -144,7 +144,10 @@ impl Reactor {
         // Token expiry is wall-clock time (the issuer's `exp`), read once per scan.
         let unix = unix_stamp(unix_now());
         for (key, conn) in self.conns.iter_mut() {
-            conn.clear(flag::REFRESHED);
+            if conn.has(flag::REFRESHED) {
+                // Only then: the scan must not dirty every idle entry's cache line.
+                conn.clear(flag::REFRESHED);
+            }
             let age = age(now, conn.last_seen);
             pending_bytes += conn.pending() as u64;
             match conn.phase {

@@ -236,10 +236,9 @@ impl Reactor {
             self.peer_slots.insert(key, s);
         }
         let grants = admission.grants.map(|g| self.grants.intern(g));
-        let token_rooms: Vec<Box<str>> = grants
-            .and_then(|id| self.grants.get(id))
-            .map(|g| g.rooms().to_vec())
-            .unwrap_or_default();
+        // The interned set itself (a reference count), not a copy of its room names.
+        let token_grants = grants.and_then(|id| self.grants.shared(id));
+        let token_rooms: &[Box<str>] = token_grants.as_deref().map_or(&[], |g| g.rooms());
         let now = super::timers::stamp(self.now);
         let conn = &mut self.conns[key as usize];
         self.local.handshakes += 1;
@@ -259,7 +258,7 @@ impl Reactor {
             user,
             delta: 1,
         });
-        for room in &token_rooms {
+        for room in token_rooms {
             self.join_room(key, room, false);
         }
         for room in &up.rooms {
