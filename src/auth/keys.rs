@@ -150,7 +150,6 @@ impl Keys {
         }
     }
 
-
     /// The only algorithm tokens may use with this key.
     pub fn algorithm(&self) -> Algorithm {
         match self.0 {

@@ -198,6 +198,12 @@ impl Reactor {
         g.pending_bytes.store(pending_bytes, Ordering::Relaxed);
         g.grant_sets
             .store(self.grants.len() as u64, Ordering::Relaxed);
+        // After a storm, give back the slot map's capacity.
+        if self.peer_slots.capacity() > 1024
+            && self.peer_slots.len() * 4 < self.peer_slots.capacity()
+        {
+            self.peer_slots.shrink_to(self.peer_slots.len() * 2);
+        }
         // One shard of the per-address table per scan: idle addresses expire.
         let now_ms = self.shared.epoch.elapsed().as_millis() as u64;
         self.shared.peers.sweep(now_ms);
