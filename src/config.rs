@@ -191,6 +191,31 @@ pub struct Config {
         help_heading = "Client addresses"
     )]
     pub trusted_proxy: Vec<crate::proxy::Cidr>,
+
+    /// A Redis instance of the cluster, `redis://[[user]:password@]host[:port][/db]`
+    /// (repeatable, or comma-separated in WSPUSH_REDIS). With one or more the node is
+    /// in cluster mode; rooms and users are spread over the instances by consistent
+    /// hash, so every node must list the same instances in the same order. Host names
+    /// are resolved once, at start-up.
+    #[arg(
+        long = "redis",
+        value_name = "URL",
+        env = "WSPUSH_REDIS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        help_heading = "Cluster"
+    )]
+    pub redis: Vec<String>,
+
+    /// This node's name in the cluster (NODES, logs, Redis CLIENT LIST)
+    /// [default: <host name>:<WebSocket port>].
+    #[arg(long, help_heading = "Cluster")]
+    pub node_id: Option<String>,
+
+    /// Prefix of every Redis channel and key this cluster uses, so that several
+    /// clusters can share one Redis.
+    #[arg(long, default_value = "wspush", help_heading = "Cluster")]
+    pub cluster_prefix: String,
 }
 
 /// A configuration error, reported before any thread starts.

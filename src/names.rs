@@ -62,6 +62,11 @@ impl<T> NameTable<T> {
         self.entries.get(id as usize).map(|(n, v)| (n, v))
     }
 
+    /// Every id in use is below this (ids are reused, so the bound tracks the peak).
+    pub fn id_bound(&self) -> u32 {
+        self.entries.capacity() as u32
+    }
+
     /// Value of `id`, mutably.
     pub fn get_mut(&mut self, id: u32) -> Option<&mut T> {
         self.entries.get_mut(id as usize).map(|(_, v)| v)

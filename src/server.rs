@@ -16,7 +16,8 @@ use std::thread::JoinHandle;
 
 use crate::auth::{AuthConfig, Keys, RoomPattern};
 use crate::config::{Config, ConfigError};
-use crate::dispatch::{DispatchSettings, Dispatcher, DispatcherHandle};
+use crate::dispatch::broker::url::RedisUrl;
+use crate::dispatch::{ClusterSettings, DispatchSettings, Dispatcher, DispatcherHandle};
 use crate::limits::DescriptorShortfall;
 use crate::link::capacity::Capacity;
 use crate::link::health::Liveness;
@@ -208,6 +209,83 @@ fn client_join(cfg: &Config) -> Result<Vec<RoomPattern>, StartError> {
         .collect()
 }
 
+/// Cluster mode's settings from `--redis`, `--node-id` and `--cluster-prefix`; `None`
+/// standalone. Every URL is parsed and resolved here, once: the dispatcher never
+/// calls a blocking resolver.
+fn cluster_settings(cfg: &Config, ws_port: u16) -> Result<Option<ClusterSettings>, StartError> {
+    use std::net::ToSocketAddrs;
+    let config = |msg: String| StartError::Config(ConfigError(msg));
+    if cfg.redis.is_empty() {
+        return Ok(None);
+    }
+    let mut redis = Vec::with_capacity(cfg.redis.len());
+    for text in &cfg.redis {
+        let url: RedisUrl = text
+            .parse()
+            .map_err(|e| config(format!("--redis {}: {e}", redact(text))))?;
+        let addr = (url.host.as_str(), url.port)
+            .to_socket_addrs()
+            .map_err(|e| config(format!("--redis {url}: cannot resolve {}: {e}", url.host)))?
+            .next()
+            .ok_or_else(|| config(format!("--redis {url}: {} has no address", url.host)))?;
+        if redis.iter().any(|(u, _): &(RedisUrl, _)| *u == url) {
+            return Err(config(format!("--redis {url} is given twice")));
+        }
+        redis.push((url, addr));
+    }
+    let node_id = match &cfg.node_id {
+        Some(id) => id.clone(),
+        None => format!("{}:{ws_port}", host_name()),
+    };
+    if !crate::names::is_valid_name(node_id.as_bytes()) {
+        return Err(config(format!(
+            "--node-id {node_id:?}: 1 to 128 printable ASCII characters, no spaces or commas"
+        )));
+    }
+    let prefix = &cfg.cluster_prefix;
+    if !crate::names::is_valid_name(prefix.as_bytes()) || prefix.len() > 64 {
+        return Err(config(format!(
+            "--cluster-prefix {prefix:?}: 1 to 64 printable ASCII characters, no spaces or commas"
+        )));
+    }
+    Ok(Some(ClusterSettings {
+        redis,
+        node_id,
+        prefix: prefix.clone(),
+    }))
+}
+
+/// A URL as it may be logged: anything between `//` and `@` hidden.
+fn redact(url: &str) -> String {
+    match (url.find("//"), url.rfind('@')) {
+        (Some(a), Some(b)) if b > a => format!("{}//***{}", &url[..a], &url[b..]),
+        _ => url.to_string(),
+    }
+}
+
+/// This machine's host name, for the default node id.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let name = if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    let name: String = name
+        .chars()
+        .filter(|c| c.is_ascii_graphic() && *c != ',')
+        .take(100)
+        .collect();
+    if name.is_empty() {
+        "wspush".into()
+    } else {
+        name
+    }
+}
+
 impl Server {
     /// Binds every socket and starts every thread. Fails before starting any thread if
     /// an address cannot be bound.
@@ -240,6 +318,8 @@ impl Server {
         let control = std::net::TcpListener::bind(cfg.control).map_err(control_err)?;
         control.set_nonblocking(true).map_err(control_err)?;
         let control_addr = control.local_addr().map_err(control_err)?;
+
+        let cluster = cluster_settings(cfg, ws_addr.port())?;
 
         let capacity = Arc::new(Capacity::new(max_connections, max_handshakes));
         let liveness = Arc::new(Liveness::new(threads));
@@ -316,6 +396,7 @@ impl Server {
                 max_connections,
                 listen: ws_addr,
                 control: control_addr,
+                cluster,
             },
             Census {
                 capacity,

@@ -43,6 +43,9 @@ pub enum Command {
     Kick { user: String, reason: String },
     /// `ONLINE [room]`: connections, in total or in the room.
     Online { room: Option<String> },
+    /// `NODES`: the cluster's live nodes with their counts (just this one when
+    /// standalone).
+    Nodes,
     /// `INFO [section]`. The section is ASCII-lowercased (bytes that are not
     /// UTF-8 become U+FFFD, so the name simply matches nothing). The
     /// dispatcher answers with that section only — `server`, `clients`, `rooms`
@@ -168,6 +171,7 @@ impl Command {
             Kind::Online => Command::Online {
                 room: a.map(|room| valid_name(Some(room), "room")).transpose()?,
             },
+            Kind::Nodes => Command::Nodes,
             Kind::Info => {
                 Command::Info(a.map(|s| String::from_utf8_lossy(&s).to_ascii_lowercase()))
             }
@@ -224,6 +228,7 @@ enum Kind {
     Leave,
     Kick,
     Online,
+    Nodes,
     Info,
     Quit,
 }
@@ -247,7 +252,7 @@ const fn spec(name: &'static str, kind: Kind, min_args: usize, max_args: usize) 
 
 /// The command table. QUIT's arity is never checked (Redis ignores its
 /// arguments too); PUBLISH comes first because it is by far the most frequent.
-const TABLE: [Spec; 11] = [
+const TABLE: [Spec; 12] = [
     spec("publish", Kind::Publish, 2, 2),
     spec("send", Kind::Send, 2, 2),
     spec("broadcast", Kind::Broadcast, 1, 1),
@@ -255,6 +260,7 @@ const TABLE: [Spec; 11] = [
     spec("leave", Kind::Leave, 2, 2),
     spec("kick", Kind::Kick, 1, 2),
     spec("online", Kind::Online, 0, 1),
+    spec("nodes", Kind::Nodes, 0, 0),
     spec("ping", Kind::Ping, 0, 1),
     spec("auth", Kind::Auth, 1, 2),
     spec("info", Kind::Info, 0, 1),
@@ -411,6 +417,11 @@ mod tests {
     #[test]
     fn online_takes_an_optional_room() {
         assert_eq!(parse(&[b"ONLINE"]), Ok(Command::Online { room: None }));
+        assert_eq!(parse(&[b"nodes"]), Ok(Command::Nodes));
+        assert!(matches!(
+            parse(&[b"NODES", b"x"]),
+            Err(CommandError::WrongArity("nodes"))
+        ));
         assert_eq!(
             parse(&[b"online", b"news"]),
             Ok(Command::Online {

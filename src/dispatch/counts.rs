@@ -49,6 +49,18 @@ impl Counts {
     }
 }
 
+/// What a delta did to a name's presence on this node: the cluster subscribes a
+/// channel when its name appears and unsubscribes after it vanishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// The first connection arrived (total 0 → 1).
+    Appeared,
+    /// The last connection left (total → 0).
+    Vanished,
+    /// The total changed, or nothing did.
+    Same,
+}
+
 /// Counts keyed by name; an entry disappears when its total reaches zero.
 pub struct CountTable {
     reactors: usize,
@@ -90,21 +102,41 @@ impl CountTable {
         self.table.iter().map(|(_, c)| c.total()).sum()
     }
 
-    pub fn apply(&mut self, name: &Arc<str>, reactor: usize, delta: i32) {
+    /// The name and total of entry `id` (for walking the table a slice at a time).
+    pub fn by_id(&self, id: u32) -> Option<(&Arc<str>, u64)> {
+        self.table.get(id).map(|(n, c)| (n, c.total()))
+    }
+
+    /// Every entry's id is below this.
+    pub fn id_bound(&self) -> u32 {
+        self.table.id_bound()
+    }
+
+    pub fn apply(&mut self, name: &Arc<str>, reactor: usize, delta: i32) -> Transition {
         if reactor >= self.reactors {
-            return;
+            return Transition::Same;
         }
-        let id = match self.table.id(name) {
-            Some(id) => id,
-            None if delta > 0 => self.table.intern_shared(name, Counts::default),
-            None => return,
+        let (id, new) = match self.table.id(name) {
+            Some(id) => (id, false),
+            None if delta > 0 => (self.table.intern_shared(name, Counts::default), true),
+            None => return Transition::Same,
         };
         let Some(counts) = self.table.get_mut(id) else {
-            return;
+            return Transition::Same;
         };
         counts.apply(reactor, delta);
         if counts.per_reactor.is_empty() {
             self.table.remove(id);
+            return if new {
+                Transition::Same
+            } else {
+                Transition::Vanished
+            };
+        }
+        if new {
+            Transition::Appeared
+        } else {
+            Transition::Same
         }
     }
 }
@@ -117,14 +149,14 @@ mod tests {
     fn counts_follow_deltas_and_vanish_at_zero() {
         let mut t = CountTable::new(3);
         let news: Arc<str> = "news".into();
-        t.apply(&news, 0, 1);
-        t.apply(&news, 2, 1);
+        assert_eq!(t.apply(&news, 0, 1), Transition::Appeared);
+        assert_eq!(t.apply(&news, 2, 1), Transition::Same);
         t.apply(&news, 2, 1);
         let c = t.get("news").unwrap();
         assert_eq!(c.total(), 3);
         assert_eq!(c.reactors().collect::<Vec<_>>(), vec![0, 2]);
-        t.apply(&news, 0, -1);
-        t.apply(&news, 2, -2);
+        assert_eq!(t.apply(&news, 0, -1), Transition::Same);
+        assert_eq!(t.apply(&news, 2, -2), Transition::Vanished);
         assert!(t.get("news").is_none());
         assert!(t.is_empty());
     }

@@ -250,6 +250,46 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
         for (name, f) in counters {
             line(&mut out, name, &sum(f));
         }
+        out.push_str("\r\n");
+    }
+    if want("cluster") {
+        out.push_str("# Cluster\r\n");
+        match &d.cluster {
+            None => {
+                line(&mut out, "cluster_enabled", &0);
+                line(&mut out, "cluster_node_id", &"standalone");
+            }
+            Some(c) => {
+                let st = c.status();
+                line(&mut out, "cluster_enabled", &1);
+                line(&mut out, "cluster_node_id", &c.node_id);
+                line(&mut out, "cluster_nonce", &format!("{:016x}", c.nonce));
+                line(&mut out, "cluster_redis_instances", &st.instances);
+                line(&mut out, "cluster_redis_connections", &st.connections);
+                line(&mut out, "cluster_redis_connections_up", &st.connections_up);
+                line(&mut out, "cluster_broker_up", &u8::from(c.ready()));
+                line(&mut out, "cluster_linked", &u8::from(c.linked()));
+                line(&mut out, "cluster_subscribed_channels", &st.subscribed);
+                line(&mut out, "cluster_wanted_channels", &st.wanted);
+                line(&mut out, "cluster_messages_in", &st.messages_in);
+                line(&mut out, "cluster_messages_out", &st.messages_out);
+                line(&mut out, "cluster_disconnects", &st.disconnects);
+                line(&mut out, "cluster_reconnects", &st.reconnects);
+                line(&mut out, "cluster_dropped_messages", &c.stats.dropped);
+                line(
+                    &mut out,
+                    "cluster_unavailable_replies",
+                    &c.stats.unavailable_replies,
+                );
+                line(&mut out, "cluster_malformed_messages", &c.stats.malformed);
+                line(&mut out, "cluster_broker_errors", &st.errors);
+                line(&mut out, "cluster_node_id_conflicts", &c.stats.id_conflicts);
+                line(&mut out, "cluster_nodes", &(c.nodes.len() + 1));
+                line(&mut out, "cluster_pending_commands", &st.in_flight);
+                line(&mut out, "cluster_backlog_bytes", &st.backlog_bytes);
+                line(&mut out, "cluster_pending_replies", &d.broker_waits.len());
+            }
+        }
     }
     out
 }

@@ -22,6 +22,9 @@
 //! requests still unacked are kept in the order sent (its acks come back in that
 //! order), and on its `Exited` event whatever it never acked is answered as 0.
 
+pub mod broker;
+mod client;
+mod cluster;
 pub mod counts;
 mod info;
 
@@ -34,16 +37,18 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use log::{debug, error, warn};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use smallvec::SmallVec;
 
 use crate::control::command::{allowed_before_auth, AuthError, Command, CommandError};
 use crate::control::resp::{self, Limits, Parsed, Parser};
-use crate::link::{self, Census, Event, ReactorHandle, ReactorMsg, Target};
+use crate::link::{self, health, Census, Event, ReactorHandle, ReactorMsg, Target};
 use crate::ws::close::CloseCode;
 use crate::ws::frame::{encode_close, encode_header, OpCode};
+use broker::{Cluster, Inbound, Outbound};
+use client::{Client, MAX_HELD_REPLIES};
 use counts::CountTable;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -73,6 +78,17 @@ pub struct DispatchSettings {
     pub max_connections: usize,
     pub listen: SocketAddr,
     pub control: SocketAddr,
+    /// Cluster mode: the Redis instances and this node's names; `None` standalone.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// What cluster mode is started with.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// Each `--redis` URL with the address it resolved to at start-up.
+    pub redis: Vec<(broker::url::RedisUrl, SocketAddr)>,
+    pub node_id: String,
+    pub prefix: String,
 }
 
 /// How main stops the dispatcher.
@@ -88,32 +104,6 @@ impl DispatcherHandle {
     }
 }
 
-/// One control-port client.
-struct Client {
-    /// Unique id (slab keys are reused; acks must not reach a newcomer).
-    id: u64,
-    stream: TcpStream,
-    /// Who connected, for the log.
-    peer: SocketAddr,
-    parser: Parser,
-    /// Received bytes not yet parsed.
-    input: Vec<u8>,
-    /// Replies not yet written.
-    output: Vec<u8>,
-    authed: bool,
-    /// Failed AUTH attempts on this connection.
-    auth_failures: u8,
-    /// Waiting for the reactors to ack request `req`; its commands are paused.
-    waiting: Option<u64>,
-    /// Close once `output` is written (QUIT, protocol error).
-    closing: bool,
-    /// Peer closed its side or the socket failed.
-    eof: bool,
-    writable: bool,
-    /// Since when `output` has been over the soft limit without draining.
-    stalled_since: Option<Instant>,
-}
-
 /// Who a push is for, as the control command named it.
 enum Recipients<'a> {
     All,
@@ -127,6 +117,27 @@ struct PendingRequest {
     client_id: u64,
     remaining: usize,
     affected: u64,
+    /// In cluster mode the reply is a held one (it also waits for the broker).
+    held: Option<u64>,
+}
+
+/// A broker answer a client's reply waits for.
+enum BrokerWait {
+    /// A push or user command: adds the other nodes that took it.
+    Reply {
+        client: usize,
+        client_id: u64,
+        held: u64,
+        /// This node's own subscription counts in the broker's number.
+        own: bool,
+    },
+    /// `ONLINE room`: adds the other live nodes' members.
+    Online {
+        client: usize,
+        client_id: u64,
+        held: u64,
+        room: String,
+    },
 }
 
 /// Counters the dispatcher keeps for INFO.
@@ -144,6 +155,9 @@ struct DispatchStats {
     /// Connections closed for too many failed AUTH attempts.
     auth_disconnects: u64,
 }
+
+/// Token of the first broker connection; the engine owns a few from here.
+const BROKER_BASE: usize = usize::MAX / 2;
 
 pub struct Dispatcher {
     poll: Poll,
@@ -177,6 +191,13 @@ pub struct Dispatcher {
     started: Instant,
     stop: Arc<AtomicBool>,
     census: Census,
+    /// Cluster mode's broker link; `None` standalone.
+    cluster: Option<Cluster>,
+    /// Broker answers awaited, by tag.
+    broker_waits: HashMap<u64, BrokerWait>,
+    next_tag: u64,
+    /// Reused buffer of what the broker delivered in a turn.
+    inbound: Vec<Inbound>,
 }
 
 impl Dispatcher {
@@ -192,6 +213,21 @@ impl Dispatcher {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let n = reactors.len();
+        let cluster = settings.cluster.as_ref().map(|c| {
+            let nonce = cluster::nonce();
+            let engine = broker::redis::RedisEngine::new(
+                c.redis.clone(),
+                &c.node_id,
+                BROKER_BASE,
+                settings.max_message + 1024,
+                nonce,
+            );
+            Cluster::new(Box::new(engine), c.node_id.clone(), &c.prefix, nonce)
+        });
+        census.liveness.set_broker(match &cluster {
+            None => health::Broker::Standalone,
+            Some(_) => health::Broker::Down,
+        });
         let stop = Arc::new(AtomicBool::new(false));
         let handle = DispatcherHandle {
             waker,
@@ -222,6 +258,10 @@ impl Dispatcher {
                 started: Instant::now(),
                 stop,
                 census,
+                cluster,
+                broker_waits: HashMap::new(),
+                next_tag: 0,
+                inbound: Vec::new(),
             },
             handle,
         ))
@@ -253,10 +293,16 @@ impl Dispatcher {
             self.census
                 .liveness
                 .beat(self.census.liveness.dispatcher_slot());
+            let now = Instant::now();
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
+                    t if t.0 >= BROKER_BASE => {
+                        if let Some(c) = &mut self.cluster {
+                            c.on_event(self.poll.registry(), t, now);
+                        }
+                    }
                     Token(key) => {
                         if let Some(c) = self.clients.get_mut(key) {
                             if ev.is_writable() {
@@ -273,16 +319,28 @@ impl Dispatcher {
                 }
             }
             self.apply_events();
+            self.cluster_turn(now);
             self.serve_ready();
             self.end_turn();
+            self.cluster_flush();
             if last_housekeeping.elapsed() >= HOUSEKEEPING {
                 self.housekeeping();
                 last_housekeeping = Instant::now();
             }
         }
+        self.cluster_leave();
     }
 
     fn poll_timeout(&self) -> Duration {
+        let t = self.local_poll_timeout();
+        match &self.cluster {
+            Some(c) if c.has_more() => Duration::ZERO,
+            Some(_) => t.min(cluster::TICK),
+            None => t,
+        }
+    }
+
+    fn local_poll_timeout(&self) -> Duration {
         if self.congested {
             // Give the reactors time to catch up instead of spinning.
             return Duration::from_millis(1);
@@ -314,24 +372,16 @@ impl Dispatcher {
                     debug!("control: client {addr} connected");
                     self.next_client_id += 1;
                     self.stats.control_connections += 1;
-                    entry.insert(Client {
-                        id: self.next_client_id,
+                    entry.insert(Client::new(
+                        self.next_client_id,
                         stream,
-                        peer: addr,
-                        parser: Parser::new(Limits {
+                        addr,
+                        Parser::new(Limits {
                             max_bulk: self.settings.max_message,
                             max_args: 1024,
                         }),
-                        input: Vec::new(),
-                        output: Vec::new(),
-                        authed: self.settings.password.is_none(),
-                        auth_failures: 0,
-                        waiting: None,
-                        closing: false,
-                        eof: false,
-                        writable: true,
-                        stalled_since: None,
-                    });
+                        self.settings.password.is_none(),
+                    ));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -349,7 +399,9 @@ impl Dispatcher {
 
     /// Applies the reactors' membership changes and acks.
     fn apply_events(&mut self) {
+        let mut now = None;
         while let Ok(batch) = self.events.try_recv() {
+            let now = *now.get_or_insert_with(Instant::now);
             for ev in batch {
                 match ev {
                     Event::Conn {
@@ -361,14 +413,22 @@ impl Dispatcher {
                             *n = (*n as i64 + delta as i64).max(0) as u64;
                         }
                         if let Some(u) = user {
-                            self.users.apply(&u, reactor, delta);
+                            let t = self.users.apply(&u, reactor, delta);
+                            if let Some(c) = &mut self.cluster {
+                                c.membership(broker::wire::ChannelKind::User, &u, t, now);
+                            }
                         }
                     }
                     Event::Room {
                         reactor,
                         room,
                         delta,
-                    } => self.rooms.apply(&room, reactor, delta),
+                    } => {
+                        let t = self.rooms.apply(&room, reactor, delta);
+                        if let Some(c) = &mut self.cluster {
+                            c.membership(broker::wire::ChannelKind::Room, &room, t, now);
+                        }
+                    }
                     Event::Ack {
                         reactor,
                         req,
@@ -411,7 +471,12 @@ impl Dispatcher {
         if let Some(c) = self.clients.get_mut(p.client) {
             if c.id == p.client_id && c.waiting == Some(req) {
                 c.waiting = None;
-                resp::write_integer(&mut c.output, p.affected as i64);
+                match p.held {
+                    Some(held) => {
+                        c.resolve(held, p.affected, None);
+                    }
+                    None => resp::write_integer(c.out(), p.affected as i64),
+                }
                 self.ready.push(p.client);
             }
         }
@@ -421,7 +486,8 @@ impl Dispatcher {
         self.congested = self
             .reactors
             .iter()
-            .any(|r| r.tx.len() >= MAX_QUEUED_BATCHES);
+            .any(|r| r.tx.len() >= MAX_QUEUED_BATCHES)
+            || self.cluster.as_ref().is_some_and(Cluster::congested);
         let mut ready = std::mem::take(&mut self.ready);
         ready.sort_unstable();
         ready.dedup();
@@ -446,6 +512,10 @@ impl Dispatcher {
                 c.stalled_since.get_or_insert_with(Instant::now);
                 break;
             }
+            if c.held_count() >= MAX_HELD_REPLIES {
+                // Resumed when a held reply resolves.
+                break;
+            }
             if self.congested || budget == 0 {
                 self.ready.push(key);
                 break;
@@ -464,7 +534,7 @@ impl Dispatcher {
                     }
                 }
                 Err(e) => {
-                    resp::write_error(&mut c.output, &e.message());
+                    resp::write_error(c.out(), &e.message());
                     c.closing = true;
                     c.input = Vec::new();
                     return;
@@ -508,7 +578,7 @@ impl Dispatcher {
             };
             if !name.is_some_and(allowed_before_auth) {
                 self.stats.rejected_commands += 1;
-                resp::write_error(&mut c.output, AuthError::NoAuth.message());
+                resp::write_error(c.out(), AuthError::NoAuth.message());
                 return;
             }
         }
@@ -520,7 +590,7 @@ impl Dispatcher {
             Ok(cmd) => self.execute(key, cmd),
             Err(e) => {
                 self.stats.rejected_commands += 1;
-                resp::write_error(&mut c.output, &e.message());
+                resp::write_error(c.out(), &e.message());
             }
         }
     }
@@ -534,23 +604,23 @@ impl Dispatcher {
             Command::Ping(msg) => {
                 let c = &mut self.clients[key];
                 match msg {
-                    None => resp::write_simple(&mut c.output, "PONG"),
-                    Some(m) => resp::write_bulk(&mut c.output, &m),
+                    None => resp::write_simple(c.out(), "PONG"),
+                    Some(m) => resp::write_bulk(c.out(), &m),
                 }
             }
             Command::Auth(password) => {
                 let c = &mut self.clients[key];
                 match &self.settings.password {
-                    None => resp::write_error(&mut c.output, AuthError::NotConfigured.message()),
+                    None => resp::write_error(c.out(), AuthError::NotConfigured.message()),
                     Some(p) if constant_time_eq(p.as_bytes(), &password) => {
                         c.authed = true;
-                        resp::write_simple(&mut c.output, "OK");
+                        resp::write_simple(c.out(), "OK");
                     }
                     Some(_) => {
                         c.authed = false;
                         c.auth_failures = c.auth_failures.saturating_add(1);
                         self.stats.auth_failures += 1;
-                        resp::write_error(&mut c.output, AuthError::WrongPass.message());
+                        resp::write_error(c.out(), AuthError::WrongPass.message());
                         if c.auth_failures >= MAX_AUTH_FAILURES {
                             warn!(
                                 "control: closing {} after {MAX_AUTH_FAILURES} failed AUTH attempts",
@@ -564,57 +634,73 @@ impl Dispatcher {
             }
             Command::Publish { room, payload } => {
                 self.stats.publish += 1;
-                let n = self.push(Recipients::Room(&room), &payload);
-                resp::write_integer(&mut self.clients[key].output, n as i64);
+                let n = self.push(Recipients::Room(&room), &payload, false);
+                self.reply_push(key, n, Outbound::Room(&room, &payload));
             }
             Command::Broadcast { payload } => {
                 self.stats.broadcast += 1;
-                let n = self.push(Recipients::All, &payload);
-                resp::write_integer(&mut self.clients[key].output, n as i64);
+                let n = self.push(Recipients::All, &payload, false);
+                self.reply_push(key, n, Outbound::All(&payload));
             }
             Command::Send { user, payload } => {
                 self.stats.send += 1;
-                let n = self.push(Recipients::User(&user), &payload);
-                resp::write_integer(&mut self.clients[key].output, n as i64);
+                let n = self.push(Recipients::User(&user), &payload, false);
+                self.reply_push(key, n, Outbound::User(&user, &payload));
             }
             Command::Join { user, room } => {
+                let held = self.hold_for_broker(
+                    key,
+                    Outbound::Join {
+                        user: &user,
+                        room: &room,
+                    },
+                );
                 let room: Arc<str> = room.into();
-                self.user_request(key, &user, |req, user| link::Command::Join {
+                self.user_request(Some((key, held)), &user, |req, user| link::Command::Join {
                     req,
                     user,
                     room: room.clone(),
                 });
             }
             Command::Leave { user, room } => {
+                let held = self.hold_for_broker(
+                    key,
+                    Outbound::Leave {
+                        user: &user,
+                        room: &room,
+                    },
+                );
                 let room: Arc<str> = room.into();
-                self.user_request(key, &user, |req, user| link::Command::Leave {
+                self.user_request(Some((key, held)), &user, |req, user| link::Command::Leave {
                     req,
                     user,
                     room: room.clone(),
                 });
             }
             Command::Kick { user, reason } => {
+                let held = self.hold_for_broker(
+                    key,
+                    Outbound::Kick {
+                        user: &user,
+                        reason: &reason,
+                    },
+                );
                 let frame: Arc<[u8]> = encode_close(CloseCode::KICKED, &reason).into();
-                self.user_request(key, &user, |req, user| link::Command::Kick {
+                self.user_request(Some((key, held)), &user, |req, user| link::Command::Kick {
                     req,
                     user,
                     frame: frame.clone(),
                 });
             }
-            Command::Online { room } => {
-                let n = match room {
-                    Some(room) => self.rooms.total(&room),
-                    None => self.online.iter().sum(),
-                };
-                resp::write_integer(&mut self.clients[key].output, n as i64);
-            }
+            Command::Online { room } => self.online(key, room),
+            Command::Nodes => self.nodes(key),
             Command::Info(section) => {
                 let text = info::render(self, section.as_deref());
-                resp::write_bulk(&mut self.clients[key].output, text.as_bytes());
+                resp::write_bulk(self.clients[key].out(), text.as_bytes());
             }
             Command::Quit => {
                 let c = &mut self.clients[key];
-                resp::write_simple(&mut c.output, "OK");
+                resp::write_simple(c.out(), "OK");
                 c.closing = true;
             }
         }
@@ -622,7 +708,7 @@ impl Dispatcher {
 
     /// Encodes `payload` once and queues it for every reactor holding recipients.
     /// Returns the number of connections it was queued for.
-    fn push(&mut self, to: Recipients<'_>, payload: &[u8]) -> u64 {
+    fn push(&mut self, to: Recipients<'_>, payload: &[u8], from_broker: bool) -> u64 {
         let (reactors, total, target): (SmallVec<[usize; 8]>, u64, Target) = match to {
             Recipients::All => (
                 (0..self.online.len())
@@ -645,6 +731,14 @@ impl Dispatcher {
         }
         let frame = push_frame(payload);
         for r in reactors {
+            if from_broker && self.reactors[r].tx.len() >= MAX_QUEUED_BATCHES {
+                // The broker's reads never wait for a reactor: this one is that far
+                // behind, so the message is dropped for it, and counted.
+                if let Some(c) = &mut self.cluster {
+                    c.stats.dropped += 1;
+                }
+                continue;
+            }
             self.add_to_batch(
                 r,
                 link::Command::Push {
@@ -658,20 +752,30 @@ impl Dispatcher {
 
     /// Sends a per-user command to every reactor holding the user's connections; the
     /// client's reply waits for all their acks.
+    /// `client` is the client to answer and, in cluster mode, its held reply; `None`
+    /// for a request from another node, which nobody here waits for.
     fn user_request(
         &mut self,
-        key: usize,
+        client: Option<(usize, Option<u64>)>,
         user: &str,
         make: impl Fn(u64, Arc<str>) -> link::Command,
     ) {
-        let Some(counts) = self.users.get(user) else {
-            resp::write_integer(&mut self.clients[key].output, 0);
-            return;
-        };
-        let reactors: Vec<usize> = counts.reactors().collect();
+        let reactors: Vec<usize> = self
+            .users
+            .get(user)
+            .map(|c| c.reactors().collect())
+            .unwrap_or_default();
         if reactors.is_empty() {
             // No ack would ever come to end the wait.
-            resp::write_integer(&mut self.clients[key].output, 0);
+            if let Some((key, held)) = client {
+                let c = &mut self.clients[key];
+                match held {
+                    Some(h) => {
+                        c.resolve(h, 0, None);
+                    }
+                    None => resp::write_integer(c.out(), 0),
+                }
+            }
             return;
         }
         let name = self.users.key(user).unwrap_or_else(|| user.into());
@@ -680,6 +784,9 @@ impl Dispatcher {
         for &r in &reactors {
             self.add_to_batch(r, make(req, name.clone()));
         }
+        let Some((key, held)) = client else {
+            return;
+        };
         let c = &mut self.clients[key];
         c.waiting = Some(req);
         self.pending.insert(
@@ -689,6 +796,7 @@ impl Dispatcher {
                 client_id: c.id,
                 remaining: reactors.len(),
                 affected: 0,
+                held,
             },
         );
     }
@@ -776,7 +884,9 @@ impl Dispatcher {
         if c.output.capacity() > OUTPUT_SOFT_LIMIT && c.output.is_empty() {
             c.output = Vec::new();
         }
-        let done = c.output.is_empty() && (c.closing || (c.eof && c.waiting.is_none()));
+        let done = c.output.is_empty()
+            && c.held_count() == 0
+            && (c.closing || (c.eof && c.waiting.is_none()));
         if done {
             self.drop_client(key);
         } else if c.output.len() < OUTPUT_SOFT_LIMIT && c.stalled_since.is_some() {

@@ -6,7 +6,7 @@
 //! only if every slot is alive and was stamped within `STALE_AFTER`: a balancer then
 //! stops sending clients to a process with a dead or stuck thread.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// A thread that has not finished a loop turn for this long counts as stuck.
@@ -20,6 +20,19 @@ pub struct Liveness {
     started: Instant,
     /// Milliseconds since `started` of each thread's last turn, or `DEAD`.
     beats: Vec<AtomicU64>,
+    /// The broker link's state, a [`Broker`] as u8 (set by the dispatcher).
+    broker: AtomicU8,
+}
+
+/// Whether a node is linked to its cluster, for `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broker {
+    /// No `--redis`: nothing to be linked to.
+    Standalone,
+    /// Every broker connection is up.
+    Up,
+    /// At least one broker connection is down.
+    Down,
 }
 
 /// Which thread a health check found failing.
@@ -43,6 +56,19 @@ impl Liveness {
         Liveness {
             started: Instant::now(),
             beats: (0..=reactors).map(|_| AtomicU64::new(0)).collect(),
+            broker: AtomicU8::new(Broker::Standalone as u8),
+        }
+    }
+
+    pub fn set_broker(&self, state: Broker) {
+        self.broker.store(state as u8, Relaxed);
+    }
+
+    pub fn broker(&self) -> Broker {
+        match self.broker.load(Relaxed) {
+            x if x == Broker::Up as u8 => Broker::Up,
+            x if x == Broker::Down as u8 => Broker::Down,
+            _ => Broker::Standalone,
         }
     }
 

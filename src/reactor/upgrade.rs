@@ -21,12 +21,13 @@ use super::conn::{flag, Phase};
 use super::outbox::Chunk;
 use super::Reactor;
 use crate::auth::{verify, AuthError, Grants};
+use crate::link::health::Broker;
 use crate::link::peers::{AddrKey, PeerSlot};
 use crate::link::stats::{auth_failure_index, failure_index};
 use crate::link::Event;
 use crate::ws::handshake::{
-    error_response, health_response, parse_request, upgrade_response, HandshakeError, Request,
-    Upgrade,
+    error_response, health_response, parse_request, ready_response, upgrade_response,
+    HandshakeError, Request, Upgrade,
 };
 
 impl Reactor {
@@ -40,7 +41,11 @@ impl Reactor {
                 data.len()
             }
             Ok(Some((Request::Health, _))) => {
-                self.answer_health(key);
+                self.answer_health(key, false);
+                data.len()
+            }
+            Ok(Some((Request::Ready, _))) => {
+                self.answer_health(key, true);
                 data.len()
             }
             Ok(Some((Request::Upgrade(up), head_len))) => {
@@ -59,12 +64,25 @@ impl Reactor {
         self.begin_closing(key);
     }
 
-    /// 200 while every server thread runs; 503 naming the one that does not.
-    fn answer_health(&mut self, key: u32) {
-        let chunk = match self.shared.liveness.check() {
+    /// 200 while every server thread runs; 503 naming the one that does not. For
+    /// `/readyz` (`ready`), also 503 while a cluster node's broker link is down.
+    fn answer_health(&mut self, key: u32, ready: bool) {
+        let verdict = self
+            .shared
+            .liveness
+            .check()
+            .map_err(|why| format!("unhealthy: {why}"));
+        let verdict = match verdict {
+            Ok(()) if ready && self.shared.liveness.broker() == Broker::Down => {
+                Err("not ready: broker unavailable".to_string())
+            }
+            other => other,
+        };
+        let chunk = match verdict {
+            Ok(()) if ready => Chunk::Static(ready_response()),
             Ok(()) => Chunk::Static(health_response()),
             Err(why) => {
-                let body = format!("unhealthy: {why}\n");
+                let body = format!("{why}\n");
                 Chunk::Owned(
                     format!(
                         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -50,6 +50,9 @@ pub const MAX_HEAD: usize = 8192;
 
 /// The health-check path, answered on the WebSocket port.
 pub const HEALTH_PATH: &str = "/healthz";
+/// The readiness probe: like `/healthz`, and 503 too while a cluster node has lost
+/// its broker (a balancer should send new clients elsewhere).
+pub const READY_PATH: &str = "/readyz";
 
 /// Headers parsed per request, on the stack. Browsers send about 15; proxies add a
 /// few. More is answered with 431 like an oversized head.
@@ -187,6 +190,8 @@ pub enum Request {
     Upgrade(Upgrade),
     /// `GET /healthz`: answer with [`health_response`] and close.
     Health,
+    /// `GET /readyz`: answered from the threads' and the broker's state, then closed.
+    Ready,
 }
 
 /// An accepted WebSocket upgrade.
@@ -365,10 +370,12 @@ pub fn parse_request(
     }
     let target = req.path.ok_or(HandshakeError::Malformed)?;
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let is_health = if path == cfg.path {
-        false
+    let probe = if path == cfg.path {
+        None
     } else if path == HEALTH_PATH {
-        true
+        Some(Request::Health)
+    } else if path == READY_PATH {
+        Some(Request::Ready)
     } else {
         return Err(HandshakeError::NotFound);
     };
@@ -385,8 +392,8 @@ pub fn parse_request(
         1 => {}
         _ => return Err(HandshakeError::Malformed),
     }
-    if is_health {
-        return Ok(Some((Request::Health, head_len)));
+    if let Some(probe) = probe {
+        return Ok(Some((probe, head_len)));
     }
     let upgrade = check_upgrade(req.headers, query, cfg)?;
     Ok(Some((Request::Upgrade(upgrade), head_len)))
@@ -625,6 +632,11 @@ pub fn upgrade_response(accept: &str) -> Vec<u8> {
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
     )
     .into_bytes()
+}
+
+/// The answer to `GET /readyz` when ready: 200, body `ready\n`, then close.
+pub fn ready_response() -> &'static [u8] {
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\nConnection: close\r\n\r\nready\n"
 }
 
 /// The answer to `GET /healthz`: 200, body `ok\n`, then close.

@@ -1,0 +1,579 @@
+//! Cluster mode: the nodes of one wspush service find each other's recipients through
+//! a broker (Redis pub/sub), so a push on any node's control port reaches the matching
+//! connections on every node.
+//!
+//! This module is the cluster logic, separate from the engine that talks to the
+//! broker ([`Engine`], implemented by [`redis::RedisEngine`]; another engine such as
+//! NATS would implement the same trait):
+//! - **Channels follow local membership.** A room's channel is subscribed when the
+//!   room gets its first member on this node (on any reactor) and unsubscribed
+//!   [`UNSUBSCRIBE_DELAY`] after its last member left, unless one came back
+//!   meanwhile — so a node receives nothing for rooms and users it has no
+//!   connections for, and a flapping room does not churn Redis. Users likewise.
+//! - **Own messages are delivered locally, not through the broker.** A node pushes
+//!   to its own connections at once, as a standalone node does, and publishes for
+//!   the others; its own copy coming back is recognised by the nonce in the envelope
+//!   and skipped. Local delivery so keeps working while the broker is down.
+//! - **Presence.** Each node publishes a heartbeat every second on the cluster
+//!   channel (its connection counts), and writes its per-room counts, for rooms whose
+//!   count changed, into one Redis hash per room. `ONLINE` sums heartbeats;
+//!   `ONLINE room` reads the room's hash and trusts only fields of live nodes.
+//!
+//! Never blocks (the engine is non-blocking on the dispatcher's poll) and holds
+//! nothing per message: what it keeps grows with this node's rooms and users only.
+
+pub mod nodes;
+pub mod placement;
+pub mod redis;
+pub mod url;
+pub mod wire;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use mio::{Registry, Token};
+
+use crate::dispatch::counts::{CountTable, Transition};
+use nodes::{Heard, NodeTable, HEARTBEAT_INTERVAL, NODE_TIMEOUT};
+use wire::{ChannelKind, Envelope, Heartbeat, Message, Names};
+
+/// How long a channel stays subscribed after its last local member left.
+pub const UNSUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
+/// How often changed room counts are written to the presence hashes.
+pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
+/// A presence hash expires this long after its last write; every room this node holds
+/// is rewritten within half of it, so a live room never expires and a dead node's
+/// rooms do not stay in Redis for ever.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(600);
+/// Presence writes per flush; more dirty rooms wait for the next flush.
+pub const PRESENCE_BATCH: usize = 50_000;
+
+/// The broker cannot take the command now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable;
+
+/// What came back from the broker.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A message on a subscribed channel.
+    Message { channel: Vec<u8>, payload: Vec<u8> },
+    /// The answer to a tagged command.
+    Answer { tag: u64, answer: Answer },
+    /// A connection to instance `instance` logged in.
+    Up { instance: usize },
+    /// A connection to instance `instance` was lost.
+    Down { instance: usize },
+}
+
+/// A command's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// An integer reply (PUBLISH: subscribers that got it).
+    Count(i64),
+    /// Field / value pairs (HGETALL).
+    Fields(Vec<(Vec<u8>, Vec<u8>)>),
+    /// The broker refused the command.
+    Error(String),
+    /// The connection died before the answer came.
+    Lost,
+}
+
+/// The engine's state for INFO and readiness.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineStatus {
+    pub instances: usize,
+    pub connections: usize,
+    pub connections_up: usize,
+    /// Subscriptions the broker confirmed.
+    pub subscribed: u64,
+    /// Channels this node wants subscribed.
+    pub wanted: usize,
+    pub backlog_bytes: usize,
+    pub in_flight: usize,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub disconnects: u64,
+    pub reconnects: u64,
+    pub errors: u64,
+}
+
+/// What cluster logic needs of a broker. Channels and keys are placed on instances
+/// by the engine; everything is non-blocking and answered through [`Inbound`].
+pub trait Engine: Send {
+    /// Which of the engine's connections `token` is, if it is one of them.
+    fn owns(&self, token: Token) -> Option<usize>;
+    /// A poll event on one of its tokens.
+    fn on_event(&mut self, registry: &Registry, token: Token, now: Instant);
+    /// Timers: reconnects, keep-alives, timeouts, reads left over from a turn.
+    fn tick(&mut self, registry: &Registry, now: Instant);
+    /// Writes what the turn queued.
+    fn flush(&mut self, registry: &Registry, now: Instant);
+    /// A read stopped at its per-turn budget: the caller should not sleep.
+    fn has_more(&self) -> bool;
+    /// Moves what arrived into `out`.
+    fn take(&mut self, out: &mut Vec<Inbound>);
+    /// Subscribe (`on`) or unsubscribe a channel; kept across reconnects.
+    fn want(&mut self, channel: &[u8], on: bool);
+    /// Whether this node's own subscription to `channel` is in place.
+    fn subscribed(&self, channel: &[u8]) -> bool;
+    /// Whether commands for `key` (a channel or presence key) can be sent now.
+    fn is_up_for(&self, key: &[u8]) -> bool;
+    fn publish(
+        &mut self,
+        channel: &[u8],
+        message: &[u8],
+        tag: Option<u64>,
+    ) -> Result<(), Unavailable>;
+    fn report_presence(
+        &mut self,
+        key: &[u8],
+        field: &[u8],
+        count: u64,
+        ttl: Duration,
+    ) -> Result<(), Unavailable>;
+    /// Removes a dead node's field (best effort).
+    fn forget_presence(&mut self, key: &[u8], field: &[u8]);
+    fn query_presence(&mut self, key: &[u8], tag: u64) -> Result<(), Unavailable>;
+    /// Too much is queued for the broker: stop taking control input for now.
+    fn congested(&self) -> bool;
+    fn status(&self) -> EngineStatus;
+}
+
+/// Who a message from another node is for, on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery<'a> {
+    Room(&'a str, &'a [u8]),
+    User(&'a str, &'a [u8]),
+    All(&'a [u8]),
+    Join { user: &'a str, room: &'a str },
+    Leave { user: &'a str, room: &'a str },
+    Kick { user: &'a str, reason: &'a str },
+}
+
+/// What a command for other nodes is.
+#[derive(Debug, Clone, Copy)]
+pub enum Outbound<'a> {
+    Room(&'a str, &'a [u8]),
+    User(&'a str, &'a [u8]),
+    All(&'a [u8]),
+    Join { user: &'a str, room: &'a str },
+    Leave { user: &'a str, room: &'a str },
+    Kick { user: &'a str, reason: &'a str },
+}
+
+/// This node's own numbers, for its heartbeat.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalCounts {
+    pub connections: u64,
+    pub rooms: u64,
+    pub users: u64,
+}
+
+/// Counters the cluster logic keeps for INFO.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClusterStats {
+    /// Messages from other nodes not handed to a reactor whose queue was full.
+    pub dropped: u64,
+    /// Commands answered -TRYAGAIN.
+    pub unavailable_replies: u64,
+    /// Broker messages that were not a valid envelope (or named nothing valid).
+    pub malformed: u64,
+    /// Heartbeats from another process using this node's id.
+    pub id_conflicts: u64,
+}
+
+/// One node in cluster mode.
+pub struct Cluster {
+    engine: Box<dyn Engine>,
+    names: Names,
+    pub node_id: String,
+    /// Random per process start: tells this node's own messages (and presence
+    /// fields) from those of a restarted node with the same id.
+    pub nonce: u64,
+    /// This node's field in presence hashes: the nonce in hex.
+    field: Vec<u8>,
+    instances: u16,
+    pub nodes: NodeTable,
+    /// Channels whose last local member left, by when they are dropped.
+    unsubscribe_due: HashMap<(ChannelKind, Arc<str>), Instant>,
+    unsubscribe_queue: VecDeque<(ChannelKind, Arc<str>, Instant)>,
+    /// Rooms whose local count changed since the last presence flush.
+    dirty: HashSet<Arc<str>>,
+    /// Every room must be rewritten (after a broker (re)connect).
+    all_dirty: bool,
+    /// Where the slow full rewrite of presence counts goes on.
+    refresh_cursor: u32,
+    next_heartbeat: Instant,
+    next_presence: Instant,
+    started: Instant,
+    /// Since when the cluster channel has been subscribed and publishable.
+    linked_since: Option<Instant>,
+    pub stats: ClusterStats,
+}
+
+impl Cluster {
+    pub fn new(engine: Box<dyn Engine>, node_id: String, prefix: &str, nonce: u64) -> Cluster {
+        let names = Names::new(prefix);
+        let now = Instant::now();
+        let mut c = Cluster {
+            instances: engine.status().instances as u16,
+            engine,
+            names,
+            node_id,
+            nonce,
+            field: format!("{nonce:016x}").into_bytes(),
+            nodes: NodeTable::default(),
+            unsubscribe_due: HashMap::new(),
+            unsubscribe_queue: VecDeque::new(),
+            dirty: HashSet::new(),
+            all_dirty: false,
+            refresh_cursor: 0,
+            next_heartbeat: now,
+            next_presence: now + PRESENCE_INTERVAL,
+            started: now,
+            linked_since: None,
+            stats: ClusterStats::default(),
+        };
+        let cluster = c.names.cluster().to_vec();
+        c.engine.want(&cluster, true);
+        c
+    }
+
+    pub fn owns(&self, token: Token) -> bool {
+        self.engine.owns(token).is_some()
+    }
+
+    pub fn on_event(&mut self, registry: &Registry, token: Token, now: Instant) {
+        self.engine.on_event(registry, token, now);
+    }
+
+    pub fn flush(&mut self, registry: &Registry, now: Instant) {
+        self.engine.flush(registry, now);
+    }
+
+    pub fn has_more(&self) -> bool {
+        self.engine.has_more()
+    }
+
+    pub fn congested(&self) -> bool {
+        self.engine.congested()
+    }
+
+    pub fn status(&self) -> EngineStatus {
+        self.engine.status()
+    }
+
+    /// Every connection to every instance is up.
+    pub fn ready(&self) -> bool {
+        let s = self.engine.status();
+        s.connections_up == s.connections
+    }
+
+    /// Moves what arrived from the broker into `out`, keeping what is the cluster
+    /// logic's own (link state).
+    pub fn take(&mut self, out: &mut Vec<Inbound>, now: Instant) {
+        let start = out.len();
+        self.engine.take(out);
+        for ev in &out[start..] {
+            match ev {
+                Inbound::Up { .. } => {
+                    // A restarted Redis has lost the presence hashes: write them all.
+                    self.all_dirty = true;
+                    self.next_heartbeat = now;
+                }
+                Inbound::Down { .. } => {}
+                _ => {}
+            }
+        }
+        let cluster = self.names.cluster();
+        let linked = self.engine.subscribed(cluster) && self.engine.is_up_for(cluster);
+        match (linked, self.linked_since) {
+            (true, None) => self.linked_since = Some(now),
+            (false, Some(_)) => self.linked_since = None,
+            _ => {}
+        }
+    }
+
+    /// The room or user `name` appeared on or vanished from this node.
+    pub fn membership(&mut self, kind: ChannelKind, name: &Arc<str>, t: Transition, now: Instant) {
+        match t {
+            Transition::Appeared => {
+                if self.unsubscribe_due.remove(&(kind, name.clone())).is_none() {
+                    let ch = self.names.channel(kind, name);
+                    self.engine.want(&ch, true);
+                }
+            }
+            Transition::Vanished => {
+                let due = now + UNSUBSCRIBE_DELAY;
+                self.unsubscribe_due.insert((kind, name.clone()), due);
+                self.unsubscribe_queue.push_back((kind, name.clone(), due));
+            }
+            Transition::Same => {}
+        }
+        if kind == ChannelKind::Room {
+            self.dirty.insert(name.clone());
+        }
+    }
+
+    /// Heartbeats, presence writes, deferred unsubscribes, the engine's timers.
+    pub fn tick(
+        &mut self,
+        registry: &Registry,
+        now: Instant,
+        rooms: &CountTable,
+        local: LocalCounts,
+    ) {
+        self.engine.tick(registry, now);
+        while let Some((_, _, due)) = self.unsubscribe_queue.front() {
+            if *due > now {
+                break;
+            }
+            let Some((kind, name, due)) = self.unsubscribe_queue.pop_front() else {
+                break;
+            };
+            // Only if it was not cancelled (or re-scheduled) since.
+            if self.unsubscribe_due.get(&(kind, name.clone())) == Some(&due) {
+                self.unsubscribe_due.remove(&(kind, name.clone()));
+                let ch = self.names.channel(kind, &name);
+                self.engine.want(&ch, false);
+            }
+        }
+        for id in self.nodes.expire(now) {
+            info!("cluster: node {id} left (not heard from for {NODE_TIMEOUT:?})");
+        }
+        if now >= self.next_heartbeat {
+            self.next_heartbeat = now + HEARTBEAT_INTERVAL;
+            let hb = Heartbeat {
+                node_id: self.node_id.clone(),
+                connections: local.connections,
+                rooms: local.rooms,
+                users: local.users,
+                uptime_s: self.started.elapsed().as_secs(),
+                instances: self.instances,
+            };
+            let msg = wire::encode(self.nonce, &Message::Heartbeat(hb));
+            let ch = self.names.cluster().to_vec();
+            let _ = self.engine.publish(&ch, &msg, None);
+        }
+        if now >= self.next_presence {
+            self.next_presence = now + PRESENCE_INTERVAL;
+            self.flush_presence(rooms);
+        }
+    }
+
+    /// Writes changed room counts (and a slice of the unchanged ones, so every hash
+    /// is rewritten within half its TTL).
+    fn flush_presence(&mut self, rooms: &CountTable) {
+        let mut budget = PRESENCE_BATCH;
+        if self.all_dirty {
+            self.all_dirty = false;
+            self.refresh_cursor = 0;
+            // The rewrite below walks the whole table once, a batch per flush.
+            self.dirty.clear();
+            let bound = rooms.id_bound();
+            let mut id = 0;
+            while id < bound && budget > 0 {
+                if let Some((name, n)) = rooms.by_id(id) {
+                    if self.write_presence(name, n).is_err() {
+                        self.all_dirty = true;
+                        return;
+                    }
+                    budget -= 1;
+                }
+                id += 1;
+            }
+            self.refresh_cursor = id;
+            if id < bound {
+                self.all_dirty = true;
+                self.refresh_cursor = id;
+            }
+            return;
+        }
+        let dirty: Vec<Arc<str>> = self.dirty.iter().take(budget).cloned().collect();
+        for name in dirty {
+            let n = rooms.total(&name);
+            if self.write_presence(&name, n).is_err() {
+                // Kept dirty: written once the instance is back (then all are).
+                return;
+            }
+            self.dirty.remove(&name);
+            budget -= 1;
+        }
+        // The slow rewrite: every live room within PRESENCE_TTL / 2.
+        let bound = rooms.id_bound();
+        if bound == 0 {
+            return;
+        }
+        let per_flush = (bound as u64 * PRESENCE_INTERVAL.as_secs().max(1)
+            / (PRESENCE_TTL.as_secs() / 2).max(1))
+        .max(1) as u32;
+        let mut walked = 0;
+        while walked < per_flush && budget > 0 {
+            let id = self.refresh_cursor % bound;
+            self.refresh_cursor = (id + 1) % bound;
+            walked += 1;
+            if let Some((name, n)) = rooms.by_id(id) {
+                let _ = self.write_presence(name, n);
+                budget -= 1;
+            }
+        }
+    }
+
+    fn write_presence(&mut self, room: &str, n: u64) -> Result<(), Unavailable> {
+        let key = self.names.presence_key(room);
+        self.engine
+            .report_presence(&key, &self.field, n, PRESENCE_TTL)
+    }
+
+    /// Decodes a message from the broker into what this node must deliver; keeps
+    /// heartbeats for itself and skips its own messages.
+    pub fn route<'a>(
+        &mut self,
+        channel: &'a [u8],
+        payload: &'a [u8],
+        now: Instant,
+    ) -> Option<Delivery<'a>> {
+        let Some((kind, name)) = self.names.parse_channel(channel) else {
+            self.stats.malformed += 1;
+            return None;
+        };
+        let env: Envelope<'a> = match wire::decode(payload) {
+            Ok(env) => env,
+            Err(e) => {
+                self.stats.malformed += 1;
+                log::debug!("cluster: dropped a message: {e}");
+                return None;
+            }
+        };
+        if env.origin == self.nonce {
+            if let Message::Heartbeat(_) = env.message {
+                return None;
+            }
+            return None;
+        }
+        match (kind, env.message) {
+            (ChannelKind::Room, Message::Push(p)) => Some(Delivery::Room(name, p)),
+            (ChannelKind::User, Message::Push(p)) => Some(Delivery::User(name, p)),
+            (ChannelKind::Cluster, Message::Push(p)) => Some(Delivery::All(p)),
+            (ChannelKind::User, Message::Join(room)) => Some(Delivery::Join { user: name, room }),
+            (ChannelKind::User, Message::Leave(room)) => Some(Delivery::Leave { user: name, room }),
+            (ChannelKind::User, Message::Kick(reason)) => {
+                Some(Delivery::Kick { user: name, reason })
+            }
+            (ChannelKind::Cluster, Message::Heartbeat(hb)) => {
+                self.heard(env.origin, hb, now);
+                None
+            }
+            (ChannelKind::Cluster, Message::Leaving) => {
+                if let Some(n) = self.nodes.remove(env.origin) {
+                    info!("cluster: node {} left", n.report.node_id);
+                }
+                None
+            }
+            _ => {
+                self.stats.malformed += 1;
+                None
+            }
+        }
+    }
+
+    fn heard(&mut self, nonce: u64, hb: Heartbeat, now: Instant) {
+        if hb.node_id == self.node_id {
+            self.stats.id_conflicts += 1;
+            warn!(
+                "cluster: another process uses this node's id {:?}: give every node its own --node-id",
+                self.node_id
+            );
+        }
+        if hb.instances != self.instances {
+            warn!(
+                "cluster: node {} places channels on {} Redis instances, this node on {}: every node needs the same --redis list",
+                hb.node_id, hb.instances, self.instances
+            );
+        }
+        let id = hb.node_id.clone();
+        if self.nodes.heard(nonce, hb, now) == Heard::New {
+            info!("cluster: node {id} joined");
+        }
+    }
+
+    /// Publishes a command for the other nodes. `Ok(self_subscribed)` says whether
+    /// this node's own subscription will count in the broker's receiver count.
+    pub fn publish(&mut self, what: Outbound<'_>, tag: Option<u64>) -> Result<bool, Unavailable> {
+        let (kind, name, message) = match what {
+            Outbound::Room(room, p) => (ChannelKind::Room, room, Message::Push(p)),
+            Outbound::User(user, p) => (ChannelKind::User, user, Message::Push(p)),
+            Outbound::All(p) => (ChannelKind::Cluster, "", Message::Push(p)),
+            Outbound::Join { user, room } => (ChannelKind::User, user, Message::Join(room)),
+            Outbound::Leave { user, room } => (ChannelKind::User, user, Message::Leave(room)),
+            Outbound::Kick { user, reason } => (ChannelKind::User, user, Message::Kick(reason)),
+        };
+        let ch = self.names.channel(kind, name);
+        let own = self.engine.subscribed(&ch);
+        let bytes = wire::encode(self.nonce, &message);
+        self.engine.publish(&ch, &bytes, tag)?;
+        Ok(own)
+    }
+
+    /// Asks for a room's presence hash; the answer comes as `Inbound::Answer { tag }`.
+    pub fn query_room(&mut self, room: &str, tag: u64) -> Result<(), Unavailable> {
+        let key = self.names.presence_key(room);
+        self.engine.query_presence(&key, tag)
+    }
+
+    /// Members of `room` on the other live nodes, from its presence hash; fields of
+    /// nodes known to be gone are removed from Redis on the way.
+    pub fn sum_presence(&mut self, room: &str, fields: &[(Vec<u8>, Vec<u8>)], now: Instant) -> u64 {
+        // Only once this node has heard every live node at least once can it tell
+        // a dead node's field from a node it has not heard yet.
+        let table_complete = self
+            .linked_since
+            .is_some_and(|t| now.saturating_duration_since(t) > NODE_TIMEOUT + HEARTBEAT_INTERVAL);
+        let key = self.names.presence_key(room);
+        let mut sum = 0u64;
+        for (field, value) in fields {
+            if field[..] == self.field[..] {
+                continue;
+            }
+            let nonce = std::str::from_utf8(field)
+                .ok()
+                .and_then(|s| u64::from_str_radix(s, 16).ok());
+            match nonce {
+                Some(n) if self.nodes.is_live(n) => {
+                    let count = std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    sum = sum.saturating_add(count);
+                }
+                _ if table_complete => self.engine.forget_presence(&key, field),
+                _ => {}
+            }
+        }
+        sum
+    }
+
+    /// Whether cluster-wide counts can be given: the cluster channel is subscribed
+    /// and its instance reachable.
+    pub fn linked(&self) -> bool {
+        self.linked_since.is_some()
+    }
+
+    /// Whether commands for the room's presence can be sent now.
+    pub fn room_queryable(&self, room: &str) -> bool {
+        self.engine.is_up_for(&self.names.presence_key(room))
+    }
+
+    /// Tells the others this node is going (they forget it at once).
+    pub fn leave(&mut self) {
+        let ch = self.names.cluster().to_vec();
+        let msg = wire::encode(self.nonce, &Message::Leaving);
+        let _ = self.engine.publish(&ch, &msg, None);
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}

@@ -1,0 +1,357 @@
+//! The dispatcher's side of cluster mode: what the control commands do when the node
+//! is one of many, and how what other nodes publish enters the same routing path as
+//! a local command.
+//!
+//! A push runs locally at once (so local delivery does not wait for, or depend on,
+//! the broker) and is published for the other nodes; its reply is held until Redis
+//! has taken it and says how many other nodes did. Messages from other nodes are
+//! pushed like a local PUBLISH, except that a reactor whose queue is full is skipped
+//! and the drop counted: the broker's read loop never waits for a reactor.
+
+use std::hash::{BuildHasher, RandomState};
+use std::time::{Duration, Instant};
+
+use super::broker::{Answer, Delivery, Inbound, LocalCounts, Outbound};
+use super::client::Failure;
+use super::{BrokerWait, Dispatcher, Recipients};
+use crate::control::resp;
+use crate::link::{self, health};
+use crate::ws::close::CloseCode;
+use crate::ws::frame::encode_close;
+
+/// The dispatcher wakes at least this often in cluster mode, for the broker's timers
+/// (heartbeats, deferred unsubscribes, reconnects).
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// A random number per process start (the node's instance nonce).
+pub fn nonce() -> u64 {
+    // RandomState is seeded from the OS's randomness once per process.
+    let mut h = RandomState::new().build_hasher();
+    std::hash::Hasher::write_u64(&mut h, std::process::id() as u64);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    std::hash::Hasher::write_u64(&mut h, t);
+    std::hash::Hasher::finish(&h)
+}
+
+impl Dispatcher {
+    /// The broker's share of a turn: timers, then whatever it delivered.
+    pub(super) fn cluster_turn(&mut self, now: Instant) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        let local = LocalCounts {
+            connections: self.online.iter().sum(),
+            rooms: self.rooms.len() as u64,
+            users: self.users.len() as u64,
+        };
+        cluster.tick(self.poll.registry(), now, &self.rooms, local);
+        let mut inbound = std::mem::take(&mut self.inbound);
+        cluster.take(&mut inbound, now);
+        self.census.liveness.set_broker(if cluster.ready() {
+            health::Broker::Up
+        } else {
+            health::Broker::Down
+        });
+        for ev in inbound.drain(..) {
+            match ev {
+                Inbound::Message { channel, payload } => {
+                    let Some(cluster) = &mut self.cluster else {
+                        break;
+                    };
+                    if let Some(d) = cluster.route(&channel, &payload, now) {
+                        self.deliver(d);
+                    }
+                }
+                Inbound::Answer { tag, answer } => self.on_broker_answer(tag, answer, now),
+                Inbound::Up { .. } | Inbound::Down { .. } => {}
+            }
+        }
+        self.inbound = inbound;
+    }
+
+    /// Writes what the turn queued for the broker.
+    pub(super) fn cluster_flush(&mut self) {
+        if let Some(c) = &mut self.cluster {
+            c.flush(self.poll.registry(), Instant::now());
+        }
+    }
+
+    /// Stopping: tell the other nodes, so they drop this one at once.
+    pub(super) fn cluster_leave(&mut self) {
+        if let Some(c) = &mut self.cluster {
+            c.leave();
+            c.flush(self.poll.registry(), Instant::now());
+        }
+    }
+
+    /// A message from another node, delivered to this node's connections.
+    fn deliver(&mut self, d: Delivery<'_>) {
+        match d {
+            Delivery::Room(room, p) => {
+                self.push(Recipients::Room(room), p, true);
+            }
+            Delivery::User(user, p) => {
+                self.push(Recipients::User(user), p, true);
+            }
+            Delivery::All(p) => {
+                self.push(Recipients::All, p, true);
+            }
+            Delivery::Join { user, room } => {
+                let room: std::sync::Arc<str> = room.into();
+                self.user_request(None, user, |req, user| link::Command::Join {
+                    req,
+                    user,
+                    room: room.clone(),
+                });
+            }
+            Delivery::Leave { user, room } => {
+                let room: std::sync::Arc<str> = room.into();
+                self.user_request(None, user, |req, user| link::Command::Leave {
+                    req,
+                    user,
+                    room: room.clone(),
+                });
+            }
+            Delivery::Kick { user, reason } => {
+                let frame: std::sync::Arc<[u8]> = encode_close(CloseCode::KICKED, reason).into();
+                self.user_request(None, user, |req, user| link::Command::Kick {
+                    req,
+                    user,
+                    frame: frame.clone(),
+                });
+            }
+        }
+    }
+
+    fn on_broker_answer(&mut self, tag: u64, answer: Answer, now: Instant) {
+        let Some(wait) = self.broker_waits.remove(&tag) else {
+            return;
+        };
+        let (client, client_id, held, add, failure) = match wait {
+            BrokerWait::Reply {
+                client,
+                client_id,
+                held,
+                own,
+            } => match answer {
+                Answer::Count(n) => (
+                    client,
+                    client_id,
+                    held,
+                    (n - own as i64).max(0) as u64,
+                    None,
+                ),
+                Answer::Error(e) => (client, client_id, held, 0, Some(Failure::Refused(e))),
+                Answer::Lost => (client, client_id, held, 0, Some(Failure::Lost)),
+                Answer::Fields(_) => (client, client_id, held, 0, None),
+            },
+            BrokerWait::Online {
+                client,
+                client_id,
+                held,
+                room,
+            } => match answer {
+                Answer::Fields(f) => {
+                    let sum = self
+                        .cluster
+                        .as_mut()
+                        .map_or(0, |c| c.sum_presence(&room, &f, now));
+                    (client, client_id, held, sum, None)
+                }
+                Answer::Error(e) => (client, client_id, held, 0, Some(Failure::Refused(e))),
+                Answer::Lost => (client, client_id, held, 0, Some(Failure::Lost)),
+                Answer::Count(_) => (client, client_id, held, 0, None),
+            },
+        };
+        if failure.is_some() {
+            if let Some(c) = &mut self.cluster {
+                c.stats.unavailable_replies += 1;
+            }
+        }
+        if let Some(c) = self.clients.get_mut(client) {
+            if c.id == client_id && c.resolve(held, add, failure) {
+                self.ready.push(client);
+            }
+        }
+    }
+
+    fn tag(&mut self) -> u64 {
+        self.next_tag += 1;
+        self.next_tag
+    }
+
+    /// Answers a push that reached `local` connections here: at once when standalone;
+    /// in cluster mode once Redis has taken it for the other nodes.
+    pub(super) fn reply_push(&mut self, key: usize, local: u64, what: Outbound<'_>) {
+        let tag = self.tag();
+        let Some(cluster) = &mut self.cluster else {
+            resp::write_integer(self.clients[key].out(), local as i64);
+            return;
+        };
+        let c = &mut self.clients[key];
+        match cluster.publish(what, Some(tag)) {
+            Ok(own) => {
+                c.hold(tag, local, 1, true, None);
+                self.broker_waits.insert(
+                    tag,
+                    BrokerWait::Reply {
+                        client: key,
+                        client_id: c.id,
+                        held: tag,
+                        own,
+                    },
+                );
+            }
+            Err(_) => {
+                cluster.stats.unavailable_replies += 1;
+                c.hold(tag, local, 0, true, Some(Failure::Unavailable));
+            }
+        }
+    }
+
+    /// In cluster mode, publishes a JOIN / LEAVE / KICK for the other nodes and holds
+    /// the client's reply for both the local acks and the broker's answer; returns the
+    /// held reply's id (`None` standalone: the reply is written on the acks).
+    pub(super) fn hold_for_broker(&mut self, key: usize, what: Outbound<'_>) -> Option<u64> {
+        let tag = self.tag();
+        let cluster = self.cluster.as_mut()?;
+        let c = &mut self.clients[key];
+        match cluster.publish(what, Some(tag)) {
+            Ok(own) => {
+                // Two parts: this node's acks (resolved by user_request), the broker.
+                c.hold(tag, 0, 2, true, None);
+                self.broker_waits.insert(
+                    tag,
+                    BrokerWait::Reply {
+                        client: key,
+                        client_id: c.id,
+                        held: tag,
+                        own,
+                    },
+                );
+            }
+            Err(_) => {
+                cluster.stats.unavailable_replies += 1;
+                c.hold(tag, 0, 1, true, Some(Failure::Unavailable));
+            }
+        }
+        Some(tag)
+    }
+
+    /// `ONLINE [room]`.
+    pub(super) fn online(&mut self, key: usize, room: Option<String>) {
+        let local = match &room {
+            Some(room) => self.rooms.total(room),
+            None => self.online.iter().sum(),
+        };
+        let tag = self.tag();
+        let Some(cluster) = &mut self.cluster else {
+            resp::write_integer(self.clients[key].out(), local as i64);
+            return;
+        };
+        let c = &mut self.clients[key];
+        let usable = cluster.linked() && room.as_deref().is_none_or(|r| cluster.room_queryable(r));
+        if !usable {
+            cluster.stats.unavailable_replies += 1;
+            resp::write_error(
+                c.out(),
+                "TRYAGAIN broker unavailable: cluster-wide counts are not available",
+            );
+            return;
+        }
+        match room {
+            None => {
+                let n = local + cluster.nodes.connections();
+                resp::write_integer(c.out(), n as i64);
+            }
+            Some(room) => {
+                if cluster.query_room(&room, tag).is_err() {
+                    cluster.stats.unavailable_replies += 1;
+                    c.hold(tag, local, 0, false, Some(Failure::Unavailable));
+                    return;
+                }
+                c.hold(tag, local, 1, false, None);
+                self.broker_waits.insert(
+                    tag,
+                    BrokerWait::Online {
+                        client: key,
+                        client_id: c.id,
+                        held: tag,
+                        room,
+                    },
+                );
+            }
+        }
+    }
+
+    /// `NODES`: this node, then the others, each as field / value pairs.
+    pub(super) fn nodes(&mut self, key: usize) {
+        let now = Instant::now();
+        let connections: u64 = self.online.iter().sum();
+        let me = NodeLine {
+            id: self
+                .cluster
+                .as_ref()
+                .map_or_else(|| "standalone".to_string(), |c| c.node_id.clone()),
+            connections,
+            rooms: self.rooms.len() as u64,
+            users: self.users.len() as u64,
+            last_seen_ms: 0,
+            uptime_s: self.started.elapsed().as_secs(),
+            me: true,
+        };
+        let mut lines = vec![me];
+        if let Some(cluster) = &mut self.cluster {
+            if !cluster.linked() {
+                cluster.stats.unavailable_replies += 1;
+                resp::write_error(
+                    self.clients[key].out(),
+                    "TRYAGAIN broker unavailable: the node list is not available",
+                );
+                return;
+            }
+            for (_, n) in cluster.nodes.sorted() {
+                lines.push(NodeLine {
+                    id: n.report.node_id.clone(),
+                    connections: n.report.connections,
+                    rooms: n.report.rooms,
+                    users: n.report.users,
+                    last_seen_ms: now.saturating_duration_since(n.last_seen).as_millis() as u64,
+                    uptime_s: n.report.uptime_s,
+                    me: false,
+                });
+            }
+        }
+        let out = self.clients[key].out();
+        resp::write_array_len(out, lines.len());
+        for l in lines {
+            resp::write_array_len(out, 14);
+            resp::write_bulk(out, b"id");
+            resp::write_bulk(out, l.id.as_bytes());
+            for (k, v) in [
+                ("connections", l.connections),
+                ("rooms", l.rooms),
+                ("users", l.users),
+                ("last_seen_ms", l.last_seen_ms),
+                ("uptime_s", l.uptime_s),
+                ("self", l.me as u64),
+            ] {
+                resp::write_bulk(out, k.as_bytes());
+                resp::write_integer(out, v.min(i64::MAX as u64) as i64);
+            }
+        }
+    }
+}
+
+/// One node in the `NODES` reply.
+struct NodeLine {
+    id: String,
+    connections: u64,
+    rooms: u64,
+    users: u64,
+    last_seen_ms: u64,
+    uptime_s: u64,
+    me: bool,
+}
