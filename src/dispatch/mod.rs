@@ -22,6 +22,7 @@
 //! requests still unacked are kept in the order sent (its acks come back in that
 //! order), and on its `Exited` event whatever it never acked is answered as 0.
 
+pub mod broker;
 pub mod counts;
 mod info;
 

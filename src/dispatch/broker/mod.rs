@@ -1,0 +1,2 @@
+pub mod placement;
+pub mod url;
