@@ -1,7 +1,8 @@
 //! The control port's protocol: RESP2 parsing and encoding (`resp`) and the
-//! command table (`command`).
+//! command table (`command`); and the client side of RESP2 (`reply`), which the
+//! cluster broker uses to read what Redis answers.
 //!
-//! Both are pure code — bytes in, values out — so they can be unit-tested and
+//! All three are pure code — bytes in, values out — so they can be unit-tested and
 //! fuzzed without sockets. They never do I/O, never block and never panic on
 //! client input; the dispatcher owns the sockets and calls them:
 //!
@@ -14,4 +15,5 @@
 //! ```
 
 pub mod command;
+pub mod reply;
 pub mod resp;

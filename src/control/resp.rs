@@ -400,8 +400,9 @@ fn bulk_header(rest: &[u8], at: usize) -> Result<Option<(usize, usize)>, Protoco
 /// number and the offset after the line, or `None` if the line is not complete.
 /// A byte that cannot be part of a number, or more bytes than any number has,
 /// fails at once rather than after the line ends, so a header line can never
-/// make the parser wait on (or rescan) a long run of bytes.
-fn number_line(
+/// make the parser wait on (or rescan) a long run of bytes. The reply parser
+/// (`reply`) reads its headers with it too.
+pub(crate) fn number_line(
     rest: &[u8],
     at: usize,
     err: &'static str,
