@@ -273,16 +273,21 @@ fn free_port() -> u16 {
 /// The placement rule of the spec: a channel lives on instance
 /// `jump_hash(fnv1a64(channel name), instances)`.
 pub fn placement(channel: &str, instances: usize) -> usize {
+    jump_hash(fnv1a64(channel.as_bytes()), instances)
+}
+
+/// 64-bit FNV-1a.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in channel.as_bytes() {
+    for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    jump_hash(h, instances)
+    h
 }
 
 /// Lamping & Veach, "A Fast, Minimal Memory, Consistent Hash Algorithm" (2014).
-fn jump_hash(mut key: u64, buckets: usize) -> usize {
+pub fn jump_hash(mut key: u64, buckets: usize) -> usize {
     let (mut b, mut j): (i64, i64) = (-1, 0);
     while j < buckets as i64 {
         b = j;
