@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls exactly this).
-# Installs what the tests need (redis-cli from Debian's redis-tools), then runs the
-# format and lint gates, each criterion benchmark once in test mode, and every unit /
-# property / integration test.
+# Installs what the tests need (redis-cli from Debian's redis-tools, redis-server from
+# redis-server), then runs the format and lint gates, each criterion benchmark once in
+# test mode, and every unit / property / integration test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-cli >/dev/null 2>&1; then
-  echo "test.sh: installing redis-tools (redis-cli is used by the control-port tests)"
+install_debian_package() {
+  echo "test.sh: installing $1 ($2)"
   if [ "$(id -u)" -eq 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1"
   else
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1"
   fi
+}
+if ! command -v redis-cli >/dev/null 2>&1; then
+  install_debian_package redis-tools "redis-cli is used by the control-port tests"
+fi
+if ! command -v redis-server >/dev/null 2>&1; then
+  install_debian_package redis-server "the cluster tests run real Redis instances"
 fi
 
 # Tokens in the authentication tests are minted by an independent implementation:

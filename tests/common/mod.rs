@@ -4,6 +4,8 @@
 //! malformed input.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -86,6 +88,16 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends SIGKILL (no shutdown at all, as a crash would) and waits for the exit.
+    pub fn kill(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on the PID of a child this handle spawned and has not reaped.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGKILL);
+        }
+        child.wait().expect("wait")
     }
 
     /// True while the process runs.
