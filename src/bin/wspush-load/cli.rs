@@ -132,6 +132,11 @@ pub struct FanoutArgs {
     /// counting what is missing as lost.
     #[arg(long, default_value_t = 5)]
     pub drain_timeout: u64,
+    /// Seconds to wait once every subscriber is open before publishing: in cluster mode
+    /// a node subscribes a room's broker channel only after its first member joined, so
+    /// this measures steady-state delivery rather than that subscription race.
+    #[arg(long, default_value_t = 0.0)]
+    pub publish_after: f64,
     #[command(flatten)]
     pub common: Common,
 }

@@ -545,6 +545,8 @@ pub fn run(cmd: &Command, show_progress: bool) -> Result<Report, LoadError> {
     let mut publish_started_ns = 0u64;
     let mut outcome: Result<(), LoadError> = Ok(());
     let cancel = Arc::new(AtomicBool::new(false));
+    // Fanout: when publishing may start (every subscriber open + --publish-after).
+    let mut publish_due: Option<u64> = None;
 
     loop {
         let now = mono_ns();
@@ -573,6 +575,10 @@ pub fn run(cmd: &Command, show_progress: bool) -> Result<Report, LoadError> {
                     phase = Phase::Running(now + a.hold * 1_000_000_000);
                 }
                 Command::Echo(_) => phase = Phase::Running(deadline_ns),
+                Command::Fanout(a)
+                    if now
+                        < *publish_due
+                            .get_or_insert(now + (a.publish_after.max(0.0) * 1e9) as u64) => {}
                 Command::Fanout(a) => {
                     before_publish = Some(sample(&common.pid, control));
                     let subs = board.total().open;
@@ -669,7 +675,11 @@ pub fn run(cmd: &Command, show_progress: bool) -> Result<Report, LoadError> {
             // Poll the publisher thread and the drain condition often: cheap, and keeps
             // the end-of-run timing within a few milliseconds.
             Phase::Publishing | Phase::Draining => wake = wake.min(now + 2_000_000),
-            Phase::Opening => {}
+            Phase::Opening => {
+                if let Some(due) = publish_due {
+                    wake = wake.min(due);
+                }
+            }
         }
         match rx.recv_timeout(Duration::from_nanos(wake.saturating_sub(now))) {
             Ok(ev) => {
