@@ -58,9 +58,10 @@ pub struct Common {
     /// counts as a `timeout` failure.
     #[arg(long, default_value_t = 10)]
     pub handshake_timeout: u64,
-    /// PID of the server under test: measure its RSS and CPU time from /proc.
+    /// PID of the server under test: measure its RSS and CPU time from /proc. Repeat it
+    /// for a cluster: RSS and CPU are summed over every PID given.
     #[arg(long)]
-    pub pid: Option<u32>,
+    pub pid: Vec<u32>,
     /// Print the result as one JSON object on stdout instead of the human summary.
     #[arg(long)]
     pub json: bool,
@@ -95,8 +96,11 @@ pub struct ConnsArgs {
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct FanoutArgs {
     /// WebSocket URL, e.g. ws://127.0.0.1:8080/ws (`user=s<i>&rooms=room-<k>` is appended).
-    #[arg(long)]
-    pub url: String,
+    /// Repeat it to spread the subscribers round robin over several servers (the nodes of
+    /// a cluster): subscriber `i` connects to URL `i % U`; latency and loss are then also
+    /// reported per URL.
+    #[arg(long, required = true)]
+    pub url: Vec<String>,
     /// Control port address (RESP), e.g. 127.0.0.1:7379.
     #[arg(long)]
     pub control: String,
@@ -128,6 +132,11 @@ pub struct FanoutArgs {
     /// counting what is missing as lost.
     #[arg(long, default_value_t = 5)]
     pub drain_timeout: u64,
+    /// Seconds to wait once every subscriber is open before publishing: in cluster mode
+    /// a node subscribes a room's broker channel only after its first member joined, so
+    /// this measures steady-state delivery rather than that subscription race.
+    #[arg(long, default_value_t = 0.0)]
+    pub publish_after: f64,
     #[command(flatten)]
     pub common: Common,
 }

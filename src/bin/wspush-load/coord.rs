@@ -8,7 +8,7 @@
 
 use crate::cli::{Command, Common};
 use crate::publisher::{publish, Pace, PublishError, PublishPlan, Published};
-use crate::report::{ConnReport, EchoReport, FanoutReport, Pcts, Report, ServerReport};
+use crate::report::{ConnReport, EchoReport, FanoutReport, Pcts, Report, ServerReport, UrlReport};
 use crate::resp::{call, info_fields, info_u64, Reply};
 use crate::sys::{mono_ns, server_cpu_seconds, server_rss_bytes, slab_bytes, tcp_mem_bytes};
 use crate::wire::{Counters, Event, Sink, StopSignal, WorkerResult};
@@ -109,15 +109,15 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, LoadError> {
 /// The worker plan for worker `index` of `workers`.
 pub fn plan_for(cmd: &Command, index: u32, workers: u32) -> Result<Plan, LoadError> {
     let common = cmd.common();
-    let (url, total, mode, rate) = match cmd {
+    let (urls, total, mode, rate) = match cmd {
         Command::Conns(a) => (
-            &a.url,
+            std::slice::from_ref(&a.url),
             a.n,
             Mode::Conns,
             a.rate.unwrap_or(common.connect_rate),
         ),
         Command::Fanout(a) => (
-            &a.url,
+            a.url.as_slice(),
             a.s,
             Mode::Fanout {
                 rooms: a.r,
@@ -126,7 +126,12 @@ pub fn plan_for(cmd: &Command, index: u32, workers: u32) -> Result<Plan, LoadErr
             },
             common.connect_rate,
         ),
-        Command::Echo(a) => (&a.url, a.c, Mode::Echo { bytes: a.b }, common.connect_rate),
+        Command::Echo(a) => (
+            std::slice::from_ref(&a.url),
+            a.c,
+            Mode::Echo { bytes: a.b },
+            common.connect_rate,
+        ),
     };
     if let Mode::Fanout {
         rooms,
@@ -140,13 +145,19 @@ pub fn plan_for(cmd: &Command, index: u32, workers: u32) -> Result<Plan, LoadErr
             return Err(LoadError::TooBig(bytes));
         }
     }
-    let addr = resolve(&url_authority(url)?)?;
+    if urls.is_empty() {
+        return Err(LoadError::BadUrl(String::new()));
+    }
+    let addrs = urls
+        .iter()
+        .map(|u| resolve(&url_authority(u)?))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Plan {
         index,
         workers,
         total,
-        url: url.clone(),
-        addr,
+        urls: urls.to_vec(),
+        addrs,
         src: common.src,
         rate: if rate > 0.0 {
             rate / workers as f64
@@ -296,13 +307,16 @@ struct Board {
     results: Vec<Option<WorkerResult>>,
     /// Shared with the publisher thread: sum of `delivered`.
     delivered_total: Arc<AtomicU64>,
+    /// Shared with the publisher thread: open subscribers per room over all workers.
+    rooms_open: Arc<[AtomicU64]>,
     /// When `delivered_total` last grew.
     last_delivery_ns: u64,
 }
 
 impl Board {
-    fn new(k: usize) -> Board {
+    fn new(k: usize, rooms: usize) -> Board {
         Board {
+            rooms_open: (0..rooms).map(|_| AtomicU64::new(0)).collect(),
             counters: vec![Counters::default(); k],
             ready: vec![false; k],
             delivered: vec![0; k],
@@ -319,11 +333,13 @@ impl Board {
                 if let Some(c) = self.counters.get_mut(slot(worker)) {
                     *c = counters;
                 }
+                self.set_rooms_open();
             }
             Event::Ready { worker, counters } => {
                 if let Some(c) = self.counters.get_mut(slot(worker)) {
                     *c = counters;
                 }
+                self.set_rooms_open();
                 if let Some(r) = self.ready.get_mut(slot(worker)) {
                     *r = true;
                 }
@@ -342,6 +358,7 @@ impl Board {
                 if let Some(c) = self.counters.get_mut(slot(worker)) {
                     *c = result.counters.clone();
                 }
+                self.set_rooms_open();
                 if let Some(r) = self.results.get_mut(slot(worker)) {
                     *r = Some(*result);
                 }
@@ -355,6 +372,17 @@ impl Board {
         let total: u64 = self.delivered.iter().sum();
         if total > self.delivered_total.swap(total, Ordering::AcqRel) {
             self.last_delivery_ns = mono_ns();
+        }
+    }
+
+    fn set_rooms_open(&self) {
+        for (r, n) in self.rooms_open.iter().enumerate() {
+            let open = self
+                .counters
+                .iter()
+                .filter_map(|c| c.rooms_open.get(r))
+                .sum();
+            n.store(open, Ordering::Release);
         }
     }
 
@@ -420,23 +448,32 @@ struct Sample {
     cpu: Option<f64>,
     writev_calls: Option<u64>,
     deliveries: Option<u64>,
+    /// INFO `cluster_enabled:1`: PUBLISH replies count nodes, not deliveries.
+    cluster: bool,
 }
 
-fn sample(pid: Option<u32>, control: Option<SocketAddr>) -> Sample {
+/// Sum over `pids` of what each reports; None unless every PID reported.
+fn sum_over(pids: &[u32], f: impl Fn(u32) -> Option<f64>) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| f(p)).sum()
+}
+
+fn sample(pids: &[u32], control: Option<SocketAddr>) -> Sample {
     let mut s = Sample {
         tcp_mem: tcp_mem_bytes(),
         slab: slab_bytes(),
+        rss: sum_over(pids, |p| server_rss_bytes(p).map(|b| b as f64)).map(|b| b as u64),
+        cpu: sum_over(pids, server_cpu_seconds),
         ..Default::default()
     };
-    if let Some(p) = pid {
-        s.rss = server_rss_bytes(p);
-        s.cpu = server_cpu_seconds(p);
-    }
     if let Some(addr) = control {
         if let Ok(Reply::Bulk(Some(text))) = call(addr, &[b"INFO"], Duration::from_secs(5)) {
             let f = info_fields(&String::from_utf8_lossy(&text));
             s.writev_calls = info_u64(&f, "writev_calls");
             s.deliveries = info_u64(&f, "deliveries");
+            s.cluster = info_u64(&f, "cluster_enabled") == Some(1);
         }
     }
     s
@@ -476,12 +513,16 @@ pub fn run(cmd: &Command, show_progress: bool) -> Result<Report, LoadError> {
         Command::Fanout(a) => Some(resolve(&a.control)?),
         _ => None,
     };
-    let before = sample(common.pid, control);
+    let before = sample(&common.pid, control);
 
     let (tx, rx): (Sender<Event>, Receiver<Event>) = mpsc::channel();
     let mut handles = spawn_workers(cmd, &tx)?;
     drop(tx);
-    let mut board = Board::new(k);
+    let rooms = match cmd {
+        Command::Fanout(a) => a.r as usize,
+        _ => 0,
+    };
+    let mut board = Board::new(k, rooms);
     let requested = match cmd {
         Command::Conns(a) => a.n,
         Command::Fanout(a) => a.s,
@@ -504,6 +545,8 @@ pub fn run(cmd: &Command, show_progress: bool) -> Result<Report, LoadError> {
     let mut publish_started_ns = 0u64;
     let mut outcome: Result<(), LoadError> = Ok(());
     let cancel = Arc::new(AtomicBool::new(false));
+    // Fanout: when publishing may start (every subscriber open + --publish-after).
+    let mut publish_due: Option<u64> = None;
 
     loop {
         let now = mono_ns();
@@ -528,12 +571,16 @@ pub fn run(cmd: &Command, show_progress: bool) -> Result<Report, LoadError> {
         match phase {
             Phase::Opening if board.all_ready() => match cmd {
                 Command::Conns(a) => {
-                    after_open = Some(sample(common.pid, None));
+                    after_open = Some(sample(&common.pid, None));
                     phase = Phase::Running(now + a.hold * 1_000_000_000);
                 }
                 Command::Echo(_) => phase = Phase::Running(deadline_ns),
+                Command::Fanout(a)
+                    if now
+                        < *publish_due
+                            .get_or_insert(now + (a.publish_after.max(0.0) * 1e9) as u64) => {}
                 Command::Fanout(a) => {
-                    before_publish = Some(sample(common.pid, control));
+                    before_publish = Some(sample(&common.pid, control));
                     let subs = board.total().open;
                     let per_message = if a.broadcast {
                         subs
@@ -554,11 +601,12 @@ pub fn run(cmd: &Command, show_progress: bool) -> Result<Report, LoadError> {
                         deadline_ns,
                     };
                     let delivered = Arc::clone(&board.delivered_total);
+                    let rooms_open = Arc::clone(&board.rooms_open);
                     let cancel = Arc::clone(&cancel);
                     publish_started_ns = now;
                     let join = std::thread::Builder::new()
                         .name("publisher".into())
-                        .spawn(move || publish(&plan, &delivered, &cancel))
+                        .spawn(move || publish(&plan, &delivered, &rooms_open, &cancel))
                         .map_err(LoadError::Spawn)?;
                     publisher = Some(join);
                     phase = Phase::Publishing;
@@ -597,11 +645,13 @@ pub fn run(cmd: &Command, show_progress: bool) -> Result<Report, LoadError> {
                 };
                 let got = board.delivered_total.load(Ordering::Acquire);
                 let last_progress = board.last_delivery_ns.max(p.last_reply_ns);
-                // Once everything queued has arrived, a short settle catches stragglers
-                // that should not exist (duplicates, misdeliveries).
-                let complete = got >= p.queued && now >= last_progress + SETTLE_NS;
+                // Once everything the subscribers expect has arrived, a short settle
+                // catches stragglers that should not exist (duplicates, misdeliveries).
+                // Not the replies' sum: in cluster mode it counts nodes, and deliveries
+                // through other nodes arrive after the reply.
+                let complete = got >= p.expected && now >= last_progress + SETTLE_NS;
                 if complete || now >= last_progress + a.drain_timeout * 1_000_000_000 {
-                    after_publish = Some(sample(common.pid, control));
+                    after_publish = Some(sample(&common.pid, control));
                     phase = stop_all(&mut handles, Some(p.sent), now);
                     continue;
                 }
@@ -625,7 +675,11 @@ pub fn run(cmd: &Command, show_progress: bool) -> Result<Report, LoadError> {
             // Poll the publisher thread and the drain condition often: cheap, and keeps
             // the end-of-run timing within a few milliseconds.
             Phase::Publishing | Phase::Draining => wake = wake.min(now + 2_000_000),
-            Phase::Opening => {}
+            Phase::Opening => {
+                if let Some(due) = publish_due {
+                    wake = wake.min(due);
+                }
+            }
         }
         match rx.recv_timeout(Duration::from_nanos(wake.saturating_sub(now))) {
             Ok(ev) => {
@@ -729,7 +783,7 @@ fn build_report(i: Inputs) -> Report {
         scenario: i.cmd.name().into(),
         url: match i.cmd {
             Command::Conns(a) => a.url.clone(),
-            Command::Fanout(a) => a.url.clone(),
+            Command::Fanout(a) => a.url.join(" "),
             Command::Echo(a) => a.url.clone(),
         },
         procs: common.procs,
@@ -775,8 +829,13 @@ fn build_report(i: Inputs) -> Report {
             common.duration
         ));
     }
-    let mut server = common.pid.map(|pid| ServerReport {
+    let mut server = common.pid.first().map(|&pid| ServerReport {
         pid,
+        pids: if common.pid.len() > 1 {
+            common.pid.clone()
+        } else {
+            Vec::new()
+        },
         ..Default::default()
     });
 
@@ -843,7 +902,22 @@ fn build_report(i: Inputs) -> Report {
                 .saturating_sub(first) as f64
                 / 1e9;
             let rate = |n: u64| if span > 0.0 { n as f64 / span } else { 0.0 };
+            let cluster = i.before.cluster || i.before_publish.as_ref().is_some_and(|s| s.cluster);
+            let per_url = check
+                .by_url
+                .iter()
+                .zip(&a.url)
+                .map(|(c, url)| UrlReport {
+                    url: url.clone(),
+                    subscribers: c.subscribers,
+                    expected_deliveries: c.expected,
+                    delivered: c.received,
+                    lost: c.lost,
+                    latency: Pcts::of(&c.latency_ns),
+                })
+                .collect();
             report.fanout = Some(FanoutReport {
+                cluster,
                 subscribers: check.subscribers,
                 rooms: a.r,
                 broadcast: a.broadcast,
@@ -866,6 +940,7 @@ fn build_report(i: Inputs) -> Report {
                 duplicated: check.duplicated,
                 foreign: check.foreign,
                 malformed: check.malformed,
+                per_url,
             });
             for (n, what) in [
                 (check.lost, "lost"),
@@ -887,7 +962,9 @@ fn build_report(i: Inputs) -> Report {
                     .problems
                     .push(format!("only {} of {} messages published", p.sent, a.m));
             }
-            if p.queued != check.expected {
+            // In cluster mode a reply counts local recipients plus other nodes, so only
+            // a standalone server's replies can be checked against the subscribers.
+            if !cluster && p.queued != check.expected {
                 report.problems.push(format!(
                     "server queued {} deliveries, subscribers expected {}",
                     p.queued, check.expected

@@ -27,6 +27,8 @@ pub enum Flaw {
 }
 
 struct Member {
+    /// Which WebSocket listener (cluster node) it came in through.
+    node: usize,
     rooms: Vec<String>,
     ws: WebSocket<TcpStream>,
     sent: u64,
@@ -36,6 +38,19 @@ pub struct FakeServer {
     pub ws: SocketAddr,
     pub control: SocketAddr,
 }
+
+/// A two-node fake cluster: `ws[0]` is the node whose control port it is, `ws[1]` a
+/// "remote" node whose members get each push REMOTE_DELAY later, in order, as through a
+/// broker. PUBLISH replies like wspush in cluster mode: node-0 recipients + 1 if the
+/// remote node had any; INFO says `cluster_enabled:1`.
+pub struct FakeCluster {
+    pub ws: [SocketAddr; 2],
+    pub control: SocketAddr,
+}
+
+/// Longer than the coordinator's settle time, so a drain that trusted the replies
+/// would stop before the remote deliveries arrive.
+const REMOTE_DELAY: std::time::Duration = std::time::Duration::from_millis(600);
 
 fn query_rooms(uri: &str) -> Vec<String> {
     let query = uri.split_once('?').map(|(_, q)| q).unwrap_or("");
@@ -48,7 +63,7 @@ fn query_rooms(uri: &str) -> Vec<String> {
 
 // The callback's error type is tungstenite's `ErrorResponse`, not ours to shrink.
 #[allow(clippy::result_large_err)]
-fn serve_ws(stream: TcpStream, echo: bool, members: Arc<Mutex<Vec<Member>>>) {
+fn serve_ws(stream: TcpStream, echo: bool, node: usize, members: Arc<Mutex<Vec<Member>>>) {
     let mut uri = String::new();
     let cb = |req: &Request, resp: Response| {
         uri = req.uri().to_string();
@@ -67,6 +82,7 @@ fn serve_ws(stream: TcpStream, echo: bool, members: Arc<Mutex<Vec<Member>>>) {
     }
     if let Ok(mut m) = members.lock() {
         m.push(Member {
+            node,
             rooms: query_rooms(&uri),
             ws,
             sent: 0,
@@ -74,12 +90,22 @@ fn serve_ws(stream: TcpStream, echo: bool, members: Arc<Mutex<Vec<Member>>>) {
     }
 }
 
-fn push(members: &Mutex<Vec<Member>>, room: Option<&str>, payload: &[u8], flaw: Flaw) -> i64 {
+/// Pushes to the members of `room` (all for None) that came in through `node` (any for
+/// None); returns how many it was for.
+fn push(
+    members: &Mutex<Vec<Member>>,
+    node: Option<usize>,
+    room: Option<&str>,
+    payload: &[u8],
+    flaw: Flaw,
+) -> i64 {
     let Ok(mut m) = members.lock() else { return 0 };
     let mut n = 0;
     let text = String::from_utf8_lossy(payload).into_owned();
     for mem in m.iter_mut() {
-        if room.is_some_and(|r| !mem.rooms.iter().any(|x| x == r)) {
+        if room.is_some_and(|r| !mem.rooms.iter().any(|x| x == r))
+            || node.is_some_and(|k| k != mem.node)
+        {
             continue;
         }
         n += 1;
@@ -95,13 +121,36 @@ fn push(members: &Mutex<Vec<Member>>, room: Option<&str>, payload: &[u8], flaw: 
     n
 }
 
-/// `deliveries` counts this server's queued deliveries, for INFO.
+/// Pushes for the remote node of a FakeCluster: (when, room, payload), in order.
+type Remote = std::sync::mpsc::Sender<(std::time::Instant, Option<String>, Vec<u8>)>;
+
+/// `deliveries` counts this server's queued deliveries, for INFO. With `remote`, it is
+/// node 0 of a FakeCluster and hands the remote node's share to that channel.
 fn serve_control(
     mut s: TcpStream,
     members: Arc<Mutex<Vec<Member>>>,
     flaw: Flaw,
     deliveries: Arc<AtomicI64>,
+    remote: Option<Remote>,
 ) {
+    // What a push command answers: standalone, the recipients; in the fake cluster, the
+    // local recipients + 1 if the remote node has any (what wspush's cluster mode says).
+    let deliver = |room: Option<&str>, payload: &[u8]| -> i64 {
+        let Some(tx) = &remote else {
+            let n = push(&members, None, room, payload, flaw);
+            deliveries.fetch_add(n, Ordering::Relaxed);
+            return n;
+        };
+        let local = push(&members, Some(0), room, payload, flaw);
+        deliveries.fetch_add(local, Ordering::Relaxed);
+        let remote_has = members.lock().is_ok_and(|m| {
+            m.iter()
+                .any(|mem| mem.node == 1 && room.is_none_or(|r| mem.rooms.iter().any(|x| x == r)))
+        });
+        let when = std::time::Instant::now() + REMOTE_DELAY;
+        let _ = tx.send((when, room.map(str::to_string), payload.to_vec()));
+        local + i64::from(remote_has)
+    };
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16384];
     loop {
@@ -131,18 +180,19 @@ fn serve_control(
                 (Some("PING"), 1) => out.extend_from_slice(b"+PONG\r\n"),
                 (Some("PUBLISH"), 3) => {
                     let room = String::from_utf8_lossy(&args[1]).into_owned();
-                    let n = push(&members, Some(&room), &args[2], flaw);
-                    deliveries.fetch_add(n, Ordering::Relaxed);
+                    let n = deliver(Some(&room), &args[2]);
                     out.extend_from_slice(format!(":{n}\r\n").as_bytes());
                 }
                 (Some("BROADCAST"), 2) => {
-                    let n = push(&members, None, &args[1], flaw);
-                    deliveries.fetch_add(n, Ordering::Relaxed);
+                    let n = deliver(None, &args[1]);
                     out.extend_from_slice(format!(":{n}\r\n").as_bytes());
                 }
                 (Some("INFO"), 1) => {
                     let d = deliveries.load(Ordering::Relaxed);
-                    let body = format!("# Stats\r\ndeliveries:{d}\r\nwritev_calls:{d}\r\n");
+                    let c = u8::from(remote.is_some());
+                    let body = format!(
+                        "# Stats\r\ndeliveries:{d}\r\nwritev_calls:{d}\r\n# Cluster\r\ncluster_enabled:{c}\r\n"
+                    );
                     out.extend_from_slice(format!("${}\r\n{body}\r\n", body.len()).as_bytes());
                 }
                 _ => out.extend_from_slice(b"-ERR unknown command\r\n"),
@@ -168,17 +218,60 @@ impl FakeServer {
         std::thread::spawn(move || {
             for s in ws.incoming().flatten() {
                 let m = Arc::clone(&m2);
-                std::thread::spawn(move || serve_ws(s, echo, m));
+                std::thread::spawn(move || serve_ws(s, echo, 0, m));
             }
         });
         let deliveries: Arc<AtomicI64> = Arc::default();
         std::thread::spawn(move || {
             for s in control.incoming().flatten() {
                 let (m, d) = (Arc::clone(&members), Arc::clone(&deliveries));
-                std::thread::spawn(move || serve_control(s, m, flaw, d));
+                std::thread::spawn(move || serve_control(s, m, flaw, d, None));
             }
         });
         server
+    }
+}
+
+impl FakeCluster {
+    pub fn start() -> FakeCluster {
+        let listeners = [
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+        ];
+        let control = TcpListener::bind("127.0.0.1:0").unwrap();
+        let cluster = FakeCluster {
+            ws: [
+                listeners[0].local_addr().unwrap(),
+                listeners[1].local_addr().unwrap(),
+            ],
+            control: control.local_addr().unwrap(),
+        };
+        let members: Arc<Mutex<Vec<Member>>> = Arc::default();
+        for (node, l) in listeners.into_iter().enumerate() {
+            let m2 = Arc::clone(&members);
+            std::thread::spawn(move || {
+                for s in l.incoming().flatten() {
+                    let m = Arc::clone(&m2);
+                    std::thread::spawn(move || serve_ws(s, false, node, m));
+                }
+            });
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Option<String>, Vec<u8>)>();
+        let m3 = Arc::clone(&members);
+        std::thread::spawn(move || {
+            for (when, room, payload) in rx {
+                std::thread::sleep(when.saturating_duration_since(std::time::Instant::now()));
+                push(&m3, Some(1), room.as_deref(), &payload, Flaw::None);
+            }
+        });
+        let deliveries: Arc<AtomicI64> = Arc::default();
+        std::thread::spawn(move || {
+            for s in control.incoming().flatten() {
+                let (m, d, tx) = (Arc::clone(&members), Arc::clone(&deliveries), tx.clone());
+                std::thread::spawn(move || serve_control(s, m, Flaw::None, d, Some(tx)));
+            }
+        });
+        cluster
     }
 }
 
@@ -332,4 +425,62 @@ fn echo_counts_round_trips_until_the_duration() {
     assert_eq!(e.mismatches, 0);
     assert_eq!(e.rtt.count, e.round_trips);
     assert!(e.seconds > 0.5 && e.seconds <= 2.5, "{}", e.seconds);
+}
+
+#[test]
+fn fanout_through_a_remote_node_waits_for_what_subscribers_see() {
+    // Every subscriber on the remote node: each PUBLISH reply is 1 (one other node), far
+    // below the 5 deliveries per message, which arrive only REMOTE_DELAY after the reply.
+    // At 4 messages/s the deliveries come in bursts more than the settle time apart, so a
+    // drain that trusted the replies' sum would stop before the last ones arrive.
+    let c = FakeCluster::start();
+    let cmd = command(&format!(
+        "fanout --url ws://{}/ws --control {} -s 10 -r 2 -m 12 --rate 4 --duration 30",
+        c.ws[1], c.control
+    ));
+    let r = coord::run(&cmd, false).unwrap();
+    let f = r.fanout.as_ref().unwrap();
+    assert_eq!(f.queued_deliveries, 12, "{}", r.human());
+    assert_eq!(f.delivered, 60, "{}", r.human());
+    assert_eq!((f.lost, f.reordered, f.duplicated), (0, 0, 0));
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+}
+
+#[test]
+fn fanout_over_several_urls_reports_each_node() {
+    let c = FakeCluster::start();
+    let cmd = command(&format!(
+        "fanout --url ws://{}/ws --url ws://{}/ws --control {} -s 12 -r 3 -m 30 --window 8 --duration 30",
+        c.ws[0], c.ws[1], c.control
+    ));
+    let r = coord::run(&cmd, false).unwrap();
+    let f = r.fanout.as_ref().unwrap();
+    assert!(f.cluster, "{}", r.human());
+    assert_eq!(f.delivered, 12 * 30 / 3, "{}", r.human());
+    assert_eq!(f.per_url.len(), 2);
+    for u in &f.per_url {
+        assert_eq!(u.subscribers, 6, "{}", r.human());
+        assert_eq!((u.delivered, u.lost), (60, 0), "{}", r.human());
+        assert_eq!(u.latency.count, 60);
+    }
+    // The remote node's deliveries came through the (fake) broker, REMOTE_DELAY later.
+    assert!(f.per_url[1].latency.p50_ms > f.per_url[0].latency.p50_ms);
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+}
+
+#[test]
+fn single_url_fanout_report_has_no_per_url_or_cluster_fields() {
+    let srv = FakeServer::start(false, Flaw::None);
+    let cmd = command(&format!(
+        "fanout --url ws://{}/ws --control {} -s 4 -r 2 -m 10 --duration 30",
+        srv.ws, srv.control
+    ));
+    let r = coord::run(&cmd, false).unwrap();
+    let json = serde_json::to_value(&r).unwrap();
+    let f = &json["fanout"];
+    assert!(
+        f.get("per_url").is_none() && f.get("cluster").is_none(),
+        "{f}"
+    );
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
 }

@@ -2,10 +2,12 @@
 //! loop, sending `PUBLISH room-<k % R> "<k> <send_ns> xxx..."` (or `BROADCAST`) either at a
 //! fixed rate or as fast as a window allows.
 //!
-//! Window: at most W commands await their reply, and the deliveries the server has
-//! acknowledged (sum of `:N` replies, plus W-estimates for unanswered commands) minus the
-//! deliveries subscribers have reported stay below W messages' worth. It never blocks
-//! except in `Poll::poll` and stops at its deadline whatever the server does.
+//! Window: at most W commands await their reply, and the deliveries expected for the
+//! messages sent (open subscribers of each message's room when it was sent) minus the
+//! deliveries subscribers have reported stay below W messages' worth. Only what the
+//! subscribers report counts, never the `:N` replies: in cluster mode a reply is "local
+//! recipients + other nodes that got it", not a delivery count. It never blocks except in
+//! `Poll::poll` and stops at its deadline whatever the server does.
 
 use crate::resp::{encode_command, parse_reply, Reply, RespError};
 use crate::sys::mono_ns;
@@ -46,8 +48,12 @@ pub struct Published {
     pub sent: u64,
     /// Commands answered with an integer.
     pub acked: u64,
-    /// Sum of the integer replies: deliveries the server queued.
+    /// Sum of the integer replies: deliveries the server queued (standalone), or local
+    /// deliveries plus other nodes reached (cluster mode).
     pub queued: u64,
+    /// Deliveries the subscribers should see for the messages sent, from the open
+    /// subscribers of each message's room at the time it was sent.
+    pub expected: u64,
     /// `-ERR` replies, and the first one's text.
     pub errors: u64,
     pub first_error: Option<String>,
@@ -83,12 +89,14 @@ impl std::fmt::Display for PublishError {
 const CONTROL: Token = Token(0);
 
 /// Publishes every message, reading `delivered` (total deliveries reported by the
-/// subscribers, kept current by the coordinator) to hold the window.
+/// subscribers) and `rooms_open` (open subscribers per room), both kept current by the
+/// coordinator, to hold the window.
 ///
 /// `cancel` ends publishing early (a worker failed); it is looked at least every 100 ms.
 pub fn publish(
     plan: &PublishPlan,
     delivered: &AtomicU64,
+    rooms_open: &[AtomicU64],
     cancel: &AtomicBool,
 ) -> Result<Published, PublishError> {
     let std_stream = std::net::TcpStream::connect_timeout(&plan.control, Duration::from_secs(5))
@@ -139,8 +147,9 @@ pub fn publish(
                 }
                 Pace::Window(w) => {
                     let w = w as u64;
-                    let acked_deliveries = done.queued + outstanding * plan.per_message;
-                    let lag = acked_deliveries.saturating_sub(delivered.load(Ordering::Acquire));
+                    let lag = done
+                        .expected
+                        .saturating_sub(delivered.load(Ordering::Acquire));
                     if outstanding >= w {
                         false
                     } else if lag >= w * plan.per_message.max(1) {
@@ -158,11 +167,16 @@ pub fn publish(
             }
             let k = done.sent;
             let payload = padded(&format!("{k} {}", mono_ns()), plan.bytes);
+            let r = (k % plan.rooms as u64) as usize;
             if plan.broadcast {
                 encode_command(&mut out, &[b"BROADCAST", payload.as_bytes()]);
+                done.expected += rooms_open
+                    .iter()
+                    .map(|n| n.load(Ordering::Acquire))
+                    .sum::<u64>();
             } else {
-                let room = &rooms[(k % plan.rooms as u64) as usize];
-                encode_command(&mut out, &[b"PUBLISH", room, payload.as_bytes()]);
+                encode_command(&mut out, &[b"PUBLISH", &rooms[r], payload.as_bytes()]);
+                done.expected += rooms_open.get(r).map_or(0, |n| n.load(Ordering::Acquire));
             }
             if done.sent == 0 {
                 done.first_send_ns = mono_ns();

@@ -63,7 +63,11 @@ pub struct ConnReport {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ServerReport {
+    /// The first `--pid`; with several (a cluster), all of them in `pids`, and RSS and
+    /// CPU below are sums over them.
     pub pid: u32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pids: Vec<u32>,
     pub rss_before_bytes: Option<u64>,
     pub rss_after_bytes: Option<u64>,
     /// (RSS after − before) / connections opened.
@@ -94,8 +98,23 @@ pub struct ServerReport {
     pub writev_per_delivery: Option<f64>,
 }
 
+/// The subscribers of one `--url` (one cluster node), when there are several.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct UrlReport {
+    pub url: String,
+    pub subscribers: u64,
+    pub expected_deliveries: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub latency: Pcts,
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct FanoutReport {
+    /// The control port's server said INFO `cluster_enabled:1`: `queued_deliveries` is
+    /// then the sum of "local recipients + other nodes reached", not a delivery count.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cluster: bool,
     pub subscribers: u64,
     pub rooms: u32,
     pub broadcast: bool,
@@ -124,6 +143,9 @@ pub struct FanoutReport {
     pub duplicated: u64,
     pub foreign: u64,
     pub malformed: u64,
+    /// Per `--url`, in order, when more than one was given.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_url: Vec<UrlReport>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -212,7 +234,12 @@ impl Report {
             );
             let _ = writeln!(
                 s,
-                "deliveries    queued {}  expected {}  received {}  ({:.0}/s, {:.0} msg/s)",
+                "deliveries    {} {}  expected {}  received {}  ({:.0}/s, {:.0} msg/s)",
+                if f.cluster {
+                    "replies (local + nodes)"
+                } else {
+                    "queued"
+                },
                 f.queued_deliveries,
                 f.expected_deliveries,
                 f.delivered,
@@ -226,6 +253,14 @@ impl Report {
                 "checks        lost {}  reordered {}  duplicated {}  foreign {}  malformed {}",
                 f.lost, f.reordered, f.duplicated, f.foreign, f.malformed
             );
+            for u in &f.per_url {
+                let _ = writeln!(
+                    s,
+                    "  {}  subscribers {}  received {}/{}  lost {}",
+                    u.url, u.subscribers, u.delivered, u.expected_deliveries, u.lost
+                );
+                let _ = writeln!(s, "    latency   {}", u.latency.line());
+            }
         }
         if let Some(e) = &self.echo {
             let _ = writeln!(
@@ -236,10 +271,16 @@ impl Report {
             let _ = writeln!(s, "round trip    {}", e.rtt.line());
         }
         if let Some(v) = &self.server {
+            let pids = if v.pids.is_empty() {
+                v.pid.to_string()
+            } else {
+                let all: Vec<String> = v.pids.iter().map(u32::to_string).collect();
+                format!("{} (RSS and CPU summed)", all.join(","))
+            };
             let _ = writeln!(
                 s,
                 "server pid    {}  RSS {} -> {} bytes",
-                v.pid,
+                pids,
                 opt(v.rss_before_bytes),
                 opt(v.rss_after_bytes)
             );

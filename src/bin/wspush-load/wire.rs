@@ -29,10 +29,20 @@ pub struct Counters {
     pub delivered: u64,
     /// Round trips completed (echo).
     pub round_trips: u64,
+    /// Fanout: open subscribers per room. The publisher's window counts the deliveries it
+    /// expects from these, not from PUBLISH replies (which in cluster mode count nodes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rooms_open: Vec<u64>,
 }
 
 impl Counters {
     pub fn add(&mut self, o: &Counters) {
+        if self.rooms_open.len() < o.rooms_open.len() {
+            self.rooms_open.resize(o.rooms_open.len(), 0);
+        }
+        for (a, b) in self.rooms_open.iter_mut().zip(&o.rooms_open) {
+            *a += b;
+        }
         self.attempted += o.attempted;
         self.open += o.open;
         self.handshakes += o.handshakes;
@@ -65,6 +75,30 @@ pub struct FanoutCheck {
     /// Per message sequence: the latest receipt minus its send time over this worker's
     /// subscribers, in ns (0 = nobody here received it).
     pub last_receipt_ns: Vec<u64>,
+    /// With several `--url`s: the same counts per URL, in `--url` order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_url: Vec<UrlCheck>,
+}
+
+/// Loss counts of the subscribers connected through one URL.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UrlCheck {
+    pub subscribers: u64,
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    /// Send → receipt per delivery, ns.
+    pub latency_ns: Histogram,
+}
+
+impl UrlCheck {
+    pub fn add(&mut self, o: &UrlCheck) {
+        self.subscribers += o.subscribers;
+        self.expected += o.expected;
+        self.received += o.received;
+        self.lost += o.lost;
+        self.latency_ns.merge(&o.latency_ns);
+    }
 }
 
 impl FanoutCheck {
@@ -82,6 +116,12 @@ impl FanoutCheck {
         }
         for (a, b) in self.last_receipt_ns.iter_mut().zip(&o.last_receipt_ns) {
             *a = (*a).max(*b);
+        }
+        if self.by_url.len() < o.by_url.len() {
+            self.by_url.resize(o.by_url.len(), UrlCheck::default());
+        }
+        for (a, b) in self.by_url.iter_mut().zip(&o.by_url) {
+            a.add(b);
         }
     }
 }

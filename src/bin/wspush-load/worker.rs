@@ -57,10 +57,11 @@ pub struct Plan {
     pub index: u32,
     pub workers: u32,
     pub total: u32,
-    /// Base WebSocket URL; per-connection query parameters are appended.
-    pub url: String,
-    /// Resolved address of the URL's host and port.
-    pub addr: SocketAddr,
+    /// Base WebSocket URLs (at least one); connection `id` uses `urls[id % len]` and
+    /// appends its query parameters.
+    pub urls: Vec<String>,
+    /// Resolved address of each URL's host and port, in the same order.
+    pub addrs: Vec<SocketAddr>,
     pub src: Option<SrcRange>,
     /// New connections per second for this worker (0 = unlimited).
     pub rate: f64,
@@ -80,15 +81,30 @@ pub fn url_with(base: &str, extra: &str) -> String {
 }
 
 impl Plan {
+    /// Which of the URLs connection `id` uses.
+    fn url_index(&self, id: u32) -> usize {
+        id as usize % self.urls.len().max(1)
+    }
+
+    /// Per-URL results are only kept when there is more than one URL to tell apart.
+    fn per_url(&self) -> bool {
+        self.urls.len() > 1
+    }
+
     fn url_for(&self, id: u32) -> String {
+        let base = self
+            .urls
+            .get(self.url_index(id))
+            .map(String::as_str)
+            .unwrap_or_default();
         match self.mode {
             Mode::Fanout { rooms, .. } => {
-                url_with(&self.url, &format!("user=s{id}&rooms=room-{}", id % rooms))
+                url_with(base, &format!("user=s{id}&rooms=room-{}", id % rooms))
             }
             // A token names the user (the server refuses user= next to it).
-            _ if self.url.contains("user=") || self.url.contains("token=") => self.url.clone(),
-            Mode::Conns => url_with(&self.url, &format!("user=c{id}")),
-            Mode::Echo { .. } => url_with(&self.url, &format!("user=e{id}")),
+            _ if base.contains("user=") || base.contains("token=") => base.to_string(),
+            Mode::Conns => url_with(base, &format!("user=c{id}")),
+            Mode::Echo { .. } => url_with(base, &format!("user=e{id}")),
         }
     }
 }
@@ -230,8 +246,12 @@ struct Worker<'a> {
     delivered_reported: u64,
     delivered_reported_ns: u64,
     config: WebSocketConfig,
-    /// Fanout: (room, distinct messages received) of subscribers dropped after opening.
-    dropped_subs: Vec<(u32, u64)>,
+    /// Fanout: (room, distinct messages received, URL index) of subscribers dropped
+    /// after opening.
+    dropped_subs: Vec<(u32, u64, usize)>,
+    /// A subscriber dropped: tell the coordinator at once, so the publisher stops
+    /// expecting deliveries for it.
+    progress_due: bool,
 }
 
 /// Runs the worker until `stop` is requested or its deadline passes, emitting events to
@@ -252,9 +272,17 @@ pub fn run(plan: &Plan, sink: &Sink, poll: Poll, stop: &StopSignal) -> WorkerRes
         delivered_reported_ns: 0,
         config: ws_config(),
         dropped_subs: Vec::new(),
+        progress_due: false,
     };
-    if let Mode::Fanout { messages, .. } = plan.mode {
+    if let Mode::Fanout {
+        messages, rooms, ..
+    } = plan.mode
+    {
         w.check.last_receipt_ns = vec![0; messages as usize];
+        w.result.counters.rooms_open = vec![0; rooms as usize];
+        if plan.per_url() {
+            w.check.by_url = vec![Default::default(); plan.urls.len()];
+        }
     }
     w.event_loop(stop);
     w.finish(stop.published())
@@ -304,8 +332,9 @@ impl Worker<'_> {
                     self.start_echo();
                 }
             }
-            if now >= next_progress {
+            if now >= next_progress || self.progress_due {
                 next_progress = now + PROGRESS_EVERY_NS;
+                self.progress_due = false;
                 self.sink.emit(Event::Progress {
                     worker: self.plan.index,
                     counters: self.result.counters.clone(),
@@ -367,7 +396,9 @@ impl Worker<'_> {
     }
 
     fn connect(&self, id: u32) -> std::io::Result<TcpStream> {
-        let addr = self.plan.addr;
+        let Some(&addr) = self.plan.addrs.get(self.plan.url_index(id)) else {
+            return Err(std::io::Error::new(ErrorKind::InvalidInput, "no address"));
+        };
         let sock = Socket::new(
             Domain::for_address(addr),
             Type::STREAM.nonblocking(),
@@ -523,8 +554,15 @@ impl Worker<'_> {
                 self.result.counters.handshakes += 1;
                 self.result.counters.open += 1;
                 self.in_progress -= 1;
-                if conn.sub.is_some() {
+                if let Some(sub) = &conn.sub {
                     self.check.subscribers += 1;
+                    if let Some(n) = self.result.counters.rooms_open.get_mut(sub.room as usize) {
+                        *n += 1;
+                    }
+                    let u = self.plan.url_index(conn.id);
+                    if let Some(c) = self.check.by_url.get_mut(u) {
+                        c.subscribers += 1;
+                    }
                 }
                 conn.phase = Phase::Open(ws);
                 if self.echo_running {
@@ -544,8 +582,15 @@ impl Worker<'_> {
     }
 
     fn drop_open(&mut self, key: usize, cause: String) {
-        if let Some(sub) = self.conns.try_remove(key).and_then(|c| c.sub) {
-            self.dropped_subs.push((sub.room, sub.received));
+        if let Some(conn) = self.conns.try_remove(key) {
+            if let Some(sub) = conn.sub {
+                let u = self.plan.url_index(conn.id);
+                self.dropped_subs.push((sub.room, sub.received, u));
+                if let Some(n) = self.result.counters.rooms_open.get_mut(sub.room as usize) {
+                    *n = n.saturating_sub(1);
+                }
+                self.progress_due = true;
+            }
         }
         self.result.counters.open -= 1;
         self.result.counters.dropped += 1;
@@ -619,7 +664,11 @@ impl Worker<'_> {
                     self.check.malformed += 1;
                     return false;
                 };
-                let Some(sub) = self.conns.get_mut(key).and_then(|c| c.sub.as_mut()) else {
+                let Some(conn) = self.conns.get_mut(key) else {
+                    return false;
+                };
+                let url = self.plan.url_index(conn.id);
+                let Some(sub) = conn.sub.as_mut() else {
                     return false;
                 };
                 if seq >= messages as u64 || (!broadcast && seq % rooms as u64 != sub.room as u64) {
@@ -644,6 +693,9 @@ impl Worker<'_> {
                 }
                 let lat = now.saturating_sub(sent).max(1);
                 self.result.latency_ns.record(lat);
+                if let Some(c) = self.check.by_url.get_mut(url) {
+                    c.latency_ns.record(lat);
+                }
                 if let Some(m) = self.check.last_receipt_ns.get_mut(seq as usize) {
                     *m = (*m).max(lat);
                 }
@@ -694,20 +746,30 @@ impl Worker<'_> {
         {
             let published = published.unwrap_or(messages as u64).min(messages as u64);
             let mut check = std::mem::take(&mut self.check);
+            let plan = self.plan;
             let open = self
                 .conns
                 .iter()
                 .filter_map(|(_, c)| match (&c.sub, &c.phase) {
-                    (Some(sub), Phase::Open(_)) => Some((sub.room, sub.received)),
+                    (Some(sub), Phase::Open(_)) => {
+                        Some((sub.room, sub.received, plan.url_index(c.id)))
+                    }
                     _ => None,
                 });
             // Subscribers dropped after their handshake lose what they did not get.
-            let all: Vec<(u32, u64)> = open.chain(self.dropped_subs.iter().copied()).collect();
-            for (room, received) in all {
+            let all: Vec<(u32, u64, usize)> =
+                open.chain(self.dropped_subs.iter().copied()).collect();
+            for (room, received, url) in all {
                 let expected = stream_len(room, rooms, broadcast, published);
+                let lost = expected.saturating_sub(received);
                 check.expected += expected;
                 check.received += received;
-                check.lost += expected.saturating_sub(received);
+                check.lost += lost;
+                if let Some(c) = check.by_url.get_mut(url) {
+                    c.expected += expected;
+                    c.received += received;
+                    c.lost += lost;
+                }
             }
             self.result.fanout = Some(check);
         }
