@@ -212,7 +212,7 @@ fn client_join(cfg: &Config) -> Result<Vec<RoomPattern>, StartError> {
 /// Cluster mode's settings from `--redis`, `--node-id` and `--cluster-prefix`; `None`
 /// standalone. Every URL is parsed and resolved here, once: the dispatcher never
 /// calls a blocking resolver.
-fn cluster_settings(cfg: &Config, ws_port: u16) -> Result<Option<ClusterSettings>, StartError> {
+fn cluster_settings(cfg: &Config, node_id: &str) -> Result<Option<ClusterSettings>, StartError> {
     use std::net::ToSocketAddrs;
     let config = |msg: String| StartError::Config(ConfigError(msg));
     if cfg.redis.is_empty() {
@@ -233,15 +233,6 @@ fn cluster_settings(cfg: &Config, ws_port: u16) -> Result<Option<ClusterSettings
         }
         redis.push((url, addr));
     }
-    let node_id = match &cfg.node_id {
-        Some(id) => id.clone(),
-        None => format!("{}:{ws_port}", host_name()),
-    };
-    if !crate::names::is_valid_name(node_id.as_bytes()) {
-        return Err(config(format!(
-            "--node-id {node_id:?}: 1 to 128 printable ASCII characters, no spaces or commas"
-        )));
-    }
     let prefix = &cfg.cluster_prefix;
     if !crate::names::is_valid_name(prefix.as_bytes()) || prefix.len() > 64 {
         return Err(config(format!(
@@ -250,9 +241,23 @@ fn cluster_settings(cfg: &Config, ws_port: u16) -> Result<Option<ClusterSettings
     }
     Ok(Some(ClusterSettings {
         redis,
-        node_id,
+        node_id: node_id.to_string(),
         prefix: prefix.clone(),
     }))
+}
+
+/// `--node-id`, or `<host name>:<WebSocket port>`; checked like a room name.
+fn node_id(cfg: &Config, ws_port: u16) -> Result<String, StartError> {
+    let node_id = match &cfg.node_id {
+        Some(id) => id.clone(),
+        None => format!("{}:{ws_port}", host_name()),
+    };
+    if !crate::names::is_valid_name(node_id.as_bytes()) {
+        return Err(StartError::Config(ConfigError(format!(
+            "--node-id {node_id:?}: 1 to 128 printable ASCII characters, no spaces or commas"
+        ))));
+    }
+    Ok(node_id)
 }
 
 /// A URL as it may be logged: anything between `//` and `@` hidden.
@@ -319,7 +324,8 @@ impl Server {
         control.set_nonblocking(true).map_err(control_err)?;
         let control_addr = control.local_addr().map_err(control_err)?;
 
-        let cluster = cluster_settings(cfg, ws_addr.port())?;
+        let node_id = node_id(cfg, ws_addr.port())?;
+        let cluster = cluster_settings(cfg, &node_id)?;
 
         let capacity = Arc::new(Capacity::new(max_connections, max_handshakes));
         let liveness = Arc::new(Liveness::new(threads));
@@ -397,6 +403,7 @@ impl Server {
                 listen: ws_addr,
                 control: control_addr,
                 cluster,
+                node_id,
             },
             Census {
                 capacity,

@@ -291,10 +291,7 @@ impl Dispatcher {
         let now = Instant::now();
         let connections: u64 = self.online.iter().sum();
         let me = NodeLine {
-            id: self
-                .cluster
-                .as_ref()
-                .map_or_else(|| "standalone".to_string(), |c| c.node_id.clone()),
+            id: self.settings.node_id.clone(),
             connections,
             rooms: self.rooms.len() as u64,
             users: self.users.len() as u64,

@@ -257,7 +257,7 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
         match &d.cluster {
             None => {
                 line(&mut out, "cluster_enabled", &0);
-                line(&mut out, "cluster_node_id", &"standalone");
+                line(&mut out, "cluster_node_id", &d.settings.node_id);
             }
             Some(c) => {
                 let st = c.status();

@@ -80,6 +80,8 @@ pub struct DispatchSettings {
     pub control: SocketAddr,
     /// Cluster mode: the Redis instances and this node's names; `None` standalone.
     pub cluster: Option<ClusterSettings>,
+    /// This node's name (`--node-id`), also when standalone.
+    pub node_id: String,
 }
 
 /// What cluster mode is started with.
@@ -1004,6 +1006,8 @@ mod tests {
                     max_connections: 100,
                     listen: control,
                     control,
+                    cluster: None,
+                    node_id: "test".into(),
                 },
                 Census {
                     capacity: Arc::new(crate::link::capacity::Capacity::new(100, 100)),

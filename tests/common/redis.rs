@@ -363,7 +363,8 @@ impl Cluster {
             let mut last = String::new();
             let ok = wait_until(Duration::from_secs(10), || {
                 let up = node.info_u64("cluster_broker_up");
-                let listed = nodes_of(node).len();
+                // NODES answers -TRYAGAIN until the broker link is up.
+                let listed = if up == 1 { nodes_of(node).len() } else { 0 };
                 last = format!("cluster_broker_up:{up}, NODES lists {listed}");
                 up == 1 && listed == n
             });

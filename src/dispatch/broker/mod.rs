@@ -287,9 +287,7 @@ impl Cluster {
                 _ => {}
             }
         }
-        let cluster = self.names.cluster();
-        let linked = self.engine.subscribed(cluster) && self.engine.is_up_for(cluster);
-        match (linked, self.linked_since) {
+        match (self.linked(), self.linked_since) {
             (true, None) => self.linked_since = Some(now),
             (false, Some(_)) => self.linked_since = None,
             _ => {}
@@ -558,7 +556,8 @@ impl Cluster {
     /// Whether cluster-wide counts can be given: the cluster channel is subscribed
     /// and its instance reachable.
     pub fn linked(&self) -> bool {
-        self.linked_since.is_some()
+        let cluster = self.names.cluster();
+        self.engine.subscribed(cluster) && self.engine.is_up_for(cluster)
     }
 
     /// Whether commands for the room's presence can be sent now.
