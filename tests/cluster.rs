@@ -252,6 +252,46 @@ fn publish_on_one_node_reaches_every_node_once_and_in_order() {
     }
 }
 
+/// The spec's ordering rule across instances: one control connection publishes,
+/// pipelined, alternately to rooms placed on different Redis instances (and
+/// broadcasts and sends in between); a connection on another node that is in all of
+/// them gets every message in publish order.
+#[test]
+fn one_publishers_messages_keep_their_order_across_redis_instances() {
+    let cluster = Cluster::start("order", 3, 2, &[]);
+    let rooms = rooms_on_both_instances(4, &cluster.prefix);
+    let list = rooms.join(",");
+    let mut remote = [
+        ws_connect(&cluster.nodes[1].url(&format!("?user=ord&rooms={list}"))),
+        ws_connect(&cluster.nodes[2].url(&format!("?user=ord&rooms={list}"))),
+    ];
+    for room in &rooms {
+        cluster.wait_subscribers(&cluster.room_channel(room), 2);
+    }
+    cluster.wait_subscribers(&cluster.user_channel("ord"), 2);
+    const N: usize = 400;
+    let mut wire = Vec::new();
+    for i in 0..N {
+        let text = i.to_string();
+        match i % 7 {
+            5 => wire.extend(Resp::encode(&["BROADCAST", &text])),
+            6 => wire.extend(Resp::encode(&["SEND", "ord", &text])),
+            _ => wire.extend(Resp::encode(&["PUBLISH", &rooms[i % rooms.len()], &text])),
+        }
+    }
+    wire.extend(Resp::encode(&["SEND", "ord", "end"]));
+    let mut ctl = cluster.nodes[0].control();
+    ctl.send_raw(&wire);
+    for n in 0..=N {
+        assert_eq!(ctl.read(), Reply::Int(2), "reply {n}: the two other nodes");
+    }
+    for ws in &mut remote {
+        let got = numbered_until_end(ws, "end");
+        let want: Vec<u64> = (0..N as u64).collect();
+        assert_eq!(got, want, "every message once, in publish order");
+    }
+}
+
 #[test]
 fn broadcast_reaches_every_connection_on_every_node_once() {
     let cluster = Cluster::start("broadcast", 3, 2, &[]);

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
+use crate::control::command::Command;
 use crate::control::resp::{self, Parser};
 
 /// Most replies one client may have held at once; its commands pause at the bound.
@@ -88,6 +89,18 @@ pub(super) struct Client {
     pub writable: bool,
     /// Since when `output` has been over the soft limit without draining.
     pub stalled_since: Option<Instant>,
+    /// Publishes to the broker not answered yet, all through instance
+    /// `broker_instance`.
+    pub broker_inflight: u32,
+    pub broker_instance: usize,
+    /// Whether a fence (see `Dispatcher::fence`) has completed on `broker_instance`
+    /// since this client's last publish there.
+    pub fenced: bool,
+    /// A command that goes through another broker instance than the unanswered ones:
+    /// it runs once they are answered, so that the first instance has handed the
+    /// earlier messages to its subscribers before the next instance sees the later
+    /// one (the order a recipient on another node gets them in).
+    pub stashed: Option<Command>,
 }
 
 impl Client {
@@ -113,6 +126,10 @@ impl Client {
             eof: false,
             writable: true,
             stalled_since: None,
+            broker_inflight: 0,
+            broker_instance: 0,
+            fenced: true,
+            stashed: None,
         }
     }
 

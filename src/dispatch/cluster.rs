@@ -11,9 +11,11 @@
 use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, Instant};
 
+use super::broker::wire::order_key;
 use super::broker::{Answer, Delivery, Inbound, LocalCounts, Outbound};
 use super::client::Failure;
 use super::{BrokerWait, Dispatcher, Recipients};
+use crate::control::command::Command;
 use crate::control::resp;
 use crate::link::{self, health};
 use crate::ws::close::CloseCode;
@@ -53,6 +55,12 @@ impl Dispatcher {
             health::Broker::Up
         } else {
             health::Broker::Down
+        });
+        // One sender's messages may come through several Redis instances: within
+        // what this turn read, put them back in the order it published them.
+        inbound.sort_by_key(|ev| match ev {
+            Inbound::Message { payload, .. } => order_key(payload).unwrap_or_default(),
+            _ => (0, 0),
         });
         for ev in inbound.drain(..) {
             match ev {
@@ -130,23 +138,45 @@ impl Dispatcher {
             return;
         };
         let (client, client_id, held, add, failure) = match wait {
+            BrokerWait::Fence { client, client_id } => {
+                if let Some(c) = self.clients.get_mut(client) {
+                    if c.id == client_id {
+                        c.broker_inflight = c.broker_inflight.saturating_sub(1);
+                        // Even a failed fence ends the wait: the instance is gone, and
+                        // nothing more can be gained by holding the client.
+                        c.fenced = true;
+                        self.ready.push(client);
+                    }
+                }
+                return;
+            }
             BrokerWait::Reply {
                 client,
                 client_id,
                 held,
                 own,
-            } => match answer {
-                Answer::Count(n) => (
-                    client,
-                    client_id,
-                    held,
-                    (n - own as i64).max(0) as u64,
-                    None,
-                ),
-                Answer::Error(e) => (client, client_id, held, 0, Some(Failure::Refused(e))),
-                Answer::Lost => (client, client_id, held, 0, Some(Failure::Lost)),
-                Answer::Fields(_) => (client, client_id, held, 0, None),
-            },
+            } => {
+                if let Some(c) = self.clients.get_mut(client) {
+                    if c.id == client_id {
+                        c.broker_inflight = c.broker_inflight.saturating_sub(1);
+                        if c.broker_inflight == 0 && c.stashed.is_some() {
+                            self.ready.push(client);
+                        }
+                    }
+                }
+                match answer {
+                    Answer::Count(n) => (
+                        client,
+                        client_id,
+                        held,
+                        (n - own as i64).max(0) as u64,
+                        None,
+                    ),
+                    Answer::Error(e) => (client, client_id, held, 0, Some(Failure::Refused(e))),
+                    Answer::Lost => (client, client_id, held, 0, Some(Failure::Lost)),
+                    Answer::Fields(_) => (client, client_id, held, 0, None),
+                }
+            }
             BrokerWait::Online {
                 client,
                 client_id,
@@ -177,6 +207,58 @@ impl Dispatcher {
         }
     }
 
+    /// Whether `cmd` must wait because it goes through another broker instance than
+    /// this client's publishes still unanswered (see `Client::stashed`).
+    pub(super) fn must_wait_for_instance_switch(&self, key: usize, cmd: &Command) -> bool {
+        let Some(cluster) = &self.cluster else {
+            return false;
+        };
+        let Some(c) = self.clients.get(key) else {
+            return false;
+        };
+        if c.broker_inflight == 0 {
+            return false;
+        }
+        let what = match cmd {
+            Command::Publish { room, payload } => Outbound::Room(room, payload),
+            Command::Broadcast { payload } => Outbound::All(payload),
+            Command::Send { user, payload } => Outbound::User(user, payload),
+            Command::Join { user, room } => Outbound::Join { user, room },
+            Command::Leave { user, room } => Outbound::Leave { user, room },
+            Command::Kick { user, reason } => Outbound::Kick { user, reason },
+            _ => return false,
+        };
+        cluster.instance_for(&what) != c.broker_instance && (c.broker_inflight > 0 || !c.fenced)
+    }
+
+    /// Sends a fence for client `key`: a PING through the instance its last publishes
+    /// went through, sent only once they are all answered. Redis answers a PUBLISH
+    /// before it has written the message to its subscribers (both leave in one
+    /// event-loop iteration, the reply first), so the reply alone does not prove the
+    /// subscribers have it; the PING is read in a later iteration, after that
+    /// iteration's writes. Only then does the client's next message go to another
+    /// instance, so a node subscribed on both gets the two in publish order.
+    pub(super) fn fence(&mut self, key: usize) {
+        let tag = self.tag();
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        let c = &mut self.clients[key];
+        if cluster.fence(c.broker_instance, tag).is_ok() {
+            c.broker_inflight += 1;
+            self.broker_waits.insert(
+                tag,
+                BrokerWait::Fence {
+                    client: key,
+                    client_id: c.id,
+                },
+            );
+        } else {
+            c.fenced = true;
+            self.ready.push(key);
+        }
+    }
+
     fn tag(&mut self) -> u64 {
         self.next_tag += 1;
         self.next_tag
@@ -190,9 +272,13 @@ impl Dispatcher {
             resp::write_integer(self.clients[key].out(), local as i64);
             return;
         };
+        let instance = cluster.instance_for(&what);
         let c = &mut self.clients[key];
         match cluster.publish(what, Some(tag)) {
             Ok(own) => {
+                c.broker_inflight += 1;
+                c.broker_instance = instance;
+                c.fenced = false;
                 c.hold(tag, local, 1, true, None);
                 self.broker_waits.insert(
                     tag,
@@ -217,9 +303,13 @@ impl Dispatcher {
     pub(super) fn hold_for_broker(&mut self, key: usize, what: Outbound<'_>) -> Option<u64> {
         let tag = self.tag();
         let cluster = self.cluster.as_mut()?;
+        let instance = cluster.instance_for(&what);
         let c = &mut self.clients[key];
         match cluster.publish(what, Some(tag)) {
             Ok(own) => {
+                c.broker_inflight += 1;
+                c.broker_instance = instance;
+                c.fenced = false;
                 // Two parts: this node's acks (resolved by user_request), the broker.
                 c.hold(tag, 0, 2, true, None);
                 self.broker_waits.insert(

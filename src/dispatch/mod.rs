@@ -133,6 +133,8 @@ enum BrokerWait {
         /// This node's own subscription counts in the broker's number.
         own: bool,
     },
+    /// A fence before a client's next publish goes through another instance.
+    Fence { client: usize, client_id: u64 },
     /// `ONLINE room`: adds the other live nodes' members.
     Online {
         client: usize,
@@ -518,6 +520,22 @@ impl Dispatcher {
                 // Resumed when a held reply resolves.
                 break;
             }
+            if c.stashed.is_some() {
+                if c.broker_inflight > 0 {
+                    // Resumed when the broker has answered them all.
+                    break;
+                }
+                if !c.fenced {
+                    self.fence(key);
+                    break;
+                }
+                let c = &mut self.clients[key];
+                if let Some(cmd) = c.stashed.take() {
+                    budget -= 1;
+                    self.execute(key, cmd);
+                }
+                continue;
+            }
             if self.congested || budget == 0 {
                 self.ready.push(key);
                 break;
@@ -602,6 +620,10 @@ impl Dispatcher {
         // What the reactors have confirmed to their clients so far must be visible to
         // this command (see the module comment).
         self.apply_events();
+        if self.must_wait_for_instance_switch(key, &cmd) {
+            self.clients[key].stashed = Some(cmd);
+            return;
+        }
         match cmd {
             Command::Ping(msg) => {
                 let c = &mut self.clients[key];

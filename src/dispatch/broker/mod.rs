@@ -118,6 +118,8 @@ pub trait Engine: Send {
     fn want(&mut self, channel: &[u8], on: bool);
     /// Whether this node's own subscription to `channel` is in place.
     fn subscribed(&self, channel: &[u8]) -> bool;
+    /// Which broker instance holds `key` (a channel or presence key).
+    fn instance_of(&self, key: &[u8]) -> usize;
     /// Whether commands for `key` (a channel or presence key) can be sent now.
     fn is_up_for(&self, key: &[u8]) -> bool;
     fn publish(
@@ -136,6 +138,8 @@ pub trait Engine: Send {
     /// Removes a dead node's field (best effort).
     fn forget_presence(&mut self, key: &[u8], field: &[u8]);
     fn query_presence(&mut self, key: &[u8], tag: u64) -> Result<(), Unavailable>;
+    /// A no-op command on instance `instance`, answered after everything sent before.
+    fn fence(&mut self, instance: usize, tag: u64) -> Result<(), Unavailable>;
     /// Too much is queued for the broker: stop taking control input for now.
     fn congested(&self) -> bool;
     fn status(&self) -> EngineStatus;
@@ -194,6 +198,8 @@ pub struct Cluster {
     pub nonce: u64,
     /// This node's field in presence hashes: the nonce in hex.
     field: Vec<u8>,
+    /// Messages this node has published (the envelope's sequence number).
+    seq: u64,
     instances: u16,
     pub nodes: NodeTable,
     /// Channels whose last local member left, by when they are dropped.
@@ -224,6 +230,7 @@ impl Cluster {
             node_id,
             nonce,
             field: format!("{nonce:016x}").into_bytes(),
+            seq: 0,
             nodes: NodeTable::default(),
             unsubscribe_due: HashMap::new(),
             unsubscribe_queue: VecDeque::new(),
@@ -351,7 +358,7 @@ impl Cluster {
                 uptime_s: self.started.elapsed().as_secs(),
                 instances: self.instances,
             };
-            let msg = wire::encode(self.nonce, &Message::Heartbeat(hb));
+            let msg = wire::encode(self.nonce, self.next_seq(), &Message::Heartbeat(hb));
             let ch = self.names.cluster().to_vec();
             let _ = self.engine.publish(&ch, &msg, None);
         }
@@ -497,22 +504,47 @@ impl Cluster {
         }
     }
 
-    /// Publishes a command for the other nodes. `Ok(self_subscribed)` says whether
-    /// this node's own subscription will count in the broker's receiver count.
-    pub fn publish(&mut self, what: Outbound<'_>, tag: Option<u64>) -> Result<bool, Unavailable> {
-        let (kind, name, message) = match what {
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Which broker instance a command for the other nodes goes through.
+    pub fn instance_for(&self, what: &Outbound<'_>) -> usize {
+        let (kind, name, _) = Self::parts(what);
+        self.engine.instance_of(&self.names.channel(kind, name))
+    }
+
+    fn parts<'a>(what: &Outbound<'a>) -> (ChannelKind, &'a str, Message<'a>) {
+        match *what {
             Outbound::Room(room, p) => (ChannelKind::Room, room, Message::Push(p)),
             Outbound::User(user, p) => (ChannelKind::User, user, Message::Push(p)),
             Outbound::All(p) => (ChannelKind::Cluster, "", Message::Push(p)),
             Outbound::Join { user, room } => (ChannelKind::User, user, Message::Join(room)),
             Outbound::Leave { user, room } => (ChannelKind::User, user, Message::Leave(room)),
             Outbound::Kick { user, reason } => (ChannelKind::User, user, Message::Kick(reason)),
-        };
+        }
+    }
+
+    /// Publishes a command for the other nodes. `Ok(self_subscribed)` says whether
+    /// this node's own subscription will count in the broker's receiver count.
+    pub fn publish(&mut self, what: Outbound<'_>, tag: Option<u64>) -> Result<bool, Unavailable> {
+        let (kind, name, message) = Self::parts(&what);
         let ch = self.names.channel(kind, name);
         let own = self.engine.subscribed(&ch);
-        let bytes = wire::encode(self.nonce, &message);
+        if !self.engine.is_up_for(&ch) {
+            return Err(Unavailable);
+        }
+        let seq = self.next_seq();
+        let bytes = wire::encode(self.nonce, seq, &message);
         self.engine.publish(&ch, &bytes, tag)?;
         Ok(own)
+    }
+
+    /// A round trip through instance `instance` after everything sent there so far
+    /// (see `Dispatcher::fence`); answered as `Inbound::Answer { tag }`.
+    pub fn fence(&mut self, instance: usize, tag: u64) -> Result<(), Unavailable> {
+        self.engine.fence(instance, tag)
     }
 
     /// Asks for a room's presence hash; the answer comes as `Inbound::Answer { tag }`.
@@ -568,7 +600,7 @@ impl Cluster {
     /// Tells the others this node is going (they forget it at once).
     pub fn leave(&mut self) {
         let ch = self.names.cluster().to_vec();
-        let msg = wire::encode(self.nonce, &Message::Leaving);
+        let msg = wire::encode(self.nonce, self.next_seq(), &Message::Leaving);
         let _ = self.engine.publish(&ch, &msg, None);
     }
 

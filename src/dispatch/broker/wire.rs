@@ -2,8 +2,10 @@
 //! every node publishes and decodes.
 //!
 //! A message is a small binary envelope — a version byte, a kind byte, the sending
-//! node's 64-bit instance nonce, then the kind's body — so that a node can recognise
-//! (and skip) its own messages echoed back, and so that a later version can add kinds
+//! node's 64-bit instance nonce and its 64-bit publish sequence number, then the
+//! kind's body — so that a node can recognise (and skip) its own messages echoed
+//! back, restore one sender's order across Redis instances within a read (see
+//! `order_key`), and so that a later version can add kinds
 //! without older nodes misreading them: an unknown version or kind decodes to an
 //! error the caller counts and drops. The payload of a push is the rest of the
 //! message, untouched, so it is never copied into a second encoding.
@@ -16,8 +18,8 @@ use std::fmt;
 /// The envelope version this code writes and reads.
 pub const VERSION: u8 = 1;
 
-/// Bytes before a message's body: version, kind, nonce.
-const HEADER: usize = 2 + 8;
+/// Bytes before a message's body: version, kind, nonce, sequence number.
+const HEADER: usize = 2 + 8 + 8;
 
 /// The longest node id (like a room name).
 pub const MAX_NODE_ID: usize = 128;
@@ -134,6 +136,9 @@ pub struct Envelope<'a> {
     /// The sending process's nonce (random per start), not its configured id: two
     /// nodes misconfigured with one id still deliver to each other.
     pub origin: u64,
+    /// The sender's publish counter: its messages, on whatever channel, in the order
+    /// its control port took them.
+    pub seq: u64,
     pub message: Message<'a>,
 }
 
@@ -166,8 +171,23 @@ const KICK: u8 = b'K';
 const HEARTBEAT: u8 = b'H';
 const LEAVING: u8 = b'X';
 
-/// Encodes a message from node `origin`.
-pub fn encode(origin: u64, message: &Message<'_>) -> Vec<u8> {
+/// The sender and sequence number of an encoded message, read without decoding it:
+/// sorting one read's messages by this key puts each sender's messages back in the
+/// order it published them, whichever Redis instance carried them. `None` for bytes
+/// that are not a message.
+pub fn order_key(bytes: &[u8]) -> Option<(u64, u64)> {
+    if bytes.len() < HEADER || bytes[0] != VERSION {
+        return None;
+    }
+    let mut a = [0u8; 8];
+    let mut b = [0u8; 8];
+    a.copy_from_slice(&bytes[2..10]);
+    b.copy_from_slice(&bytes[10..HEADER]);
+    Some((u64::from_be_bytes(a), u64::from_be_bytes(b)))
+}
+
+/// Encodes message number `seq` of node `origin`.
+pub fn encode(origin: u64, seq: u64, message: &Message<'_>) -> Vec<u8> {
     let (kind, body_len) = match message {
         Message::Push(p) => (PUSH, p.len()),
         Message::Join(r) => (JOIN, r.len()),
@@ -180,6 +200,7 @@ pub fn encode(origin: u64, message: &Message<'_>) -> Vec<u8> {
     out.push(VERSION);
     out.push(kind);
     out.extend_from_slice(&origin.to_be_bytes());
+    out.extend_from_slice(&seq.to_be_bytes());
     match message {
         Message::Push(p) => out.extend_from_slice(p),
         Message::Join(r) | Message::Leave(r) | Message::Kick(r) => {
@@ -207,9 +228,7 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope<'_>, WireError> {
     if bytes[0] != VERSION {
         return Err(WireError::UnknownVersion(bytes[0]));
     }
-    let mut nonce = [0u8; 8];
-    nonce.copy_from_slice(&bytes[2..HEADER]);
-    let origin = u64::from_be_bytes(nonce);
+    let (origin, seq) = order_key(bytes).ok_or(WireError::Truncated)?;
     let body = &bytes[HEADER..];
     let name = |b: &'_ [u8]| -> Result<(), WireError> {
         if crate::names::is_valid_name(b) {
@@ -239,7 +258,11 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope<'_>, WireError> {
         LEAVING => Message::Leaving,
         other => return Err(WireError::UnknownKind(other)),
     };
-    Ok(Envelope { origin, message })
+    Ok(Envelope {
+        origin,
+        seq,
+        message,
+    })
 }
 
 fn decode_heartbeat(body: &[u8]) -> Result<Heartbeat, WireError> {
@@ -321,11 +344,13 @@ mod tests {
             Message::Heartbeat(hb),
             Message::Leaving,
         ] {
-            let bytes = encode(0xdead_beef_0123_4567, &m);
+            let bytes = encode(0xdead_beef_0123_4567, 42, &m);
+            assert_eq!(order_key(&bytes), Some((0xdead_beef_0123_4567, 42)));
             assert_eq!(
                 decode(&bytes),
                 Ok(Envelope {
                     origin: 0xdead_beef_0123_4567,
+                    seq: 42,
                     message: m
                 })
             );
@@ -334,24 +359,25 @@ mod tests {
 
     #[test]
     fn a_push_body_is_the_payload_untouched() {
-        let bytes = encode(1, &Message::Push(b"hello"));
+        let bytes = encode(1, 1, &Message::Push(b"hello"));
         assert_eq!(&bytes[..2], &[VERSION, b'P']);
         assert_eq!(&bytes[HEADER..], b"hello");
     }
 
     #[test]
     fn foreign_versions_kinds_and_bad_names_are_errors() {
-        let mut m = encode(1, &Message::Join("news"));
+        let mut m = encode(1, 1, &Message::Join("news"));
         m[0] = 2;
         assert_eq!(decode(&m), Err(WireError::UnknownVersion(2)));
-        let mut m = encode(1, &Message::Join("news"));
+        let mut m = encode(1, 1, &Message::Join("news"));
         m[1] = b'Z';
         assert_eq!(decode(&m), Err(WireError::UnknownKind(b'Z')));
-        let mut m = encode(1, &Message::Join("news"));
+        let mut m = encode(1, 1, &Message::Join("news"));
         m.push(b' ');
         assert_eq!(decode(&m), Err(WireError::BadName));
         assert_eq!(decode(&[VERSION, b'P']), Err(WireError::Truncated));
         let hb = encode(
+            1,
             1,
             &Message::Heartbeat(Heartbeat {
                 node_id: "n".into(),
@@ -369,14 +395,15 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode(&bytes);
+            let _ = order_key(&bytes);
             let n = Names::new("p");
             let _ = n.parse_channel(&bytes);
         }
 
         #[test]
-        fn arbitrary_payloads_round_trip(origin in any::<u64>(), p in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let bytes = encode(origin, &Message::Push(&p));
-            prop_assert_eq!(decode(&bytes), Ok(Envelope { origin, message: Message::Push(&p) }));
+        fn arbitrary_payloads_round_trip(origin in any::<u64>(), seq in any::<u64>(), p in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let bytes = encode(origin, seq, &Message::Push(&p));
+            prop_assert_eq!(decode(&bytes), Ok(Envelope { origin, seq, message: Message::Push(&p) }));
         }
     }
 }

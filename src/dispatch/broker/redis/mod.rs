@@ -343,6 +343,10 @@ impl Engine for RedisEngine {
         inst.sub.is_ready() && inst.wanted.contains(channel)
     }
 
+    fn instance_of(&self, key: &[u8]) -> usize {
+        self.place(key)
+    }
+
     fn is_up_for(&self, key: &[u8]) -> bool {
         self.instances[self.place(key)].cmd.is_ready()
     }
@@ -402,6 +406,15 @@ impl Engine for RedisEngine {
             return Err(Unavailable);
         }
         cmd.send(&[&b"HGETALL"[..], key], Expect::Tagged(tag));
+        Ok(())
+    }
+
+    fn fence(&mut self, instance: usize, tag: u64) -> Result<(), Unavailable> {
+        let cmd = &mut self.instances.get_mut(instance).ok_or(Unavailable)?.cmd;
+        if !cmd.is_ready() {
+            return Err(Unavailable);
+        }
+        cmd.send(&["PING"], Expect::Tagged(tag));
         Ok(())
     }
 
