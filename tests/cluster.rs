@@ -920,3 +920,68 @@ fn bad_redis_and_node_id_values_refuse_to_start_with_status_2() {
         assert!(r.stderr.contains("--node-id"), "{:?}", r.stderr);
     }
 }
+
+/// After Redis restarts empty, every node writes its presence counts again and
+/// re-subscribes every channel it needs, in batches (more channels than one SUBSCRIBE
+/// batch of 500 here); `/db` in the URL puts the presence hashes in that database.
+#[test]
+fn a_restarted_redis_gets_every_subscription_and_presence_count_back() {
+    let mut redis = RedisServer::start();
+    let url = format!("{}/3", redis.url());
+    let prefix = unique_prefix("resub");
+    let a = start_node(std::slice::from_ref(&url), "node-a", &prefix, &[]);
+    let b = start_node(
+        std::slice::from_ref(&url),
+        "node-b",
+        &prefix,
+        &["--max-rooms-per-conn", "2000"],
+    );
+    // One connection of user "many" on B, joined to 1,200 rooms by the backend.
+    let mut ws = ws_connect(&b.url("?user=many&rooms=lobby"));
+    let mut ctl = b.control();
+    const ROOMS: usize = 1200;
+    let mut wire = Vec::new();
+    for i in 0..ROOMS {
+        wire.extend(Resp::encode(&["JOIN", "many", &format!("r{i}")]));
+    }
+    ctl.send_raw(&wire);
+    for i in 0..ROOMS {
+        assert_eq!(ctl.read(), Reply::Int(1), "JOIN {i}");
+    }
+    // The cluster channel, the user's, lobby and the 1,200 rooms.
+    let want = (ROOMS + 3) as u64;
+    assert_info_eventually(&b, "cluster_subscribed_channels", want);
+    assert!(
+        wait_until(CONVERGE, || int(&a, &["ONLINE", "lobby"]) == 1),
+        "ONLINE lobby on A before the restart"
+    );
+    let key = format!("{prefix}:presence:lobby");
+    assert_eq!(
+        redis.cli(&["-n", "3", "EXISTS", &key]),
+        "1",
+        "presence in db 3"
+    );
+    assert_eq!(
+        redis.cli(&["-n", "0", "EXISTS", &key]),
+        "0",
+        "and not in db 0"
+    );
+
+    redis.kill();
+    redis.restart();
+    assert_info_eventually(&b, "cluster_subscribed_channels", want);
+    let numsub = redis.numsub(&format!("{prefix}:room:r{}", ROOMS - 1));
+    assert_eq!(numsub, 1, "the last batch is subscribed too");
+    assert!(
+        wait_until(Duration::from_secs(8), || {
+            matches!(a.control().cmd(&["ONLINE", "lobby"]), Reply::Int(1))
+        }),
+        "B wrote its presence again after the restart"
+    );
+    assert!(
+        b.info_u64("cluster_reconnects") >= 2,
+        "both connections came back"
+    );
+    assert_eq!(int(&a, &["PUBLISH", "r7", "after"]), 1);
+    assert_eq!(read_text(&mut ws), Ok("after".to_string()));
+}

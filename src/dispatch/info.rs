@@ -275,7 +275,11 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
                 line(&mut out, "cluster_messages_out", &st.messages_out);
                 line(&mut out, "cluster_disconnects", &st.disconnects);
                 line(&mut out, "cluster_reconnects", &st.reconnects);
-                line(&mut out, "cluster_dropped_messages", &c.stats.dropped);
+                line(
+                    &mut out,
+                    "cluster_dropped_messages",
+                    &d.stats.broker_dropped,
+                );
                 line(
                     &mut out,
                     "cluster_unavailable_replies",

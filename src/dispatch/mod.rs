@@ -158,6 +158,9 @@ struct DispatchStats {
     auth_failures: u64,
     /// Connections closed for too many failed AUTH attempts.
     auth_disconnects: u64,
+    /// Messages from other nodes not handed to a reactor whose queue was full (one
+    /// per message and reactor).
+    broker_dropped: u64,
 }
 
 /// Token of the first broker connection; the engine owns a few from here.
@@ -758,9 +761,7 @@ impl Dispatcher {
             if from_broker && self.reactors[r].tx.len() >= MAX_QUEUED_BATCHES {
                 // The broker's reads never wait for a reactor: this one is that far
                 // behind, so the message is dropped for it, and counted.
-                if let Some(c) = &mut self.cluster {
-                    c.stats.dropped += 1;
-                }
+                self.stats.broker_dropped += 1;
                 continue;
             }
             self.add_to_batch(
@@ -1114,6 +1115,47 @@ mod tests {
             user: Some(user.into()),
             delta: 1,
         }
+    }
+
+    /// The broker's read loop never waits for a reactor: a message from another node
+    /// for a reactor whose queue is full is dropped for that reactor and counted, the
+    /// others get it; a local command in the same spot is not dropped (control input
+    /// pauses instead).
+    #[test]
+    fn a_message_from_the_broker_skips_a_reactor_that_is_behind_and_counts_it() {
+        let mut rig = Rig::new(2);
+        rig.events
+            .send(vec![
+                Event::Room {
+                    reactor: 0,
+                    room: "news".into(),
+                    delta: 1,
+                },
+                Event::Room {
+                    reactor: 1,
+                    room: "news".into(),
+                    delta: 1,
+                },
+            ])
+            .unwrap();
+        rig.d.apply_events();
+        for _ in 0..MAX_QUEUED_BATCHES {
+            rig.d.reactors[0]
+                .tx
+                .send(ReactorMsg::Batch(Vec::new()))
+                .unwrap();
+        }
+        assert_eq!(rig.d.push(Recipients::Room("news"), b"x", true), 2);
+        assert!(
+            rig.d.batches[0].is_empty(),
+            "nothing queued for the full reactor"
+        );
+        assert_eq!(rig.d.batches[1].len(), 1);
+        assert_eq!(rig.d.stats.broker_dropped, 1);
+        rig.d.push(Recipients::Room("news"), b"y", false);
+        assert_eq!(rig.d.batches[0].len(), 1, "a local push is never dropped");
+        assert_eq!(rig.d.stats.broker_dropped, 1);
+        assert!(info::render(&rig.d, Some("cluster")).contains("cluster_enabled:0"));
     }
 
     #[test]

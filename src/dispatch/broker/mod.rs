@@ -178,8 +178,6 @@ pub struct LocalCounts {
 /// Counters the cluster logic keeps for INFO.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ClusterStats {
-    /// Messages from other nodes not handed to a reactor whose queue was full.
-    pub dropped: u64,
     /// Commands answered -TRYAGAIN.
     pub unavailable_replies: u64,
     /// Broker messages that were not a valid envelope (or named nothing valid).

@@ -483,3 +483,74 @@ fn is_pong(reply: &Reply) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> Conn {
+        let url: RedisUrl = "redis://127.0.0.1:1".parse().unwrap();
+        let addr = "127.0.0.1:1".parse().unwrap();
+        Conn::new(addr, url, "t".into(), Token(0), false, 1024, 7)
+    }
+
+    #[test]
+    fn back_off_doubles_to_its_cap_with_jitter_of_half_either_way() {
+        let mut c = conn();
+        for failures in 1..=12u32 {
+            c.failures = failures;
+            let base = BACKOFF_MIN
+                .saturating_mul(1 << (failures - 1).min(16))
+                .min(BACKOFF_MAX);
+            for _ in 0..50 {
+                let d = c.backoff();
+                assert!(
+                    d >= base.mul_f64(0.5) && d < base.mul_f64(1.5),
+                    "{d:?} for {base:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn jitter_spreads_the_retries() {
+        let mut c = conn();
+        c.failures = 20;
+        let delays: std::collections::BTreeSet<u128> =
+            (0..100).map(|_| c.backoff().as_millis()).collect();
+        assert!(delays.len() > 50, "only {} distinct delays", delays.len());
+    }
+
+    #[test]
+    fn pongs_are_recognised_in_both_forms() {
+        assert!(is_pong(&Reply::Simple(b"PONG".to_vec())));
+        assert!(is_pong(&Reply::Array(Some(vec![
+            Reply::Bulk(Some(b"pong".to_vec())),
+            Reply::Bulk(Some(Vec::new())),
+        ]))));
+        assert!(!is_pong(&Reply::Array(Some(vec![Reply::Bulk(Some(
+            b"message".to_vec()
+        ))]))));
+    }
+
+    #[test]
+    fn a_connection_to_a_closed_port_fails_and_schedules_a_retry() {
+        // Port 1 on loopback: nothing listens; the connect fails (at once or on the
+        // first event) and the connection goes Down with a retry time, never Ready.
+        let mut poll = mio::Poll::new().unwrap();
+        let mut c = conn();
+        let mut out = Vec::new();
+        let now = Instant::now();
+        c.tick(poll.registry(), now, &mut out);
+        let mut events = mio::Events::with_capacity(4);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !matches!(c.state(), State::Down { .. }) && Instant::now() < deadline {
+            poll.poll(&mut events, Some(Duration::from_millis(100)))
+                .unwrap();
+            c.on_event(poll.registry(), Instant::now(), &mut out);
+        }
+        assert!(matches!(c.state(), State::Down { retry_at } if retry_at > now));
+        assert!(c.last_error.is_some());
+        assert!(!out.iter().any(|i| matches!(i, Input::Up)));
+    }
+}
