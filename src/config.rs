@@ -216,6 +216,21 @@ pub struct Config {
     /// clusters can share one Redis.
     #[arg(long, default_value = "wspush", help_heading = "Cluster")]
     pub cluster_prefix: String,
+
+    /// What order a control connection's messages keep on other nodes. `connection`:
+    /// all of them, in publish order, also across rooms placed on different Redis
+    /// instances (a switch of instance waits two round trips to the previous one).
+    /// `channel`: per room, user and broadcast only, never waiting (more throughput
+    /// for one pipelined connection when there are several Redis instances).
+    #[arg(long, value_enum, default_value_t = Ordering::Connection, help_heading = "Cluster")]
+    pub cluster_order: Ordering,
+}
+
+/// See [`Config::cluster_order`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ordering {
+    Connection,
+    Channel,
 }
 
 /// A configuration error, reported before any thread starts.

@@ -243,6 +243,7 @@ fn cluster_settings(cfg: &Config, node_id: &str) -> Result<Option<ClusterSetting
         redis,
         node_id: node_id.to_string(),
         prefix: prefix.clone(),
+        order_across_instances: cfg.cluster_order == crate::config::Ordering::Connection,
     }))
 }
 

@@ -292,6 +292,47 @@ fn one_publishers_messages_keep_their_order_across_redis_instances() {
     }
 }
 
+/// `--cluster-order channel`: no waiting on instance switches; every message still
+/// arrives once, and each room's messages in publish order.
+#[test]
+fn channel_order_keeps_each_rooms_order_and_loses_nothing() {
+    let cluster = Cluster::start("chorder", 2, 2, &["--cluster-order", "channel"]);
+    let rooms = rooms_on_both_instances(4, &cluster.prefix);
+    let list = rooms.join(",");
+    let mut ws = ws_connect(&cluster.nodes[1].url(&format!("?rooms={list}")));
+    for room in &rooms {
+        cluster.wait_subscribers(&cluster.room_channel(room), 1);
+    }
+    const N: usize = 400;
+    let mut wire = Vec::new();
+    for i in 0..N {
+        wire.extend(Resp::encode(&[
+            "PUBLISH",
+            &rooms[i % rooms.len()],
+            &i.to_string(),
+        ]));
+    }
+    let mut ctl = cluster.nodes[0].control();
+    ctl.send_raw(&wire);
+    for n in 0..N {
+        assert_eq!(ctl.read(), Reply::Int(1), "reply {n}");
+    }
+    let mut got: Vec<u64> = (0..N)
+        .map(|_| {
+            read_text(&mut ws)
+                .expect("a message")
+                .parse()
+                .expect("a number")
+        })
+        .collect();
+    for r in 0..rooms.len() as u64 {
+        let of_room: Vec<u64> = got.iter().copied().filter(|i| i % 4 == r).collect();
+        assert!(of_room.windows(2).all(|w| w[0] < w[1]), "room {r} in order");
+    }
+    got.sort_unstable();
+    assert_eq!(got, (0..N as u64).collect::<Vec<_>>(), "each once");
+}
+
 #[test]
 fn broadcast_reaches_every_connection_on_every_node_once() {
     let cluster = Cluster::start("broadcast", 3, 2, &[]);

@@ -216,7 +216,12 @@ impl Dispatcher {
         let Some(c) = self.clients.get(key) else {
             return false;
         };
-        if c.broker_inflight == 0 {
+        let across = self
+            .settings
+            .cluster
+            .as_ref()
+            .is_some_and(|s| s.order_across_instances);
+        if !across || (c.broker_inflight == 0 && c.fenced) {
             return false;
         }
         let what = match cmd {

@@ -91,6 +91,9 @@ pub struct ClusterSettings {
     pub redis: Vec<(broker::url::RedisUrl, SocketAddr)>,
     pub node_id: String,
     pub prefix: String,
+    /// Keep a control connection's order across Redis instances (`--cluster-order
+    /// connection`), not only per channel.
+    pub order_across_instances: bool,
 }
 
 /// How main stops the dispatcher.
