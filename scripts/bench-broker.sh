@@ -114,6 +114,13 @@ T1=$(cpu_ticks "$REDIS_PID")
 RATE=$(awk -v n="$MESSAGES" -v a="$S0" -v b="$S1" 'BEGIN{printf "%.0f", n/(b-a)}')
 CPU_US=$(awk -v t=$((T1 - T0)) -v hz="$HZ" -v n="$MESSAGES" 'BEGIN{printf "%.2f", t/hz*1e6/n}')
 rm -f /tmp/bench-broker-$$.txt
+
+# Presence writes: what each node sends per changed room (HSET + EXPIRE), pipelined.
+T2=$(cpu_ticks "$REDIS_PID")
+timeout 300 redis-benchmark -h 127.0.0.1 -p "$PORT" -c "$CLIENTS" -P "$PIPELINE" \
+  -n "$MESSAGES" -r 100000 -q HSET bench:presence:__rand_int__ node-0123456789abcdef 42 >/dev/null 2>&1 || true
+T3=$(cpu_ticks "$REDIS_PID")
+HSET_US=$(awk -v t=$((T3 - T2)) -v hz="$HZ" -v n="$MESSAGES" 'BEGIN{printf "%.2f", t/hz*1e6/n}')
 # A subscriber Redis cut for falling behind (client-output-buffer-limit pubsub) would
 # make the rate meaningless: all of them must still be there.
 STILL=$(cli PUBSUB NUMSUB bench:hot | tail -n1)
@@ -127,9 +134,10 @@ printf '%-40s %s\n' "subscriptions" "$SUBS"
 printf '%-40s %s\n' "memory per subscription (bytes)" "$PER_SUB"
 printf '%-40s %s\n' "PUBLISH/s (each to $NODES connections)" "$RATE"
 printf '%-40s %s\n' "Redis CPU per PUBLISH (us)" "$CPU_US"
+printf '%-40s %s\n' "Redis CPU per presence HSET (us)" "$HSET_US"
 
 mkdir -p bench-results
 OUT=bench-results/broker-$(date +%Y%m%d-%H%M%S).json
-printf '{"subscriptions":%s,"bytes_per_subscription":%s,"subscribers_per_message":%s,"payload_bytes":%s,"publish_per_s":%s,"redis_cpu_us_per_publish":%s,"clients":%s,"pipeline":%s}\n' \
-  "$SUBS" "$PER_SUB" "$NODES" "$BYTES" "$RATE" "$CPU_US" "$CLIENTS" "$PIPELINE" >"$OUT"
+printf '{"subscriptions":%s,"bytes_per_subscription":%s,"subscribers_per_message":%s,"payload_bytes":%s,"publish_per_s":%s,"redis_cpu_us_per_publish":%s,"redis_cpu_us_per_hset":%s,"clients":%s,"pipeline":%s}\n' \
+  "$SUBS" "$PER_SUB" "$NODES" "$BYTES" "$RATE" "$CPU_US" "$HSET_US" "$CLIENTS" "$PIPELINE" >"$OUT"
 echo "results: $OUT"

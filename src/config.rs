@@ -224,6 +224,12 @@ pub struct Config {
     /// for one pipelined connection when there are several Redis instances).
     #[arg(long, value_enum, default_value_t = Ordering::Connection, help_heading = "Cluster")]
     pub cluster_order: Ordering,
+
+    /// How often a node writes the room counts that changed to Redis (what
+    /// `ONLINE room` sums across nodes): longer is fewer Redis writes for rooms that
+    /// churn, and staler cluster-wide room counts (1s to 1h).
+    #[arg(long, default_value = "1s", value_parser = parse_presence_interval, help_heading = "Cluster")]
+    pub presence_interval: Duration,
 }
 
 /// See [`Config::cluster_order`].
@@ -369,6 +375,14 @@ impl Config {
 }
 
 /// Parses `500ms`, `10s`, `2m`, `1h`, or a bare number of seconds (`1.5`).
+fn parse_presence_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+        return Err("must be between 1s and 1h".into());
+    }
+    Ok(d)
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = split_unit(s);

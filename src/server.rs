@@ -244,6 +244,7 @@ fn cluster_settings(cfg: &Config, node_id: &str) -> Result<Option<ClusterSetting
         node_id: node_id.to_string(),
         prefix: prefix.clone(),
         order_across_instances: cfg.cluster_order == crate::config::Ordering::Connection,
+        presence_interval: cfg.presence_interval,
     }))
 }
 

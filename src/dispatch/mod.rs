@@ -94,6 +94,8 @@ pub struct ClusterSettings {
     /// Keep a control connection's order across Redis instances (`--cluster-order
     /// connection`), not only per channel.
     pub order_across_instances: bool,
+    /// How often changed room counts go to the presence hashes.
+    pub presence_interval: Duration,
 }
 
 /// How main stops the dispatcher.
@@ -232,7 +234,13 @@ impl Dispatcher {
                 settings.max_message + 1024,
                 nonce,
             );
-            Cluster::new(Box::new(engine), c.node_id.clone(), &c.prefix, nonce)
+            Cluster::new(
+                Box::new(engine),
+                c.node_id.clone(),
+                &c.prefix,
+                nonce,
+                c.presence_interval,
+            )
         });
         census.liveness.set_broker(match &cluster {
             None => health::Broker::Standalone,

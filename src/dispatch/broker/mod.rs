@@ -41,7 +41,8 @@ use wire::{ChannelKind, Envelope, Heartbeat, Message, Names};
 
 /// How long a channel stays subscribed after its last local member left.
 pub const UNSUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
-/// How often changed room counts are written to the presence hashes.
+/// How often changed room counts are written to the presence hashes, by default
+/// (`--presence-interval`).
 pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
 /// A presence hash expires this long after its last write; every room this node holds
 /// is rewritten within half of it, so a live room never expires and a dead node's
@@ -211,6 +212,7 @@ pub struct Cluster {
     refresh_cursor: u32,
     next_heartbeat: Instant,
     next_presence: Instant,
+    presence_interval: Duration,
     started: Instant,
     /// Since when the cluster channel has been subscribed and publishable.
     linked_since: Option<Instant>,
@@ -218,7 +220,13 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(engine: Box<dyn Engine>, node_id: String, prefix: &str, nonce: u64) -> Cluster {
+    pub fn new(
+        engine: Box<dyn Engine>,
+        node_id: String,
+        prefix: &str,
+        nonce: u64,
+        presence_interval: Duration,
+    ) -> Cluster {
         let names = Names::new(prefix);
         let now = Instant::now();
         let mut c = Cluster {
@@ -236,7 +244,8 @@ impl Cluster {
             all_dirty: false,
             refresh_cursor: 0,
             next_heartbeat: now,
-            next_presence: now + PRESENCE_INTERVAL,
+            next_presence: now + presence_interval,
+            presence_interval,
             started: now,
             linked_since: None,
             stats: ClusterStats::default(),
@@ -361,7 +370,7 @@ impl Cluster {
             let _ = self.engine.publish(&ch, &msg, None);
         }
         if now >= self.next_presence {
-            self.next_presence = now + PRESENCE_INTERVAL;
+            self.next_presence = now + self.presence_interval;
             self.flush_presence(rooms);
         }
     }
@@ -409,7 +418,7 @@ impl Cluster {
         if bound == 0 {
             return;
         }
-        let per_flush = (bound as u64 * PRESENCE_INTERVAL.as_secs().max(1)
+        let per_flush = (bound as u64 * self.presence_interval.as_secs().max(1)
             / (PRESENCE_TTL.as_secs() / 2).max(1))
         .max(1) as u32;
         let mut walked = 0;
