@@ -358,8 +358,8 @@ impl Dispatcher {
         }
         match room {
             None => {
-                let n = local + cluster.nodes.connections();
-                resp::write_integer(c.out(), n as i64);
+                let n = local.saturating_add(cluster.nodes.connections());
+                resp::write_integer(c.out(), n.min(i64::MAX as u64) as i64);
             }
             Some(room) => {
                 if cluster.query_room(&room, tag).is_err() {

@@ -293,8 +293,10 @@ impl Cluster {
         for ev in &out[start..] {
             match ev {
                 Inbound::Up { .. } => {
-                    // A restarted Redis has lost the presence hashes: write them all.
+                    // A restarted Redis has lost the presence hashes: write them all,
+                    // walking the table from its start.
                     self.all_dirty = true;
+                    self.refresh_cursor = 0;
                     self.next_heartbeat = now;
                 }
                 Inbound::Down { .. } => {}
@@ -380,39 +382,42 @@ impl Cluster {
     fn flush_presence(&mut self, rooms: &CountTable) {
         let mut budget = PRESENCE_BATCH;
         if self.all_dirty {
-            self.all_dirty = false;
-            self.refresh_cursor = 0;
-            // The rewrite below walks the whole table once, a batch per flush.
-            self.dirty.clear();
+            // The rewrite walks the whole table once, a batch per flush, on from where
+            // the last flush stopped (`take` restarts it on every Up). A room whose
+            // instance is down is skipped: that instance's own Up starts a new walk.
+            // The dirty set is kept for after the walk: a room that emptied is not in
+            // the table, and its field must still be removed.
             let bound = rooms.id_bound();
-            let mut id = 0;
+            let mut id = self.refresh_cursor;
             while id < bound && budget > 0 {
                 if let Some((name, n)) = rooms.by_id(id) {
-                    if self.write_presence(name, n).is_err() {
-                        self.all_dirty = true;
-                        return;
-                    }
+                    let _ = self.write_presence(name, n);
                     budget -= 1;
                 }
                 id += 1;
             }
-            self.refresh_cursor = id;
             if id < bound {
-                self.all_dirty = true;
                 self.refresh_cursor = id;
+            } else {
+                self.all_dirty = false;
+                self.refresh_cursor = 0;
             }
             return;
         }
-        let dirty: Vec<Arc<str>> = self.dirty.iter().take(budget).cloned().collect();
-        for name in dirty {
-            let n = rooms.total(&name);
-            if self.write_presence(&name, n).is_err() {
-                // Kept dirty: written once the instance is back (then all are).
-                return;
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.retain(|name| {
+            if budget == 0 {
+                return true;
             }
-            self.dirty.remove(&name);
+            // Kept dirty while its instance is down (written once it is back, then
+            // all are); the other instances' rooms are written meanwhile.
+            if self.write_presence(name, rooms.total(name)).is_err() {
+                return true;
+            }
             budget -= 1;
-        }
+            false
+        });
+        self.dirty = dirty;
         // The slow rewrite: every live room within PRESENCE_TTL / 2.
         let bound = rooms.id_bound();
         if bound == 0 {
@@ -613,5 +618,193 @@ impl Cluster {
 
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// What the fake engine was asked to write, and what it will deliver next.
+    #[derive(Default)]
+    struct Shared {
+        /// (presence key, count) in the order reported.
+        presence: Vec<(Vec<u8>, u64)>,
+        inbound: Vec<Inbound>,
+    }
+
+    /// An engine with no sockets: keys containing `down` are on instance 1, which is
+    /// not connected; everything else is on instance 0, accepted and logged.
+    struct Fake(Arc<Mutex<Shared>>);
+
+    impl Engine for Fake {
+        fn owns(&self, _: Token) -> Option<usize> {
+            None
+        }
+        fn on_event(&mut self, _: &Registry, _: Token, _: Instant) {}
+        fn tick(&mut self, _: &Registry, _: Instant) {}
+        fn flush(&mut self, _: &Registry, _: Instant) {}
+        fn has_more(&self) -> bool {
+            false
+        }
+        fn take(&mut self, out: &mut Vec<Inbound>) {
+            out.append(&mut self.0.lock().unwrap().inbound);
+        }
+        fn want(&mut self, _: &[u8], _: bool) {}
+        fn subscribed(&self, _: &[u8]) -> bool {
+            true
+        }
+        fn instance_of(&self, key: &[u8]) -> usize {
+            usize::from(key.windows(4).any(|w| w == b"down"))
+        }
+        fn is_up_for(&self, key: &[u8]) -> bool {
+            self.instance_of(key) == 0
+        }
+        fn publish(&mut self, _: &[u8], _: &[u8], _: Option<u64>) -> Result<(), Unavailable> {
+            Ok(())
+        }
+        fn report_presence(
+            &mut self,
+            key: &[u8],
+            _: &[u8],
+            count: u64,
+            _: Duration,
+        ) -> Result<(), Unavailable> {
+            if !self.is_up_for(key) {
+                return Err(Unavailable);
+            }
+            self.0.lock().unwrap().presence.push((key.to_vec(), count));
+            Ok(())
+        }
+        fn forget_presence(&mut self, _: &[u8], _: &[u8]) {}
+        fn query_presence(&mut self, _: &[u8], _: u64) -> Result<(), Unavailable> {
+            Ok(())
+        }
+        fn fence(&mut self, _: usize, _: u64) -> Result<(), Unavailable> {
+            Ok(())
+        }
+        fn congested(&self) -> bool {
+            false
+        }
+        fn status(&self) -> EngineStatus {
+            EngineStatus {
+                instances: 2,
+                ..EngineStatus::default()
+            }
+        }
+    }
+
+    fn cluster() -> (Cluster, Arc<Mutex<Shared>>) {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let c = Cluster::new(Box::new(Fake(shared.clone())), "n1".into(), "p", 1);
+        (c, shared)
+    }
+
+    /// The engine reports a (re)connect, and the dispatcher takes it.
+    fn up(c: &mut Cluster, shared: &Mutex<Shared>) {
+        shared
+            .lock()
+            .unwrap()
+            .inbound
+            .push(Inbound::Up { instance: 0 });
+        let mut out = Vec::new();
+        c.take(&mut out, Instant::now());
+    }
+
+    fn change(c: &mut Cluster, rooms: &mut CountTable, room: &str, delta: i32) {
+        let name: Arc<str> = room.into();
+        let t = rooms.apply(&name, 0, delta);
+        c.membership(ChannelKind::Room, &name, t, Instant::now());
+    }
+
+    fn last_count(shared: &Mutex<Shared>, room: &str) -> Option<u64> {
+        let key = format!("p:presence:{room}").into_bytes();
+        let s = shared.lock().unwrap();
+        s.presence
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == key)
+            .map(|(_, n)| *n)
+    }
+
+    /// A room whose last member left just before a (re)connect is no longer in the
+    /// table the full rewrite walks: its field must still be removed, or the other
+    /// nodes count its old members for the whole TTL.
+    #[test]
+    fn a_room_that_emptied_before_a_reconnect_still_has_its_count_removed() {
+        let (mut c, shared) = cluster();
+        let mut rooms = CountTable::new(1);
+        change(&mut c, &mut rooms, "r", 1);
+        c.flush_presence(&rooms);
+        assert_eq!(last_count(&shared, "r"), Some(1));
+        change(&mut c, &mut rooms, "r", -1);
+        up(&mut c, &shared);
+        for _ in 0..3 {
+            c.flush_presence(&rooms);
+        }
+        assert_eq!(
+            last_count(&shared, "r"),
+            Some(0),
+            "the field is never removed"
+        );
+    }
+
+    /// After a reconnect every room is rewritten, a batch per flush, also when there
+    /// are more rooms than one batch holds; then changes are written again.
+    #[test]
+    fn the_rewrite_after_a_reconnect_reaches_every_room_of_a_large_table() {
+        let (mut c, shared) = cluster();
+        let mut rooms = CountTable::new(1);
+        let n = PRESENCE_BATCH + 10;
+        for i in 0..n {
+            change(&mut c, &mut rooms, &format!("r{i}"), 1);
+        }
+        up(&mut c, &shared);
+        for _ in 0..3 {
+            c.flush_presence(&rooms);
+        }
+        let last = format!("r{}", n - 1);
+        assert_eq!(last_count(&shared, &last), Some(1), "{last} never written");
+        change(&mut c, &mut rooms, "r0", 1);
+        c.flush_presence(&rooms);
+        assert_eq!(
+            last_count(&shared, "r0"),
+            Some(2),
+            "changes stopped being written"
+        );
+    }
+
+    /// With one Redis instance down, rooms on the others still get their counts
+    /// written (the down instance's rooms are rewritten by its own reconnect).
+    #[test]
+    fn an_instance_that_is_down_does_not_stop_presence_writes_on_the_others() {
+        let (mut c, shared) = cluster();
+        let mut rooms = CountTable::new(1);
+        // Interned first, so both the full rewrite and (often) the dirty pass meet
+        // the down instance's rooms before the live one.
+        for i in 0..20 {
+            change(&mut c, &mut rooms, &format!("down{i}"), 1);
+        }
+        change(&mut c, &mut rooms, "up", 1);
+        up(&mut c, &shared);
+        for _ in 0..3 {
+            c.flush_presence(&rooms);
+        }
+        assert_eq!(
+            last_count(&shared, "up"),
+            Some(1),
+            "rewrite stuck on a down instance"
+        );
+        for i in 0..20 {
+            change(&mut c, &mut rooms, &format!("down{i}"), 1);
+        }
+        change(&mut c, &mut rooms, "up", 1);
+        c.flush_presence(&rooms);
+        assert_eq!(
+            last_count(&shared, "up"),
+            Some(2),
+            "change stuck behind a down instance"
+        );
     }
 }

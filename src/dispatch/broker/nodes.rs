@@ -109,7 +109,10 @@ impl NodeTable {
 
     /// Connections on all other nodes, as last reported.
     pub fn connections(&self) -> u64 {
-        self.nodes.values().map(|n| n.report.connections).sum()
+        // Saturating: the reports are what anyone with access to the broker sent.
+        self.nodes
+            .values()
+            .fold(0u64, |sum, n| sum.saturating_add(n.report.connections))
     }
 
     /// The nodes, ordered by id (then nonce) so `NODES` reads the same everywhere.
@@ -191,5 +194,16 @@ mod tests {
         assert_eq!(ids, ["a", "b", "c"]);
         assert!(t.other_with_id("a", 4));
         assert!(!t.other_with_id("a", 3));
+    }
+
+    /// Heartbeats are whatever anyone with access to the broker publishes: numbers
+    /// that do not fit a sum must not panic the dispatcher.
+    #[test]
+    fn huge_reported_counts_saturate_instead_of_overflowing() {
+        let now = Instant::now();
+        let mut t = NodeTable::default();
+        t.heard(1, hb("a", u64::MAX), now);
+        t.heard(2, hb("b", 5), now);
+        assert_eq!(t.connections(), u64::MAX);
     }
 }
