@@ -50,7 +50,7 @@ impl Dispatcher {
         };
         cluster.tick(self.poll.registry(), now, &self.rooms, local);
         let mut inbound = std::mem::take(&mut self.inbound);
-        cluster.take(&mut inbound, now);
+        cluster.take(&mut inbound, now, &self.rooms, &self.users);
         self.census.liveness.set_broker(if cluster.ready() {
             health::Broker::Up
         } else {
@@ -73,7 +73,7 @@ impl Dispatcher {
                     }
                 }
                 Inbound::Answer { tag, answer } => self.on_broker_answer(tag, answer, now),
-                Inbound::Up { .. } | Inbound::Down { .. } => {}
+                Inbound::Up { .. } | Inbound::SubscriberUp { .. } | Inbound::Down { .. } => {}
             }
         }
         self.inbound = inbound;
@@ -279,7 +279,7 @@ impl Dispatcher {
         };
         let instance = cluster.instance_for(&what);
         let c = &mut self.clients[key];
-        match cluster.publish(what, Some(tag)) {
+        match cluster.publish(what, Some(tag), &self.rooms, &self.users) {
             Ok(own) => {
                 c.broker_inflight += 1;
                 c.broker_instance = instance;
@@ -310,7 +310,7 @@ impl Dispatcher {
         let cluster = self.cluster.as_mut()?;
         let instance = cluster.instance_for(&what);
         let c = &mut self.clients[key];
-        match cluster.publish(what, Some(tag)) {
+        match cluster.publish(what, Some(tag), &self.rooms, &self.users) {
             Ok(own) => {
                 c.broker_inflight += 1;
                 c.broker_instance = instance;
@@ -347,7 +347,8 @@ impl Dispatcher {
             return;
         };
         let c = &mut self.clients[key];
-        let usable = cluster.linked() && room.as_deref().is_none_or(|r| cluster.room_queryable(r));
+        let usable = cluster.warm(Instant::now())
+            && room.as_deref().is_none_or(|r| cluster.room_queryable(r));
         if !usable {
             cluster.stats.unavailable_replies += 1;
             resp::write_error(
@@ -396,7 +397,7 @@ impl Dispatcher {
         };
         let mut lines = vec![me];
         if let Some(cluster) = &mut self.cluster {
-            if !cluster.linked() {
+            if !cluster.warm(now) {
                 cluster.stats.unavailable_replies += 1;
                 resp::write_error(
                     self.clients[key].out(),

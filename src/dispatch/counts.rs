@@ -107,6 +107,11 @@ impl CountTable {
         self.table.get(id).map(|(n, c)| (n, c.total()))
     }
 
+    /// Every name with a count.
+    pub fn names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.table.iter().map(|(n, _)| n)
+    }
+
     /// Every entry's id is below this.
     pub fn id_bound(&self) -> u32 {
         self.table.id_bound()

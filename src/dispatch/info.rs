@@ -270,7 +270,11 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
                 line(&mut out, "cluster_broker_up", &u8::from(c.ready()));
                 line(&mut out, "cluster_linked", &u8::from(c.linked()));
                 line(&mut out, "cluster_subscribed_channels", &st.subscribed);
-                line(&mut out, "cluster_wanted_channels", &st.wanted);
+                line(
+                    &mut out,
+                    "cluster_wanted_channels",
+                    &c.wanted(&d.rooms, &d.users),
+                );
                 line(&mut out, "cluster_messages_in", &st.messages_in);
                 line(&mut out, "cluster_messages_out", &st.messages_out);
                 line(&mut out, "cluster_disconnects", &st.disconnects);

@@ -543,6 +543,10 @@ impl Dispatcher {
                     self.fence(key);
                     break;
                 }
+                if self.congested || budget == 0 {
+                    self.ready.push(key);
+                    break;
+                }
                 let c = &mut self.clients[key];
                 if let Some(cmd) = c.stashed.take() {
                     budget -= 1;

@@ -363,8 +363,13 @@ impl Cluster {
             let mut last = String::new();
             let ok = wait_until(Duration::from_secs(10), || {
                 let up = node.info_u64("cluster_broker_up");
-                // NODES answers -TRYAGAIN until the broker link is up.
-                let listed = if up == 1 { nodes_of(node).len() } else { 0 };
+                // NODES answers -TRYAGAIN until the node has been linked to the
+                // cluster long enough to have heard every node's heartbeat.
+                let listed = if up == 1 && !is_tryagain(&node.control().cmd(&["NODES"])) {
+                    nodes_of(node).len()
+                } else {
+                    0
+                };
                 last = format!("cluster_broker_up:{up}, NODES lists {listed}");
                 up == 1 && listed == n
             });
@@ -408,6 +413,11 @@ impl Cluster {
         });
         assert!(ok, "{channel} has {last} subscribing nodes, expected {n}");
     }
+}
+
+/// Whether a reply is the cluster's `-TRYAGAIN ...`.
+pub fn is_tryagain(r: &Reply) -> bool {
+    matches!(r, Reply::Error(e) if e.starts_with("TRYAGAIN"))
 }
 
 /// A node's `NODES` reply: one map per listed node (values as strings).

@@ -39,6 +39,10 @@ use crate::dispatch::counts::{CountTable, Transition};
 use nodes::{Heard, NodeTable, HEARTBEAT_INTERVAL, NODE_TIMEOUT};
 use wire::{ChannelKind, Envelope, Heartbeat, Message, Names};
 
+/// How long after linking a node answers cluster-wide counts: a heartbeat interval
+/// and some slack, so every live node has been heard.
+pub const WARM_UP: Duration = Duration::from_millis(1200);
+
 /// How long a channel stays subscribed after its last local member left.
 pub const UNSUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 /// How often changed room counts are written to the presence hashes, by default
@@ -64,6 +68,9 @@ pub enum Inbound {
     Answer { tag: u64, answer: Answer },
     /// A connection to instance `instance` logged in.
     Up { instance: usize },
+    /// Its subscriber connection logged in (after `Up`): subscribe again everything
+    /// this node needs there.
+    SubscriberUp { instance: usize },
     /// A connection to instance `instance` was lost.
     Down { instance: usize },
 }
@@ -89,8 +96,6 @@ pub struct EngineStatus {
     pub connections_up: usize,
     /// Subscriptions the broker confirmed.
     pub subscribed: u64,
-    /// Channels this node wants subscribed.
-    pub wanted: usize,
     pub backlog_bytes: usize,
     pub in_flight: usize,
     pub messages_in: u64,
@@ -115,10 +120,17 @@ pub trait Engine: Send {
     fn has_more(&self) -> bool;
     /// Moves what arrived into `out`.
     fn take(&mut self, out: &mut Vec<Inbound>);
-    /// Subscribe (`on`) or unsubscribe a channel; kept across reconnects.
-    fn want(&mut self, channel: &[u8], on: bool);
-    /// Whether this node's own subscription to `channel` is in place.
-    fn subscribed(&self, channel: &[u8]) -> bool;
+    /// Subscribes (`on`) or unsubscribes `channel` if its instance's subscriber
+    /// connection is logged in, else does nothing: the engine keeps no channel list
+    /// (it would cost bytes per connected user); the owner subscribes everything
+    /// again on [`Inbound::SubscriberUp`].
+    fn subscribe(&mut self, channel: &[u8], on: bool);
+    /// Whether the subscriber connection of `channel`'s instance is logged in.
+    fn subscriber_ready(&self, channel: &[u8]) -> bool;
+    /// Tracks one channel's subscription as Redis confirms it (the cluster channel).
+    fn watch(&mut self, channel: &[u8]);
+    /// Whether Redis has confirmed the watched channel on its current connection.
+    fn watched_confirmed(&self) -> bool;
     /// Which broker instance holds `key` (a channel or presence key).
     fn instance_of(&self, key: &[u8]) -> usize;
     /// Whether commands for `key` (a channel or presence key) can be sent now.
@@ -251,7 +263,7 @@ impl Cluster {
             stats: ClusterStats::default(),
         };
         let cluster = c.names.cluster().to_vec();
-        c.engine.want(&cluster, true);
+        c.engine.watch(&cluster);
         c
     }
 
@@ -287,11 +299,18 @@ impl Cluster {
 
     /// Moves what arrived from the broker into `out`, keeping what is the cluster
     /// logic's own (link state).
-    pub fn take(&mut self, out: &mut Vec<Inbound>, now: Instant) {
+    pub fn take(
+        &mut self,
+        out: &mut Vec<Inbound>,
+        now: Instant,
+        rooms: &CountTable,
+        users: &CountTable,
+    ) {
         let start = out.len();
         self.engine.take(out);
         for ev in &out[start..] {
             match ev {
+                Inbound::SubscriberUp { instance } => self.resubscribe(*instance, rooms, users),
                 Inbound::Up { .. } => {
                     // A restarted Redis has lost the presence hashes: write them all,
                     // walking the table from its start.
@@ -310,13 +329,39 @@ impl Cluster {
         }
     }
 
+    /// Subscribes, on a subscriber connection of `instance` that just logged in,
+    /// every channel this node needs there: the cluster channel, its rooms and users,
+    /// and those whose deferred unsubscribe is not due yet.
+    fn resubscribe(&mut self, instance: usize, rooms: &CountTable, users: &CountTable) {
+        let mut wanted: Vec<Vec<u8>> = vec![self.names.cluster().to_vec()];
+        for name in rooms.names() {
+            wanted.push(self.names.channel(ChannelKind::Room, name));
+        }
+        for name in users.names() {
+            wanted.push(self.names.channel(ChannelKind::User, name));
+        }
+        for (kind, name) in self.unsubscribe_due.keys() {
+            wanted.push(self.names.channel(*kind, name));
+        }
+        for ch in wanted {
+            if self.engine.instance_of(&ch) == instance {
+                self.engine.subscribe(&ch, true);
+            }
+        }
+    }
+
+    /// Channels this node needs (for INFO).
+    pub fn wanted(&self, rooms: &CountTable, users: &CountTable) -> usize {
+        1 + rooms.len() + users.len() + self.unsubscribe_due.len()
+    }
+
     /// The room or user `name` appeared on or vanished from this node.
     pub fn membership(&mut self, kind: ChannelKind, name: &Arc<str>, t: Transition, now: Instant) {
         match t {
             Transition::Appeared => {
                 if self.unsubscribe_due.remove(&(kind, name.clone())).is_none() {
                     let ch = self.names.channel(kind, name);
-                    self.engine.want(&ch, true);
+                    self.engine.subscribe(&ch, true);
                 }
             }
             Transition::Vanished => {
@@ -351,7 +396,7 @@ impl Cluster {
             if self.unsubscribe_due.get(&(kind, name.clone())) == Some(&due) {
                 self.unsubscribe_due.remove(&(kind, name.clone()));
                 let ch = self.names.channel(kind, &name);
-                self.engine.want(&ch, false);
+                self.engine.subscribe(&ch, false);
             }
         }
         for id in self.nodes.expire(now) {
@@ -540,10 +585,23 @@ impl Cluster {
 
     /// Publishes a command for the other nodes. `Ok(self_subscribed)` says whether
     /// this node's own subscription will count in the broker's receiver count.
-    pub fn publish(&mut self, what: Outbound<'_>, tag: Option<u64>) -> Result<bool, Unavailable> {
+    pub fn publish(
+        &mut self,
+        what: Outbound<'_>,
+        tag: Option<u64>,
+        rooms: &CountTable,
+        users: &CountTable,
+    ) -> Result<bool, Unavailable> {
         let (kind, name, message) = Self::parts(&what);
         let ch = self.names.channel(kind, name);
-        let own = self.engine.subscribed(&ch);
+        // Subscribed here while the node has members (or an unsubscribe is pending).
+        let held_here = match kind {
+            ChannelKind::Cluster => true,
+            ChannelKind::Room => rooms.get(name).is_some(),
+            ChannelKind::User => users.get(name).is_some(),
+        } || (kind != ChannelKind::Cluster
+            && self.unsubscribe_due.contains_key(&(kind, Arc::from(name))));
+        let own = held_here && self.engine.subscriber_ready(&ch);
         if !self.engine.is_up_for(&ch) {
             return Err(Unavailable);
         }
@@ -601,7 +659,16 @@ impl Cluster {
     /// and its instance reachable.
     pub fn linked(&self) -> bool {
         let cluster = self.names.cluster();
-        self.engine.subscribed(cluster) && self.engine.is_up_for(cluster)
+        self.engine.watched_confirmed() && self.engine.is_up_for(cluster)
+    }
+
+    /// Linked for long enough to have heard every live node's heartbeat: only then
+    /// are cluster-wide counts complete.
+    pub fn warm(&self, now: Instant) -> bool {
+        self.linked()
+            && self
+                .linked_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= WARM_UP)
     }
 
     /// Whether commands for the room's presence can be sent now.
@@ -651,8 +718,12 @@ mod tests {
         fn take(&mut self, out: &mut Vec<Inbound>) {
             out.append(&mut self.0.lock().unwrap().inbound);
         }
-        fn want(&mut self, _: &[u8], _: bool) {}
-        fn subscribed(&self, _: &[u8]) -> bool {
+        fn subscribe(&mut self, _: &[u8], _: bool) {}
+        fn subscriber_ready(&self, _: &[u8]) -> bool {
+            true
+        }
+        fn watch(&mut self, _: &[u8]) {}
+        fn watched_confirmed(&self) -> bool {
             true
         }
         fn instance_of(&self, key: &[u8]) -> usize {
@@ -697,7 +768,13 @@ mod tests {
 
     fn cluster() -> (Cluster, Arc<Mutex<Shared>>) {
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let c = Cluster::new(Box::new(Fake(shared.clone())), "n1".into(), "p", 1);
+        let c = Cluster::new(
+            Box::new(Fake(shared.clone())),
+            "n1".into(),
+            "p",
+            1,
+            PRESENCE_INTERVAL,
+        );
         (c, shared)
     }
 
@@ -709,7 +786,8 @@ mod tests {
             .inbound
             .push(Inbound::Up { instance: 0 });
         let mut out = Vec::new();
-        c.take(&mut out, Instant::now());
+        let empty = CountTable::new(1);
+        c.take(&mut out, Instant::now(), &empty, &empty);
     }
 
     fn change(c: &mut Cluster, rooms: &mut CountTable, room: &str, delta: i32) {

@@ -1,10 +1,12 @@
 //! The Redis engine: per Redis instance one subscriber and one pipelined command
 //! connection, every channel and presence key placed on an instance by jump hash.
 //!
-//! It keeps, per instance, the set of channels this node wants; whenever the
-//! subscriber connection (re)logs in, the whole set is subscribed again in batches of
-//! [`SUBSCRIBE_BATCH`], and changes in between are coalesced per dispatcher turn into
-//! one SUBSCRIBE and one UNSUBSCRIBE command. It never re-sends a PUBLISH after a
+//! It keeps no set of channels: which channels a node needs follows from the node's
+//! own room and user tables, so keeping a copy here would cost bytes per connected
+//! user. Whenever a subscriber connection (re)logs in, the engine reports
+//! [`Inbound::SubscriberUp`] and the cluster logic subscribes everything it needs on
+//! that instance again; changes are queued in order and coalesced per dispatcher turn
+//! into SUBSCRIBE / UNSUBSCRIBE commands of at most [`SUBSCRIBE_BATCH`] channels. It never re-sends a PUBLISH after a
 //! reconnect: a command lost with its connection is reported lost, and the caller
 //! answers its client with an error instead (no duplicates, no silent loss).
 //!
@@ -14,7 +16,6 @@
 
 pub mod conn;
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -40,13 +41,12 @@ struct Instance {
     url: RedisUrl,
     sub: Conn,
     cmd: Conn,
-    /// Channels this node needs on this instance.
-    wanted: HashSet<Box<[u8]>>,
-    /// Changes to `wanted` not yet sent (filtered against `wanted` when sent).
-    to_subscribe: Vec<Box<[u8]>>,
-    to_unsubscribe: Vec<Box<[u8]>>,
+    /// Subscribe (true) / unsubscribe changes not yet sent, in order.
+    pending: Vec<(bool, Box<[u8]>)>,
     /// The subscriber connection's subscription count, as Redis last reported it.
     confirmed: u64,
+    /// Whether Redis confirmed the watched channel (see [`Engine::watch`]).
+    watched_confirmed: bool,
     /// Whether each connection was ever up (a later login is a reconnect).
     sub_was_up: bool,
     cmd_was_up: bool,
@@ -70,6 +70,8 @@ pub struct RedisEngine {
     inbound: Vec<Inbound>,
     scratch: Vec<Input>,
     stats: RedisStats,
+    /// The channel whose confirmation is tracked (the cluster channel).
+    watched: Option<Box<[u8]>>,
 }
 
 impl RedisEngine {
@@ -105,10 +107,9 @@ impl RedisEngine {
                     seed.wrapping_add(2 * i as u64 + 1),
                 ),
                 url,
-                wanted: HashSet::new(),
-                to_subscribe: Vec::new(),
-                to_unsubscribe: Vec::new(),
+                pending: Vec::new(),
                 confirmed: 0,
+                watched_confirmed: false,
                 sub_was_up: false,
                 cmd_was_up: false,
             })
@@ -119,6 +120,7 @@ impl RedisEngine {
             inbound: Vec::new(),
             scratch: Vec::new(),
             stats: RedisStats::default(),
+            watched: None,
         }
     }
 
@@ -140,7 +142,10 @@ impl RedisEngine {
                 Input::Down => {
                     self.stats.disconnects += 1;
                     if sub {
-                        self.instances[i].confirmed = 0;
+                        let inst = &mut self.instances[i];
+                        inst.confirmed = 0;
+                        inst.watched_confirmed = false;
+                        inst.pending.clear();
                     }
                     self.inbound.push(Inbound::Down { instance: i });
                 }
@@ -189,16 +194,10 @@ impl RedisEngine {
             );
         }
         if sub {
-            // Everything wanted, from scratch: the pending changes are in `wanted`.
-            inst.to_subscribe.clear();
-            inst.to_unsubscribe.clear();
-            let all: Vec<&[u8]> = inst.wanted.iter().map(|c| &c[..]).collect();
-            for batch in all.chunks(SUBSCRIBE_BATCH) {
-                let mut args: Vec<&[u8]> = Vec::with_capacity(batch.len() + 1);
-                args.push(b"SUBSCRIBE");
-                args.extend_from_slice(batch);
-                inst.sub.send(&args, Expect::Untagged);
-            }
+            // The owner subscribes everything again, from its tables.
+            inst.pending.clear();
+            inst.watched_confirmed = false;
+            self.inbound.push(Inbound::SubscriberUp { instance: i });
         }
         self.inbound.push(Inbound::Up { instance: i });
     }
@@ -218,8 +217,14 @@ impl RedisEngine {
                 self.stats.messages_in += 1;
                 self.inbound.push(Inbound::Message { channel, payload });
             }
-            (b"subscribe" | b"unsubscribe", _, Reply::Integer(n)) => {
-                self.instances[i].confirmed = n.max(0) as u64;
+            (verb @ (b"subscribe" | b"unsubscribe"), channel, Reply::Integer(n)) => {
+                let inst = &mut self.instances[i];
+                inst.confirmed = n.max(0) as u64;
+                if let (Some(w), Reply::Bulk(Some(ch))) = (&self.watched, channel) {
+                    if w[..] == ch[..] {
+                        inst.watched_confirmed = verb == b"subscribe";
+                    }
+                }
             }
             _ => {}
         }
@@ -286,23 +291,25 @@ impl Engine for RedisEngine {
     fn flush(&mut self, registry: &Registry, now: Instant) {
         for i in 0..self.instances.len() {
             let inst = &mut self.instances[i];
-            if inst.sub.is_ready() {
-                let wanted = &inst.wanted;
-                let mut subs: Vec<Box<[u8]>> = std::mem::take(&mut inst.to_subscribe);
-                subs.retain(|c| wanted.contains(c));
-                subs.sort_unstable();
-                subs.dedup();
-                let mut unsubs: Vec<Box<[u8]>> = std::mem::take(&mut inst.to_unsubscribe);
-                unsubs.retain(|c| !wanted.contains(c));
-                unsubs.sort_unstable();
-                unsubs.dedup();
-                for (verb, list) in [(&b"SUBSCRIBE"[..], &subs), (b"UNSUBSCRIBE", &unsubs)] {
-                    for batch in list.chunks(SUBSCRIBE_BATCH) {
-                        let mut args: Vec<&[u8]> = Vec::with_capacity(batch.len() + 1);
-                        args.push(verb);
-                        args.extend(batch.iter().map(|c| &c[..]));
-                        inst.sub.send(&args, Expect::Untagged);
+            if inst.sub.is_ready() && !inst.pending.is_empty() {
+                // In order, one command per run of the same verb (Redis applies them
+                // in order, so the last change of a channel wins, as it must).
+                let pending = std::mem::take(&mut inst.pending);
+                let mut start = 0;
+                while start < pending.len() {
+                    let on = pending[start].0;
+                    let mut end = start;
+                    while end < pending.len()
+                        && pending[end].0 == on
+                        && end - start < SUBSCRIBE_BATCH
+                    {
+                        end += 1;
                     }
+                    let mut args: Vec<&[u8]> = Vec::with_capacity(end - start + 1);
+                    args.push(if on { b"SUBSCRIBE" } else { b"UNSUBSCRIBE" });
+                    args.extend(pending[start..end].iter().map(|(_, c)| &c[..]));
+                    inst.sub.send(&args, Expect::Untagged);
+                    start = end;
                 }
             }
             for sub in [true, false] {
@@ -326,21 +333,26 @@ impl Engine for RedisEngine {
         out.append(&mut self.inbound);
     }
 
-    fn want(&mut self, channel: &[u8], on: bool) {
+    fn subscribe(&mut self, channel: &[u8], on: bool) {
         let i = self.place(channel);
         let inst = &mut self.instances[i];
-        if on {
-            if inst.wanted.insert(channel.into()) && inst.sub.is_ready() {
-                inst.to_subscribe.push(channel.into());
-            }
-        } else if inst.wanted.remove(channel) && inst.sub.is_ready() {
-            inst.to_unsubscribe.push(channel.into());
+        if inst.sub.is_ready() {
+            inst.pending.push((on, channel.into()));
         }
     }
 
-    fn subscribed(&self, channel: &[u8]) -> bool {
-        let inst = &self.instances[self.place(channel)];
-        inst.sub.is_ready() && inst.wanted.contains(channel)
+    fn subscriber_ready(&self, channel: &[u8]) -> bool {
+        self.instances[self.place(channel)].sub.is_ready()
+    }
+
+    fn watch(&mut self, channel: &[u8]) {
+        self.watched = Some(channel.into());
+    }
+
+    fn watched_confirmed(&self) -> bool {
+        self.watched
+            .as_ref()
+            .is_some_and(|w| self.instances[self.place(w)].watched_confirmed)
     }
 
     fn instance_of(&self, key: &[u8]) -> usize {
@@ -435,7 +447,6 @@ impl Engine for RedisEngine {
                 .map(|i| i.sub.is_ready() as usize + i.cmd.is_ready() as usize)
                 .sum(),
             subscribed: self.instances.iter().map(|i| i.confirmed).sum(),
-            wanted: self.instances.iter().map(|i| i.wanted.len()).sum(),
             backlog_bytes: self.instances.iter().map(|i| i.cmd.backlog()).sum(),
             in_flight: self.instances.iter().map(|i| i.cmd.in_flight()).sum(),
             messages_in: r.messages_in,
