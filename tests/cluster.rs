@@ -37,19 +37,6 @@ fn read_text(ws: &mut Ws) -> Result<String, String> {
     }
 }
 
-/// Reads until a Close frame: (code, reason).
-fn read_close(ws: &mut Ws) -> (u16, String) {
-    loop {
-        match ws.read().expect("read until the close frame") {
-            Message::Close(Some(f)) => return (u16::from(f.code), f.reason.to_string()),
-            Message::Close(None) => panic!("close frame without a code"),
-            Message::Text(t) => panic!("expected a close frame, got text {t:?}"),
-            Message::Binary(b) => panic!("expected a close frame, got binary {b:?}"),
-            _ => {}
-        }
-    }
-}
-
 /// Integer reply of `args` on `server`'s control port.
 fn int(server: &Server, args: &[&str]) -> i64 {
     server.control().int(args)

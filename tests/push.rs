@@ -30,19 +30,6 @@ fn read_data(ws: &mut Ws) -> Result<Message, String> {
     }
 }
 
-/// Reads the next message and expects a Close frame: (code, reason).
-fn read_close(ws: &mut Ws) -> (u16, String) {
-    loop {
-        match ws.read().expect("read until the close frame") {
-            Message::Close(Some(f)) => return (u16::from(f.code), f.reason.to_string()),
-            Message::Close(None) => panic!("close frame without a code"),
-            Message::Text(t) => panic!("expected a close frame, got text {t:?}"),
-            Message::Binary(b) => panic!("expected a close frame, got binary {b:?}"),
-            _ => {}
-        }
-    }
-}
-
 const FANOUT_SUBSCRIBERS: usize = 2000;
 const FANOUT_ROOMS: usize = 20;
 const FANOUT_PUBLISHES: usize = 1000;

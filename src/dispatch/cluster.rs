@@ -272,10 +272,30 @@ impl Dispatcher {
     /// Answers a push that reached `local` connections here: at once when standalone;
     /// in cluster mode once Redis has taken it for the other nodes.
     pub(super) fn reply_push(&mut self, key: usize, local: u64, what: Outbound<'_>) {
-        let tag = self.tag();
-        let Some(cluster) = &mut self.cluster else {
+        if self.cluster.is_none() {
             resp::write_integer(self.clients[key].out(), local as i64);
             return;
+        }
+        self.publish_held(key, what, local, 0);
+    }
+
+    /// In cluster mode, publishes a JOIN / LEAVE / KICK for the other nodes and holds
+    /// the client's reply for both the local acks and the broker's answer; returns the
+    /// held reply's id (`None` standalone: the reply is written on the acks).
+    pub(super) fn hold_for_broker(&mut self, key: usize, what: Outbound<'_>) -> Option<u64> {
+        self.cluster.as_ref()?;
+        // Local parts: this node's acks (resolved by user_request).
+        Some(self.publish_held(key, what, 0, 1))
+    }
+
+    /// Publishes `what` for the other nodes and holds client `key`'s reply (value
+    /// `local` so far) for the broker's answer plus `local_parts` more answers; if the
+    /// broker cannot take it, the reply becomes -TRYAGAIN once the local parts are in.
+    /// Returns the held reply's id.
+    fn publish_held(&mut self, key: usize, what: Outbound<'_>, local: u64, local_parts: u8) -> u64 {
+        let tag = self.tag();
+        let Some(cluster) = &mut self.cluster else {
+            return tag;
         };
         let instance = cluster.instance_for(&what);
         let c = &mut self.clients[key];
@@ -284,7 +304,7 @@ impl Dispatcher {
                 c.broker_inflight += 1;
                 c.broker_instance = instance;
                 c.fenced = false;
-                c.hold(tag, local, 1, true, None);
+                c.hold(tag, local, local_parts + 1, true, None);
                 self.broker_waits.insert(
                     tag,
                     BrokerWait::Reply {
@@ -297,42 +317,10 @@ impl Dispatcher {
             }
             Err(_) => {
                 cluster.stats.unavailable_replies += 1;
-                c.hold(tag, local, 0, true, Some(Failure::Unavailable));
+                c.hold(tag, local, local_parts, true, Some(Failure::Unavailable));
             }
         }
-    }
-
-    /// In cluster mode, publishes a JOIN / LEAVE / KICK for the other nodes and holds
-    /// the client's reply for both the local acks and the broker's answer; returns the
-    /// held reply's id (`None` standalone: the reply is written on the acks).
-    pub(super) fn hold_for_broker(&mut self, key: usize, what: Outbound<'_>) -> Option<u64> {
-        let tag = self.tag();
-        let cluster = self.cluster.as_mut()?;
-        let instance = cluster.instance_for(&what);
-        let c = &mut self.clients[key];
-        match cluster.publish(what, Some(tag), &self.rooms, &self.users) {
-            Ok(own) => {
-                c.broker_inflight += 1;
-                c.broker_instance = instance;
-                c.fenced = false;
-                // Two parts: this node's acks (resolved by user_request), the broker.
-                c.hold(tag, 0, 2, true, None);
-                self.broker_waits.insert(
-                    tag,
-                    BrokerWait::Reply {
-                        client: key,
-                        client_id: c.id,
-                        held: tag,
-                        own,
-                    },
-                );
-            }
-            Err(_) => {
-                cluster.stats.unavailable_replies += 1;
-                c.hold(tag, 0, 1, true, Some(Failure::Unavailable));
-            }
-        }
-        Some(tag)
+        tag
     }
 
     /// `ONLINE [room]`.

@@ -461,6 +461,21 @@ pub fn read_server_frame(s: &mut TcpStream) -> std::io::Result<(bool, u8, Vec<u8
 }
 
 /// Reads frames until a Close frame; returns its code (None for an empty body).
+/// Reads WebSocket messages until a Close frame and returns its (code, reason);
+/// panics on data before it.
+pub fn read_close(ws: &mut Ws) -> (u16, String) {
+    use tungstenite::Message;
+    loop {
+        match ws.read().expect("read until the close frame") {
+            Message::Close(Some(f)) => return (u16::from(f.code), f.reason.to_string()),
+            Message::Close(None) => panic!("close frame without a code"),
+            Message::Text(t) => panic!("expected a close frame, got text {t:?}"),
+            Message::Binary(b) => panic!("expected a close frame, got binary {b:?}"),
+            _ => {}
+        }
+    }
+}
+
 pub fn read_close_code(s: &mut TcpStream) -> Option<u16> {
     loop {
         let (_, op, p) = read_server_frame(s).expect("expected a close frame");
