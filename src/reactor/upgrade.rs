@@ -286,7 +286,7 @@ impl Reactor {
         }
         self.queue(
             key,
-            Chunk::Owned(upgrade_response(&up.accept).into_boxed_slice()),
+            Chunk::Owned(upgrade_response(&up.accept, up.v1).into_boxed_slice()),
         );
         true
     }

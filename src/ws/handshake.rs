@@ -208,6 +208,35 @@ pub struct Upgrade {
     /// `X-Forwarded-For` / `Forwarded` headers (name, value), in order, when
     /// `HandshakeConfig::forwarded_headers` asks for them.
     pub forwarded: Vec<(String, Vec<u8>)>,
+    /// The client offered the `wspush.v1` subprotocol (JSON envelopes with positions);
+    /// the 101 then names it.
+    pub v1: bool,
+    /// `recover=room:EPOCH:OFFSET,…`: the last position the client saw in rooms it
+    /// also names in `rooms=`.
+    pub recover: Vec<Since>,
+}
+
+/// The subprotocol of JSON envelopes with positions.
+pub const SUBPROTOCOL_V1: &str = "wspush.v1";
+
+/// The longest epoch a client may present.
+pub const MAX_EPOCH_LEN: usize = 64;
+
+/// Where a client last was in a room: recover what it missed after this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    pub room: String,
+    pub epoch: String,
+    pub offset: u64,
+}
+
+/// Whether `e` can be an epoch: 1 to 64 of `[A-Za-z0-9._-]` (ours are hex; the
+/// cluster's may carry a Redis stream id).
+pub fn is_valid_epoch(e: &str) -> bool {
+    !e.is_empty()
+        && e.len() <= MAX_EPOCH_LEN
+        && e.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 /// Why a request head is refused. Each maps to one HTTP response, here.
@@ -455,6 +484,14 @@ fn check_upgrade(
     }
 
     let q = parse_query(query, cfg.max_rooms)?;
+    let v1 = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-protocol"))
+        .any(|h| {
+            h.value
+                .split(|&b| b == b',')
+                .any(|t| trim_ows(t) == SUBPROTOCOL_V1.as_bytes())
+        });
     let mut bearer = None;
     for h in headers {
         if h.name.eq_ignore_ascii_case("authorization") {
@@ -486,6 +523,8 @@ fn check_upgrade(
         rooms: q.rooms,
         token,
         forwarded,
+        v1,
+        recover: q.recover,
     })
 }
 
@@ -508,6 +547,7 @@ struct Query {
     user: Option<String>,
     rooms: Vec<String>,
     token: Option<String>,
+    recover: Vec<Since>,
 }
 
 /// RFC 6455 §4.1: the key is base64 of 16 random bytes, i.e. 24 characters.
@@ -542,6 +582,7 @@ fn parse_query(query: &str, max_rooms: usize) -> Result<Query, HandshakeError> {
     let mut user = None;
     let mut token = None;
     let mut rooms: Vec<String> = Vec::new();
+    let mut recover: Option<&str> = None;
     for pair in query.split('&') {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
@@ -573,10 +614,45 @@ fn parse_query(query: &str, max_rooms: usize) -> Result<Query, HandshakeError> {
                     rooms.push(room);
                 }
             }
+            "recover" if recover.is_some() => return Err(HandshakeError::BadQuery),
+            "recover" => recover = Some(value),
             _ => {}
         }
     }
-    Ok(Query { user, rooms, token })
+    let recover = match recover {
+        None | Some("") => Vec::new(),
+        Some(list) => parse_recover(list, &rooms)?,
+    };
+    Ok(Query {
+        user,
+        rooms,
+        token,
+        recover,
+    })
+}
+
+/// `room:EPOCH:OFFSET,…`, each room among `rooms` and named once. Room names may
+/// hold `:`, so each item is split at its last two colons.
+fn parse_recover(list: &str, rooms: &[String]) -> Result<Vec<Since>, HandshakeError> {
+    let mut out: Vec<Since> = Vec::new();
+    for item in list.split(',') {
+        let mut parts = item.rsplitn(3, ':');
+        let (Some(offset), Some(epoch), Some(room)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(HandshakeError::BadQuery);
+        };
+        let room = decode_name(room)?;
+        let offset: u64 = offset.parse().map_err(|_| HandshakeError::BadQuery)?;
+        if !is_valid_epoch(epoch) || !rooms.contains(&room) || out.iter().any(|s| s.room == room) {
+            return Err(HandshakeError::BadQuery);
+        }
+        out.push(Since {
+            room,
+            epoch: epoch.to_string(),
+            offset,
+        });
+    }
+    Ok(out)
 }
 
 /// Percent-decodes one user or room name and checks it against the name rule.
@@ -626,10 +702,16 @@ pub fn accept_key(key: &[u8]) -> String {
     BASE64.encode(sha1.finalize())
 }
 
-/// The 101 Switching Protocols response. No subprotocol, no extension.
-pub fn upgrade_response(accept: &str) -> Vec<u8> {
+/// The 101 Switching Protocols response: no extension; the `wspush.v1` subprotocol when
+/// the client offered it.
+pub fn upgrade_response(accept: &str, v1: bool) -> Vec<u8> {
+    let protocol = if v1 {
+        "Sec-WebSocket-Protocol: wspush.v1\r\n"
+    } else {
+        ""
+    };
     format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{protocol}\r\n"
     )
     .into_bytes()
 }
@@ -744,7 +826,79 @@ mod tests {
                 rooms: vec![],
                 token: None,
                 forwarded: vec![],
+                v1: false,
+                recover: vec![],
             })
+        );
+    }
+
+    #[test]
+    fn chooses_wspush_v1_only_when_offered_and_names_it_in_the_101() {
+        let u = upgrade_with("Sec-WebSocket-Protocol: chat, wspush.v1\r\n", "").unwrap();
+        assert!(u.v1);
+        let u = upgrade_with(
+            "Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Protocol: wspush.v1\r\n",
+            "",
+        )
+        .unwrap();
+        assert!(u.v1, "the offer may span several header lines");
+        for other in ["chat", "WSPUSH.V1", "wspush.v2", "wspush.v1x"] {
+            let u = upgrade_with(&format!("Sec-WebSocket-Protocol: {other}\r\n"), "").unwrap();
+            assert!(!u.v1, "{other}");
+        }
+        let resp = String::from_utf8(upgrade_response(ACCEPT, true)).unwrap();
+        assert!(resp.contains("\r\nSec-WebSocket-Protocol: wspush.v1\r\n"));
+        assert!(resp.ends_with("\r\n\r\n"));
+        let resp = String::from_utf8(upgrade_response(ACCEPT, false)).unwrap();
+        assert!(!resp.contains("Sec-WebSocket-Protocol"));
+    }
+
+    #[test]
+    fn recover_names_positions_in_rooms_of_the_request() {
+        let u = upgrade_with("", "?rooms=news,a:b&recover=news:0f1e:41,a:b:ep-1.x:0").unwrap();
+        assert_eq!(
+            u.recover,
+            vec![
+                Since {
+                    room: "news".into(),
+                    epoch: "0f1e".into(),
+                    offset: 41
+                },
+                Since {
+                    room: "a:b".into(),
+                    epoch: "ep-1.x".into(),
+                    offset: 0
+                },
+            ]
+        );
+        assert_eq!(
+            upgrade_with("", "?rooms=news&recover=").unwrap().recover,
+            vec![]
+        );
+    }
+
+    #[test]
+    fn rejects_recover_of_unnamed_rooms_bad_epochs_and_offsets_with_400() {
+        for q in [
+            "?rooms=news&recover=sports:e:1",
+            "?rooms=news&recover=news:e",
+            "?rooms=news&recover=news::1",
+            "?rooms=news&recover=news:e%20x:1",
+            "?rooms=news&recover=news:e:-1",
+            "?rooms=news&recover=news:e:18446744073709551616",
+            "?rooms=news&recover=news:e:1,news:e:2",
+            "?rooms=news&recover=news:e:1&recover=news:e:1",
+        ] {
+            assert_eq!(
+                upgrade_with("", q).err(),
+                Some(HandshakeError::BadQuery),
+                "{q}"
+            );
+        }
+        let long = "e".repeat(MAX_EPOCH_LEN + 1);
+        assert_eq!(
+            upgrade_with("", &format!("?rooms=news&recover=news:{long}:1")).err(),
+            Some(HandshakeError::BadQuery)
         );
     }
 
@@ -813,7 +967,7 @@ mod tests {
 
     #[test]
     fn upgrade_response_is_101_without_protocol_or_extensions() {
-        let resp = upgrade_response(ACCEPT);
+        let resp = upgrade_response(ACCEPT, false);
         assert_eq!(
             resp,
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
