@@ -230,6 +230,25 @@ pub struct Config {
     /// churn, and staler cluster-wide room counts (1s to 1h).
     #[arg(long, default_value = "1s", value_parser = parse_presence_interval, help_heading = "Cluster")]
     pub presence_interval: Duration,
+
+    /// Messages kept per room for clients that reconnect and recover what they
+    /// missed (`wspush.v1`); 0 keeps none (positions are still given).
+    #[arg(long, default_value_t = 0, help_heading = "History and recovery")]
+    pub history_size: usize,
+
+    /// A room's history (and position) is dropped this long after its last publish,
+    /// once no member holds it.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, help_heading = "History and recovery")]
+    pub history_ttl: Duration,
+
+    /// Bound on all retained messages together; the oldest are evicted first.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size, help_heading = "History and recovery")]
+    pub history_memory: usize,
+
+    /// Most messages replayed to one recovering connection per room; more missed
+    /// means `recovered:false`.
+    #[arg(long, default_value_t = 300, help_heading = "History and recovery")]
+    pub max_recover: usize,
 }
 
 /// See [`Config::cluster_order`].

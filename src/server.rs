@@ -406,6 +406,12 @@ impl Server {
                 control: control_addr,
                 cluster,
                 node_id,
+                history: crate::history::Limits {
+                    size: cfg.history_size,
+                    ttl: cfg.history_ttl,
+                    memory: cfg.history_memory,
+                },
+                max_recover: cfg.max_recover,
             },
             Census {
                 capacity,

@@ -46,6 +46,8 @@ pub enum Command {
     /// `NODES`: the cluster's live nodes with their counts (just this one when
     /// standalone).
     Nodes,
+    /// `HISTORY room [count]`: the room's position and retained messages.
+    History { room: String, count: Option<usize> },
     /// `INFO [section]`. The section is ASCII-lowercased (bytes that are not
     /// UTF-8 become U+FFFD, so the name simply matches nothing). The
     /// dispatcher answers with that section only — `server`, `clients`, `rooms`
@@ -72,6 +74,8 @@ pub enum CommandError {
     InvalidReason,
     /// A payload over `--max-message`.
     PayloadTooLarge,
+    /// A count that is not a non-negative integer.
+    InvalidCount,
 }
 
 impl CommandError {
@@ -87,6 +91,7 @@ impl CommandError {
                 format!("ERR kick reason must be UTF-8 of at most {MAX_KICK_REASON} bytes")
             }
             CommandError::PayloadTooLarge => "ERR payload exceeds --max-message".to_owned(),
+            CommandError::InvalidCount => "ERR count is not a non-negative integer".to_owned(),
         }
     }
 }
@@ -172,6 +177,18 @@ impl Command {
                 room: a.map(|room| valid_name(Some(room), "room")).transpose()?,
             },
             Kind::Nodes => Command::Nodes,
+            Kind::History => Command::History {
+                room: valid_name(a, "room")?,
+                count: match b {
+                    None => None,
+                    Some(c) => Some(
+                        std::str::from_utf8(&c)
+                            .ok()
+                            .and_then(|c| c.parse::<usize>().ok())
+                            .ok_or(CommandError::InvalidCount)?,
+                    ),
+                },
+            },
             Kind::Info => {
                 Command::Info(a.map(|s| String::from_utf8_lossy(&s).to_ascii_lowercase()))
             }
@@ -229,6 +246,7 @@ enum Kind {
     Kick,
     Online,
     Nodes,
+    History,
     Info,
     Quit,
 }
@@ -252,7 +270,7 @@ const fn spec(name: &'static str, kind: Kind, min_args: usize, max_args: usize) 
 
 /// The command table. QUIT's arity is never checked (Redis ignores its
 /// arguments too); PUBLISH comes first because it is by far the most frequent.
-const TABLE: [Spec; 12] = [
+const TABLE: [Spec; 13] = [
     spec("publish", Kind::Publish, 2, 2),
     spec("send", Kind::Send, 2, 2),
     spec("broadcast", Kind::Broadcast, 1, 1),
@@ -261,6 +279,7 @@ const TABLE: [Spec; 12] = [
     spec("kick", Kind::Kick, 1, 2),
     spec("online", Kind::Online, 0, 1),
     spec("nodes", Kind::Nodes, 0, 0),
+    spec("history", Kind::History, 1, 2),
     spec("ping", Kind::Ping, 0, 1),
     spec("auth", Kind::Auth, 1, 2),
     spec("info", Kind::Info, 0, 1),
@@ -418,6 +437,24 @@ mod tests {
     fn online_takes_an_optional_room() {
         assert_eq!(parse(&[b"ONLINE"]), Ok(Command::Online { room: None }));
         assert_eq!(parse(&[b"nodes"]), Ok(Command::Nodes));
+        assert_eq!(
+            parse(&[b"HISTORY", b"news"]),
+            Ok(Command::History {
+                room: "news".into(),
+                count: None
+            })
+        );
+        assert_eq!(
+            parse(&[b"history", b"news", b"5"]),
+            Ok(Command::History {
+                room: "news".into(),
+                count: Some(5)
+            })
+        );
+        assert_eq!(
+            parse(&[b"HISTORY", b"news", b"-1"]),
+            Err(CommandError::InvalidCount)
+        );
         assert!(matches!(
             parse(&[b"NODES", b"x"]),
             Err(CommandError::WrongArity("nodes"))

@@ -252,6 +252,22 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
         }
         out.push_str("\r\n");
     }
+    if want("history") {
+        out.push_str("# History\r\n");
+        let h = &d.history;
+        line(&mut out, "history_size", &d.settings.history.size);
+        line(&mut out, "history_ttl_seconds", &d.settings.history.ttl.as_secs());
+        line(&mut out, "history_memory_limit", &d.settings.history.memory);
+        line(&mut out, "history_rooms", &h.rooms());
+        line(&mut out, "history_messages", &h.messages());
+        line(&mut out, "history_bytes", &h.bytes());
+        line(&mut out, "history_evicted", &h.evicted());
+        line(&mut out, "max_recover", &d.settings.max_recover);
+        line(&mut out, "recoveries", &d.stats.recoveries);
+        line(&mut out, "recovery_failures", &d.stats.recovery_failures);
+        line(&mut out, "replayed_messages", &d.stats.replayed);
+        out.push_str("\r\n");
+    }
     if want("cluster") {
         out.push_str("# Cluster\r\n");
         match &d.cluster {

@@ -27,6 +27,7 @@ mod client;
 mod cluster;
 pub mod counts;
 mod info;
+mod positions;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -82,6 +83,10 @@ pub struct DispatchSettings {
     pub cluster: Option<ClusterSettings>,
     /// This node's name (`--node-id`), also when standalone.
     pub node_id: String,
+    /// Positions and history (`--history-size`, `--history-ttl`, `--history-memory`).
+    pub history: crate::history::Limits,
+    /// Most messages replayed per room on recovery (`--max-recover`).
+    pub max_recover: usize,
 }
 
 /// What cluster mode is started with.
@@ -166,6 +171,11 @@ struct DispatchStats {
     /// Messages from other nodes not handed to a reactor whose queue was full (one
     /// per message and reactor).
     broker_dropped: u64,
+    /// wspush.v1 joins that asked to recover and could / could not.
+    recoveries: u64,
+    recovery_failures: u64,
+    /// Messages replayed to recovering connections.
+    replayed: u64,
 }
 
 /// Token of the first broker connection; the engine owns a few from here.
@@ -210,6 +220,8 @@ pub struct Dispatcher {
     next_tag: u64,
     /// Reused buffer of what the broker delivered in a turn.
     inbound: Vec<Inbound>,
+    /// Room positions and retained messages.
+    history: crate::history::History,
 }
 
 impl Dispatcher {
@@ -280,6 +292,7 @@ impl Dispatcher {
                 broker_waits: HashMap::new(),
                 next_tag: 0,
                 inbound: Vec::new(),
+                history: crate::history::History::new(settings.history, cluster::nonce()),
             },
             handle,
         ))
@@ -463,6 +476,12 @@ impl Dispatcher {
                         }
                         self.on_ack(req, affected);
                     }
+                    Event::Position {
+                        reactor,
+                        req,
+                        room,
+                        since,
+                    } => self.on_position(reactor, req, &room, since, now),
                     Event::Exited { reactor } => {
                         let lost = self.unacked.get_mut(reactor).map(std::mem::take);
                         for req in lost.into_iter().flatten() {
@@ -736,6 +755,7 @@ impl Dispatcher {
             }
             Command::Online { room } => self.online(key, room),
             Command::Nodes => self.nodes(key),
+            Command::History { room, count } => self.history_reply(key, &room, count),
             Command::Info(section) => {
                 let text = info::render(self, section.as_deref());
                 resp::write_bulk(self.clients[key].out(), text.as_bytes());
@@ -761,7 +781,11 @@ impl Dispatcher {
             ),
             Recipients::Room(name) => match (self.rooms.get(name), self.rooms.key(name)) {
                 (Some(c), Some(key)) => (c.reactors().collect(), c.total(), Target::Room(key)),
-                _ => return 0,
+                _ => {
+                    // Kept for recovery even with no member here.
+                    self.remember(name, payload);
+                    return 0;
+                }
             },
             Recipients::User(name) => match (self.users.get(name), self.users.key(name)) {
                 (Some(c), Some(key)) => (c.reactors().collect(), c.total(), Target::User(key)),
@@ -772,6 +796,7 @@ impl Dispatcher {
             return 0;
         }
         let frame = push_frame(payload);
+        let envelope = Some(self.envelope(&to, payload));
         for r in reactors {
             if from_broker && self.reactors[r].tx.len() >= MAX_QUEUED_BATCHES {
                 // The broker's reads never wait for a reactor: this one is that far
@@ -784,6 +809,7 @@ impl Dispatcher {
                 link::Command::Push {
                     target: target.clone(),
                     frame: frame.clone(),
+                    envelope: envelope.clone(),
                 },
             );
         }
@@ -946,6 +972,7 @@ impl Dispatcher {
         if std::mem::take(&mut self.accept_retry) {
             self.accept();
         }
+        self.expire_history();
         let stalled: Vec<usize> = self
             .clients
             .iter()
@@ -1046,6 +1073,12 @@ mod tests {
                     control,
                     cluster: None,
                     node_id: "test".into(),
+                    history: crate::history::Limits {
+                        size: 0,
+                        ttl: Duration::from_secs(300),
+                        memory: 1 << 20,
+                    },
+                    max_recover: 300,
                 },
                 Census {
                     capacity: Arc::new(crate::link::capacity::Capacity::new(100, 100)),
@@ -1117,7 +1150,7 @@ mod tests {
                     link::Command::Join { req, .. }
                     | link::Command::Leave { req, .. }
                     | link::Command::Kick { req, .. } => Some(*req),
-                    link::Command::Push { .. } => None,
+                    link::Command::Push { .. } | link::Command::Position { .. } => None,
                 }));
             }
             reqs

@@ -31,8 +31,22 @@ pub enum Target {
 /// Work the dispatcher sends to a reactor, applied in order.
 #[derive(Debug, Clone)]
 pub enum Command {
-    /// Deliver `frame` (a complete WebSocket frame) to the target's connections here.
-    Push { target: Target, frame: Arc<[u8]> },
+    /// Deliver `frame` (a complete WebSocket frame) to the target's connections here;
+    /// connections of the `wspush.v1` subprotocol get `envelope` instead, when given
+    /// (the same message as a JSON envelope, with its position for a room).
+    Push {
+        target: Target,
+        frame: Arc<[u8]>,
+        envelope: Option<Arc<[u8]>>,
+    },
+    /// The answer to `Event::Position { req }`: write `joined` (the `joined` reply
+    /// with the room's position), then the `replay` frames (recovered messages), to
+    /// that connection, and deliver the room's pushes to it again from here on.
+    Position {
+        req: u64,
+        joined: Arc<[u8]>,
+        replay: Vec<Arc<[u8]>>,
+    },
     /// Put every connection of `user` into `room`; answer `Event::Ack { req }`.
     Join {
         req: u64,
@@ -60,7 +74,7 @@ impl Command {
             Command::Join { req, .. } | Command::Leave { req, .. } | Command::Kick { req, .. } => {
                 Some(*req)
             }
-            Command::Push { .. } => None,
+            Command::Push { .. } | Command::Position { .. } => None,
         }
     }
 }
@@ -99,6 +113,18 @@ pub enum Event {
         reactor: usize,
         req: u64,
         affected: u32,
+    },
+    /// A `wspush.v1` connection joined `room` (at connect or by a join op) and waits
+    /// for its position, and for what it missed after `since` (epoch, offset) if
+    /// given. Until the answer (`Command::Position { req }`) comes, the reactor holds
+    /// back the room's pushes from that connection: they are older than the position
+    /// the answer gives, so they are either replayed or before the client's start.
+    /// `req` is the reactor's own number for the request (no slab key leaves it).
+    Position {
+        reactor: usize,
+        req: u64,
+        room: Arc<str>,
+        since: Option<(Arc<str>, u64)>,
     },
     /// `reactor` has exited and dropped its channel: it will ack nothing more, and
     /// what it was sent but never read is lost. Sent after its last Ack.

@@ -83,6 +83,7 @@ counters!(
     refresh_failures,
     token_expired_closes,
     proxy_header_failures,
+    replayed,
 );
 
 /// Index of the "handshake timeout" slot in `handshake_failures`.

@@ -18,7 +18,8 @@ use crate::names::is_valid_name;
 /// A well-formed client request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientRequest {
-    Join(String),
+    /// `{"op":"join","room":…}`, with `"since":{"epoch":…,"offset":…}` to recover.
+    Join(String, Option<(String, u64)>),
     Leave(String),
     Ping,
     Refresh(String),
@@ -34,6 +35,7 @@ pub enum ClientError {
     TooManyRooms,
     Binary,
     MissingToken,
+    InvalidSince,
 }
 
 impl ClientError {
@@ -48,6 +50,9 @@ impl ClientError {
             ClientError::TooManyRooms => "too many rooms for this connection",
             ClientError::Binary => "binary messages are not part of the client protocol",
             ClientError::MissingToken => "missing \"token\"",
+            ClientError::InvalidSince => {
+                "invalid \"since\" (an object with a string \"epoch\" and an integer \"offset\" >= 0)"
+            }
         }
     }
 }
@@ -72,7 +77,24 @@ pub fn parse(text: &[u8]) -> Result<ClientRequest, ClientError> {
         }
     };
     match op {
-        "join" => Ok(ClientRequest::Join(room()?)),
+        "join" => {
+            let since = match obj.get("since") {
+                None | Some(Value::Null) => None,
+                Some(s) => {
+                    let epoch = s
+                        .get("epoch")
+                        .and_then(Value::as_str)
+                        .filter(|e| crate::ws::handshake::is_valid_epoch(e))
+                        .ok_or(ClientError::InvalidSince)?;
+                    let offset = s
+                        .get("offset")
+                        .and_then(Value::as_u64)
+                        .ok_or(ClientError::InvalidSince)?;
+                    Some((epoch.to_string(), offset))
+                }
+            };
+            Ok(ClientRequest::Join(room()?, since))
+        }
         "leave" => Ok(ClientRequest::Leave(room()?)),
         "ping" => Ok(ClientRequest::Ping),
         "refresh" => obj
@@ -132,8 +154,21 @@ mod tests {
     fn parses_the_three_requests() {
         assert_eq!(
             parse(br#"{"op":"join","room":"news"}"#),
-            Ok(ClientRequest::Join("news".into()))
+            Ok(ClientRequest::Join("news".into(), None))
         );
+        assert_eq!(
+            parse(br#"{"op":"join","room":"news","since":{"epoch":"ab12","offset":41}}"#),
+            Ok(ClientRequest::Join("news".into(), Some(("ab12".into(), 41))))
+        );
+        for bad in [
+            &br#"{"op":"join","room":"news","since":{"offset":41}}"#[..],
+            br#"{"op":"join","room":"news","since":{"epoch":"a b","offset":41}}"#,
+            br#"{"op":"join","room":"news","since":{"epoch":"ab","offset":-1}}"#,
+            br#"{"op":"join","room":"news","since":{"epoch":"ab","offset":1.5}}"#,
+            br#"{"op":"join","room":"news","since":7}"#,
+        ] {
+            assert_eq!(parse(bad), Err(ClientError::InvalidSince));
+        }
         assert_eq!(
             parse(br#"{"room":"news","op":"leave"}"#),
             Ok(ClientRequest::Leave("news".into()))

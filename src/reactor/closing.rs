@@ -91,6 +91,7 @@ impl Reactor {
         if conn.phase == Phase::Open {
             self.leave_all(key);
         }
+        self.positions.forget_conn(key);
         if !self.peer_slots.is_empty() {
             if let Some(slot) = self.peer_slots.remove(&key) {
                 self.shared.peers.release(slot);

@@ -7,6 +7,8 @@
 //! during a long flush cannot grow the arena without bound. Order is kept: carried
 //! commands run before anything newer from the channel.
 
+use std::sync::Arc;
+
 use crossbeam_channel::TryRecvError;
 
 use super::conn::{flag, Conn, Phase};
@@ -48,7 +50,16 @@ impl Reactor {
 
     fn apply(&mut self, cmd: Command) {
         match cmd {
-            Command::Push { target, frame } => self.push(&target, Chunk::Push(frame)),
+            Command::Push {
+                target,
+                frame,
+                envelope,
+            } => self.push(&target, frame, envelope),
+            Command::Position {
+                req,
+                joined,
+                replay,
+            } => self.apply_position(req, joined, replay),
             Command::Join { req, user, room } => {
                 let affected = self.join_user(&user, &room);
                 self.ack(req, affected);
@@ -81,17 +92,23 @@ impl Reactor {
     }
 
     /// Links one shared frame into the chain of every recipient here.
-    fn push(&mut self, target: &Target, chunk: Chunk) {
-        let idx = self.outbox.add_frame(chunk);
+    fn push(&mut self, target: &Target, frame: Arc<[u8]>, envelope: Option<Arc<[u8]>>) {
+        let idx = self.outbox.add_frame(Chunk::Push(frame));
+        let env_idx = envelope.map(|e| self.outbox.add_frame(Chunk::Push(e)));
         let mut n = 0u64;
         let Reactor {
             conns,
             outbox,
             rooms,
             users,
+            positions,
             ..
         } = self;
         let mut deliver = |key: u32, conn: &mut Conn| {
+            let idx = match env_idx {
+                Some(e) if conn.has(flag::V1) => e,
+                _ => idx,
+            };
             if outbox.append(&mut conn.chain, idx) && !conn.has(flag::DIRTY) {
                 conn.set(flag::DIRTY);
                 outbox.dirty.push(key);
@@ -112,8 +129,13 @@ impl Reactor {
                 } else {
                     users
                 };
+                let room = matches!(target, Target::Room(_));
                 if let Some(id) = groups.id(name) {
                     for &key in groups.members(id) {
+                        // A wspush.v1 join waiting for its position (see positions.rs).
+                        if room && positions.held(key, id) {
+                            continue;
+                        }
                         if let Some(conn) = conns.get_mut(key as usize) {
                             deliver(key, conn);
                         }

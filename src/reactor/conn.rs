@@ -54,6 +54,9 @@ pub mod flag {
     /// client cannot make the reactor verify signatures without end.
     pub const REFRESH_REFUSED_1: u16 = 1024;
     pub const REFRESH_REFUSED_2: u16 = 2048;
+    /// Speaks the `wspush.v1` subprotocol: pushes as JSON envelopes, positions in
+    /// `joined`.
+    pub const V1: u16 = 4096;
 }
 
 /// State kept only while input is incomplete.

@@ -38,6 +38,7 @@ impl Reactor {
             return false;
         };
         let m = conn.rooms.swap_remove(i).m;
+        self.positions.forget(key, id);
         self.remove_room_membership(m);
         true
     }

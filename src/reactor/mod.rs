@@ -32,6 +32,7 @@ pub mod listener;
 mod membership;
 pub mod outbox;
 mod output;
+mod positions;
 mod requests;
 pub mod settings;
 mod timers;
@@ -110,6 +111,8 @@ pub struct Reactor {
     shutdown_at: Option<u64>,
     /// Reused buffer for keys the timer scan acts on.
     expired: Vec<(u32, Expiry)>,
+    /// `wspush.v1` joins waiting for their position.
+    positions: positions::Positions,
 }
 
 impl Reactor {
@@ -164,6 +167,7 @@ impl Reactor {
             last_accept_log: None,
             read_again: Vec::new(),
             shutdown_at: None,
+            positions: positions::Positions::default(),
             expired: Vec::new(),
         };
         Ok((reactor, handle))

@@ -34,7 +34,7 @@ impl Reactor {
         }
         let reply = match client_msg::parse(payload) {
             Ok(ClientRequest::Ping) => client_msg::PONG_REPLY.to_string(),
-            Ok(ClientRequest::Join(room)) => self.client_join(key, &room),
+            Ok(ClientRequest::Join(room, since)) => self.client_join(key, &room, since),
             Ok(ClientRequest::Leave(room)) => {
                 if self.may_join(key, &room) {
                     self.leave_room(key, &room);
@@ -65,7 +65,7 @@ impl Reactor {
         self.shared.settings.may_join(grants, room)
     }
 
-    fn client_join(&mut self, key: u32, room: &str) -> String {
+    fn client_join(&mut self, key: u32, room: &str, since: Option<(String, u64)>) -> String {
         if !self.may_join(key, room) {
             self.local.join_forbidden += 1;
             return client_msg::forbidden_reply(room);
@@ -78,8 +78,17 @@ impl Reactor {
             .id(room)
             .is_some_and(|id| conn.room_index(id).is_some());
         if member || conn.rooms.len() < self.shared.settings.max_rooms {
+            let v1 = conn.has(flag::V1);
             if !member {
                 self.join_room(key, room, true);
+            }
+            if v1 {
+                // The reply, with the position (and any recovery), comes from the
+                // dispatcher. A member asking again keeps its live pushes and gets
+                // the position only (its `since` is moot: it has missed nothing).
+                let since = if member { None } else { since };
+                self.request_position(key, room, since, !member);
+                return String::new();
             }
             client_msg::room_reply("joined", room)
         } else {

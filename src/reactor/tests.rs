@@ -208,6 +208,7 @@ fn a_kick_and_a_slow_close_in_one_round_send_one_close_frame() {
         .send(ReactorMsg::Batch(vec![Command::Push {
             target: crate::link::Target::Room("r".into()),
             frame: push,
+            envelope: None,
         }]))
         .unwrap();
     r.drain_channel();
@@ -308,6 +309,7 @@ fn a_burst_is_bounded_per_turn_delivered_whole_and_its_memory_released() {
             .map(|&i| Command::Push {
                 target: crate::link::Target::Room("r".into()),
                 frame: frame_of(i),
+                envelope: None,
             })
             .collect();
         rig.handle.send(ReactorMsg::Batch(cmds)).unwrap();
@@ -384,6 +386,7 @@ fn a_request_flood_cannot_crowd_out_the_dispatchers_commands() {
         .send(ReactorMsg::Batch(vec![Command::Push {
             target: crate::link::Target::Room("r".into()),
             frame: b"\x81\x05hello".to_vec().into(),
+            envelope: None,
         }]))
         .unwrap();
     r.drain_channel();

@@ -288,6 +288,27 @@ impl Reactor {
             key,
             Chunk::Owned(upgrade_response(&up.accept, up.v1).into_boxed_slice()),
         );
+        if up.v1 {
+            // Each room's `joined` (with its position, and what was missed after a
+            // `recover=` position) comes from the dispatcher, before any push of it.
+            let Some(conn) = self.conns.get_mut(key as usize) else {
+                return true;
+            };
+            conn.set(flag::V1);
+            let rooms: Vec<std::sync::Arc<str>> = conn
+                .rooms
+                .iter()
+                .filter_map(|r| self.rooms.name(r.m.group).cloned())
+                .collect();
+            for room in rooms {
+                let since = up
+                    .recover
+                    .iter()
+                    .find(|s| *s.room == *room)
+                    .map(|s| (s.epoch.clone(), s.offset));
+                self.request_position(key, &room, since, true);
+            }
+        }
         true
     }
 }

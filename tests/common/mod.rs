@@ -367,6 +367,41 @@ pub fn try_ws_connect(url: &str) -> Result<Ws, String> {
     Ok(ws)
 }
 
+/// Connects offering the `wspush.v1` subprotocol; panics unless the server chose it.
+pub fn ws_connect_v1(url: &str) -> Ws {
+    use tungstenite::client::IntoClientRequest;
+    let addr = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let stream = TcpStream::connect(&addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut req = url.into_client_request().expect("request");
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "chat, wspush.v1".parse().expect("header"),
+    );
+    let (ws, resp) = tungstenite::client::client(req, stream).expect("handshake");
+    assert_eq!(
+        resp.headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("wspush.v1"),
+        "the server names the chosen subprotocol"
+    );
+    ws
+}
+
+/// The next data message of a `wspush.v1` connection, parsed as JSON.
+pub fn next_json(ws: &mut Ws) -> serde_json::Value {
+    let t = next_text(ws);
+    serde_json::from_str(&t).unwrap_or_else(|e| panic!("not JSON ({e}): {t}"))
+}
+
 /// Reads the next text or binary message (skipping pings/pongs).
 pub fn next_data(ws: &mut Ws) -> tungstenite::Message {
     loop {

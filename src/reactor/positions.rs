@@ -1,0 +1,118 @@
+//! `wspush.v1` joins waiting for their room's position from the dispatcher.
+//!
+//! A `wspush.v1` client is told, in its `joined` reply, where the room is (epoch,
+//! offset), and may ask to recover what it missed since a position it saw. Positions
+//! and history live with the dispatcher, which sees every publish in order; the
+//! reactor asks (`Event::Position`) and holds the room's pushes back from that
+//! connection until the answer (`Command::Position`) comes through the same FIFO
+//! channel as the pushes. Every push that arrives before the answer was published
+//! before the dispatcher answered, so it is either in the replay or older than the
+//! position the client starts from: dropping it for this connection loses nothing and
+//! duplicates nothing, and every push after the answer is live.
+//!
+//! Costs nothing per idle connection: the maps hold only joins in flight (a round
+//! trip to the dispatcher), keyed by (slab key, room group); a connection that closes
+//! or leaves the room while waiting is forgotten, so a reused slab key never receives
+//! another connection's answer.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::conn::{flag, Phase};
+use super::outbox::Chunk;
+use super::Reactor;
+use crate::link::Event;
+
+/// Joins in flight.
+#[derive(Default)]
+pub(super) struct Positions {
+    next: u64,
+    /// Request → (connection key, room group).
+    pending: HashMap<u64, (u32, u32)>,
+    /// (connection key, room group) whose pushes are held back.
+    holding: HashSet<(u32, u32)>,
+}
+
+impl Positions {
+    /// Whether pushes of room `group` are held back from connection `key`.
+    pub fn held(&self, key: u32, group: u32) -> bool {
+        !self.holding.is_empty() && self.holding.contains(&(key, group))
+    }
+
+    /// Forgets every join of connection `key` (it closed).
+    pub fn forget_conn(&mut self, key: u32) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.holding.retain(|&(k, _)| k != key);
+        self.pending.retain(|_, &mut (k, _)| k != key);
+    }
+
+    /// Forgets the join of `key` into `group` (it left the room).
+    pub fn forget(&mut self, key: u32, group: u32) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.holding.remove(&(key, group));
+        self.pending.retain(|_, &mut (k, g)| (k, g) != (key, group));
+    }
+
+    /// Joins in flight (for tests and gauges).
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+impl Reactor {
+    /// Asks the dispatcher for the position of `room`, which connection `key` (a
+    /// `wspush.v1` one, already a member) just joined; `since` asks for recovery.
+    /// `hold`: hold the room's pushes back until the answer (a new member); a
+    /// connection that was already a member and asks again keeps receiving them.
+    pub(super) fn request_position(
+        &mut self,
+        key: u32,
+        room: &str,
+        since: Option<(String, u64)>,
+        hold: bool,
+    ) {
+        let Some(group) = self.rooms.id(room) else {
+            return;
+        };
+        let Some(name) = self.rooms.name(group).cloned() else {
+            return;
+        };
+        let p = &mut self.positions;
+        p.next += 1;
+        let req = p.next;
+        p.pending.insert(req, (key, group));
+        if hold {
+            p.holding.insert((key, group));
+        }
+        self.events.push(Event::Position {
+            reactor: self.id,
+            req,
+            room: name,
+            since: since.map(|(e, o)| (Arc::from(e), o)),
+        });
+        self.wake_dispatcher = true;
+    }
+
+    /// The dispatcher's answer: the `joined` reply, then the missed messages.
+    pub(super) fn apply_position(&mut self, req: u64, joined: Arc<[u8]>, replay: Vec<Arc<[u8]>>) {
+        let Some((key, group)) = self.positions.pending.remove(&req) else {
+            return;
+        };
+        self.positions.holding.remove(&(key, group));
+        let member = self.conns.get(key as usize).is_some_and(|c| {
+            c.phase == Phase::Open && c.has(flag::V1) && c.room_index(group).is_some()
+        });
+        if !member {
+            return;
+        }
+        self.queue(key, Chunk::Shared(joined));
+        self.local.replayed += replay.len() as u64;
+        for frame in replay {
+            self.queue(key, Chunk::Push(frame));
+        }
+    }
+}
