@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod control;
 pub mod dispatch;
+pub mod history;
 pub mod limits;
 pub mod link;
 pub mod names;
