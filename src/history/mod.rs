@@ -43,6 +43,10 @@ pub const ROOM_OVERHEAD: usize = 224;
 /// short operation sequences compact too.
 const COMPACT_SLACK: usize = if cfg!(test) { 4 } else { 64 };
 
+/// A retained message: its offset and its payload, shared with every frame built
+/// from it.
+pub type Entry = (u64, Arc<[u8]>);
+
 /// What the history keeps (the `--history-*` flags).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -70,7 +74,7 @@ pub enum Recovery {
     /// the room's current position, which is the last of them.
     Recovered {
         position: Position,
-        missed: Vec<(u64, Arc<[u8]>)>,
+        missed: Vec<Entry>,
     },
     /// The gap cannot be filled; the client starts again from `position`.
     NotRecovered { position: Position },
@@ -86,7 +90,7 @@ struct Room {
     /// Offset of the last message published (0 if none).
     offset: u64,
     /// Retained messages, oldest first; always the contiguous range ending at `offset`.
-    ring: VecDeque<(u64, Arc<[u8]>)>,
+    ring: VecDeque<Entry>,
     /// Id of this room's one live slot in the activity queue.
     stamp: u64,
 }
@@ -266,11 +270,7 @@ impl History {
     }
 
     /// The newest `count` retained messages (all if None), oldest first.
-    pub fn range(
-        &self,
-        room: &str,
-        count: Option<usize>,
-    ) -> Option<(Position, Vec<(u64, Arc<[u8]>)>)> {
+    pub fn range(&self, room: &str, count: Option<usize>) -> Option<(Position, Vec<Entry>)> {
         let state = self.rooms.get(room)?;
         let len = state.ring.len();
         let take = count.map_or(len, |count| count.min(len));
@@ -476,7 +476,7 @@ fn room_cost(name: &str) -> usize {
 }
 
 /// Releases ring capacity left behind by a burst, keeping room to grow again.
-fn shrink_ring(ring: &mut VecDeque<(u64, Arc<[u8]>)>) {
+fn shrink_ring(ring: &mut VecDeque<Entry>) {
     if ring.capacity() > 4 * ring.len() + 16 {
         ring.shrink_to(2 * ring.len());
     }
