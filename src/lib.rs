@@ -4,12 +4,15 @@
 //! thread (`dispatch`) owns the Redis-protocol control port (`control`) and routes
 //! pushes to the reactors. `ws` is the pure RFC 6455 code both sides build on;
 //! `proxy` finds the real client address behind a load balancer.
+//! `history` gives room pushes their positions and keeps recent messages for
+//! clients that reconnect and recover.
 //! No async runtime anywhere: each thread is a plain `mio::Poll` loop.
 
 pub mod auth;
 pub mod config;
 pub mod control;
 pub mod dispatch;
+pub mod history;
 pub mod limits;
 pub mod link;
 pub mod names;

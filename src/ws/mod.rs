@@ -3,6 +3,7 @@
 //! property-tested byte for byte.
 
 pub mod close;
+pub mod envelope;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
