@@ -54,7 +54,10 @@ fn raw_clients_are_unchanged_and_v1_clients_get_envelopes_with_positions() {
     // Binary payloads travel as data_b64; SEND and BROADCAST have no position.
     let bin: &[u8] = &[0xff, 0x00, 0x80];
     s.control().cmd(&[&b"PUBLISH"[..], b"news", bin]);
-    assert_eq!(next_data(&mut raw), tungstenite::Message::Binary(bin.to_vec().into()));
+    assert_eq!(
+        next_data(&mut raw),
+        tungstenite::Message::Binary(bin.to_vec().into())
+    );
     let m = next_json(&mut v1);
     assert_eq!(m["offset"], 2);
     assert_eq!(
@@ -84,8 +87,10 @@ fn a_join_op_answers_with_the_position_and_recovers_what_was_missed() {
     let j = joined(&mut v1, "news");
     assert_eq!(j["offset"], 5);
     let epoch = epoch_of(&j);
-    v1.send(tungstenite::Message::text(r#"{"op":"leave","room":"news"}"#))
-        .unwrap();
+    v1.send(tungstenite::Message::text(
+        r#"{"op":"leave","room":"news"}"#,
+    ))
+    .unwrap();
     assert_eq!(next_json(&mut v1), json!({"op":"left","room":"news"}));
     publish(&s, "news", "m6");
     publish(&s, "news", "m7");
@@ -98,22 +103,34 @@ fn a_join_op_answers_with_the_position_and_recovers_what_was_missed() {
     assert_eq!(j["offset"], 7);
     for (o, d) in [(6, "m6"), (7, "m7")] {
         let m = next_json(&mut v1);
-        assert_eq!((m["offset"].as_u64(), m["data"].as_str()), (Some(o), Some(d)));
+        assert_eq!(
+            (m["offset"].as_u64(), m["data"].as_str()),
+            (Some(o), Some(d))
+        );
     }
     publish(&s, "news", "m8");
     assert_eq!(next_json(&mut v1)["offset"], 8, "then live");
     // A wrong epoch is not recovered: the position only.
-    v1.send(tungstenite::Message::text(r#"{"op":"leave","room":"news"}"#))
-        .unwrap();
+    v1.send(tungstenite::Message::text(
+        r#"{"op":"leave","room":"news"}"#,
+    ))
+    .unwrap();
     next_json(&mut v1);
     v1.send(tungstenite::Message::text(
         r#"{"op":"join","room":"news","since":{"epoch":"0000000000000000","offset":1}}"#,
     ))
     .unwrap();
     let j = joined(&mut v1, "news");
-    assert_eq!((j["recovered"].as_bool(), j["offset"].as_u64()), (Some(false), Some(8)));
+    assert_eq!(
+        (j["recovered"].as_bool(), j["offset"].as_u64()),
+        (Some(false), Some(8))
+    );
     publish(&s, "news", "m9");
-    assert_eq!(next_json(&mut v1)["offset"], 9, "nothing replayed, then live");
+    assert_eq!(
+        next_json(&mut v1)["offset"],
+        9,
+        "nothing replayed, then live"
+    );
     assert!(s.info_u64("recoveries") >= 1 && s.info_u64("recovery_failures") >= 1);
 }
 
@@ -153,7 +170,12 @@ fn recover_at_connect_replays_in_order_then_goes_live() {
     let b: Vec<&String> = ops.iter().filter(|o| o.contains("\"b")).collect();
     assert_eq!(
         a,
-        ["joined \"a\" 3 true", "\"a\" \"a1\"", "\"a\" \"a2\"", "\"a\" \"a3\""]
+        [
+            "joined \"a\" 3 true",
+            "\"a\" \"a1\"",
+            "\"a\" \"a2\"",
+            "\"a\" \"a3\""
+        ]
     );
     assert_eq!(b, ["joined \"b\" 3 true", "\"b\" \"b3\""]);
 }
@@ -170,7 +192,10 @@ fn overflowed_history_and_max_recover_give_recovered_false() {
     // 4 missed > --max-recover 3.
     let mut ws = ws_connect_v1(&s.url(&format!("?rooms=r&recover=r:{epoch}:0")));
     let j = joined(&mut ws, "r");
-    assert_eq!((j["recovered"].as_bool(), j["offset"].as_u64()), (Some(false), Some(4)));
+    assert_eq!(
+        (j["recovered"].as_bool(), j["offset"].as_u64()),
+        (Some(false), Some(4))
+    );
     drop(ws);
     // 3 missed: recovered.
     let mut ws = ws_connect_v1(&s.url(&format!("?rooms=r&recover=r:{epoch}:1")));
@@ -184,7 +209,11 @@ fn overflowed_history_and_max_recover_give_recovered_false() {
     }
     // --history-size 5 keeps offsets 6..=10: recovering from 4 needs 5.
     let mut ws = ws_connect_v1(&s.url(&format!("?rooms=r&recover=r:{epoch}:4")));
-    assert_eq!(joined(&mut ws, "r")["recovered"], false, "5 is no longer kept");
+    assert_eq!(
+        joined(&mut ws, "r")["recovered"],
+        false,
+        "5 is no longer kept"
+    );
     // An offset ahead of the room's is never "recovered".
     drop(ws);
     let mut ws = ws_connect_v1(&s.url(&format!("?rooms=r&recover=r:{epoch}:99")));
@@ -201,11 +230,17 @@ fn the_epoch_changes_when_a_rooms_history_expires() {
     assert_eq!(j["offset"], 1);
     drop(ws);
     // Expiry runs once a second, after the last member left and the TTL passed.
-    assert!(wait_until(Duration::from_secs(10), || s.info_u64("history_rooms") == 0));
+    assert!(wait_until(Duration::from_secs(10), || s
+        .info_u64("history_rooms")
+        == 0));
     let mut ws = ws_connect_v1(&s.url(&format!("?rooms=t&recover=t:{epoch}:1")));
     let j = joined(&mut ws, "t");
     assert_eq!(j["recovered"], false);
-    assert_ne!(epoch_of(&j), epoch, "a new epoch: old offsets mean nothing now");
+    assert_ne!(
+        epoch_of(&j),
+        epoch,
+        "a new epoch: old offsets mean nothing now"
+    );
     assert_eq!(j["offset"], 0);
 }
 
@@ -215,7 +250,10 @@ fn history_memory_is_bounded_and_reported() {
     let payload = "p".repeat(1000);
     let mut ctl = s.control();
     for i in 0..300 {
-        assert_eq!(ctl.int(&["PUBLISH", &format!("room{}", i % 7), &payload]), 0);
+        assert_eq!(
+            ctl.int(&["PUBLISH", &format!("room{}", i % 7), &payload]),
+            0
+        );
     }
     let bytes = s.info_u64("history_bytes");
     assert!(bytes <= 64 * 1024, "history_bytes {bytes} over the bound");

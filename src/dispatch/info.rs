@@ -256,7 +256,11 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
         out.push_str("# History\r\n");
         let h = &d.history;
         line(&mut out, "history_size", &d.settings.history.size);
-        line(&mut out, "history_ttl_seconds", &d.settings.history.ttl.as_secs());
+        line(
+            &mut out,
+            "history_ttl_seconds",
+            &d.settings.history.ttl.as_secs(),
+        );
         line(&mut out, "history_memory_limit", &d.settings.history.memory);
         line(&mut out, "history_rooms", &h.rooms());
         line(&mut out, "history_messages", &h.messages());

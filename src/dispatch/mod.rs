@@ -258,6 +258,7 @@ impl Dispatcher {
             None => health::Broker::Standalone,
             Some(_) => health::Broker::Down,
         });
+        let history_limits = settings.history;
         let stop = Arc::new(AtomicBool::new(false));
         let handle = DispatcherHandle {
             waker,
@@ -292,7 +293,7 @@ impl Dispatcher {
                 broker_waits: HashMap::new(),
                 next_tag: 0,
                 inbound: Vec::new(),
-                history: crate::history::History::new(settings.history, cluster::nonce()),
+                history: crate::history::History::new(history_limits, cluster::nonce()),
             },
             handle,
         ))

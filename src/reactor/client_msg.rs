@@ -158,7 +158,10 @@ mod tests {
         );
         assert_eq!(
             parse(br#"{"op":"join","room":"news","since":{"epoch":"ab12","offset":41}}"#),
-            Ok(ClientRequest::Join("news".into(), Some(("ab12".into(), 41))))
+            Ok(ClientRequest::Join(
+                "news".into(),
+                Some(("ab12".into(), 41))
+            ))
         );
         for bad in [
             &br#"{"op":"join","room":"news","since":{"offset":41}}"#[..],

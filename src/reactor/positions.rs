@@ -56,11 +56,6 @@ impl Positions {
         self.holding.remove(&(key, group));
         self.pending.retain(|_, &mut (k, g)| (k, g) != (key, group));
     }
-
-    /// Joins in flight (for tests and gauges).
-    pub fn in_flight(&self) -> usize {
-        self.pending.len()
-    }
 }
 
 impl Reactor {
