@@ -20,6 +20,15 @@ fi
 if ! command -v redis-server >/dev/null 2>&1; then
   install_debian_package redis-server "the cluster tests run real Redis instances"
 fi
+if ! command -v node >/dev/null 2>&1; then
+  install_debian_package nodejs "the browser client's tests run under node --test"
+fi
+if ! command -v npm >/dev/null 2>&1; then
+  install_debian_package npm "the client's end-to-end test installs ws where node has no WebSocket"
+fi
+# The client's end-to-end test (tests/js_client.rs) uses node's own WebSocket where it
+# has one, else the `ws` package pinned in clients/js/e2e/package-lock.json.
+(cd clients/js/e2e && npm ci --no-audit --no-fund --silent)
 
 # Tokens in the authentication tests are minted by an independent implementation:
 # PyJWT (with `cryptography` for RS256/ES256), in a venv kept under target/.
@@ -34,5 +43,9 @@ cargo test --benches
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --lib --bins --tests 2>&1 | tee "$log"
+# The browser client (clients/js): its pure parts and the whole client against a
+# scripted WebSocket, under node's own test runner (no npm packages).
+(cd clients/js && node --test) 2>&1 | tee -a "$log" | tail -n 9
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     /^# pass / { p += $3 } /^# fail / { f += $3 }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

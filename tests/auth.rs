@@ -323,3 +323,18 @@ fn a_room_the_backend_joined_survives_a_narrowing_refresh() {
     assert_eq!(ctl.int(&["PUBLISH", "a", "kept"]), 1);
     assert_eq!(next_text(&mut ws), "kept");
 }
+
+/// A recovering client names its token's rooms in `rooms=` as well (recover= needs
+/// them there): they count once against `--max-rooms-per-conn`.
+#[test]
+fn token_rooms_repeated_in_the_query_count_once_against_the_room_limit() {
+    let server = hs_server(&["--max-rooms-per-conn", "2"]);
+    let t = hs(&claims("u", 60, r#","rooms":["a","b"]"#));
+    let status = upgrade_status(&server, &format!("/ws?token={t}&rooms=a,b"), "");
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    let status = upgrade_status(&server, &format!("/ws?token={t}&rooms=a,c"), "");
+    assert!(
+        status.starts_with("HTTP/1.1 403") || status.starts_with("HTTP/1.1 400"),
+        "{status}"
+    );
+}

@@ -153,7 +153,14 @@ impl Reactor {
             self.local.rooms_forbidden += 1;
             return None;
         }
-        if v.grants.rooms().len() + up.rooms.len() > settings.max_rooms {
+        // Distinct rooms: a recovering client names its token's rooms in `rooms=`
+        // too (every recovered room must be there).
+        let extra = up
+            .rooms
+            .iter()
+            .filter(|r| !v.grants.rooms().iter().any(|t| **t == ***r))
+            .count();
+        if v.grants.rooms().len() + extra > settings.max_rooms {
             self.reject(key, HandshakeError::BadQuery);
             return None;
         }
