@@ -85,6 +85,7 @@ fn handshake(c: &mut Criterion) {
         ],
         max_rooms: 16,
         forwarded_headers: false,
+        assets: wspush::ws::handshake::no_assets,
     };
     let request = b"GET /ws?user=u-1234&rooms=news,sport,weather HTTP/1.1\r\n\
         Host: push.example.com\r\n\

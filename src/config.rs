@@ -249,6 +249,11 @@ pub struct Config {
     /// means `recovered:false`.
     #[arg(long, default_value_t = 300, help_heading = "History and recovery")]
     pub max_recover: usize,
+
+    /// Serve the demo page at `GET /` on the WebSocket port (and the browser
+    /// client's modules under `/client/`).
+    #[arg(long)]
+    pub demo: bool,
 }
 
 /// See [`Config::cluster_order`].

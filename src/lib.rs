@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod config;
 pub mod control;
+pub mod demo;
 pub mod dispatch;
 pub mod history;
 pub mod limits;

@@ -349,6 +349,11 @@ impl Server {
                     allow_origins: origins,
                     max_rooms: cfg.max_rooms_per_conn,
                     forwarded_headers: !cfg.trusted_proxy.is_empty(),
+                    assets: if cfg.demo {
+                        crate::demo::is_asset
+                    } else {
+                        crate::ws::handshake::no_assets
+                    },
                 },
                 max_message: cfg.max_message,
                 max_pending: cfg.max_pending,

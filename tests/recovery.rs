@@ -351,3 +351,26 @@ fn recovery_racing_publishes_loses_nothing_and_doubles_nothing() {
     }
     assert_eq!(last, end);
 }
+
+/// `--demo` serves the page and the client's modules on the WebSocket port; without
+/// it those paths are 404.
+#[test]
+fn demo_page_and_client_modules_are_served_only_with_demo() {
+    let s = server(&["--demo", "--path", "/push"]);
+    let (_c, head) = raw_request(s.ws, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    let mut c = std::net::TcpStream::connect(s.ws).unwrap();
+    std::io::Write::write_all(&mut c, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let page = String::from_utf8_lossy(&read_until_server_closes(&mut c)).into_owned();
+    assert!(page.contains("text/html") && page.contains("wspush demo"));
+    assert!(page.contains("/push") && page.contains("/client/wspush.js"));
+    for m in ["wspush.js", "backoff.js", "positions.js", "url.js", "jwt.js"] {
+        let req = format!("GET /client/{m} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (_c, head) = raw_request(s.ws, req.as_bytes());
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{m}: {head}");
+        assert!(head.contains("text/javascript"), "{m}: {head}");
+    }
+    let plain = server(&[]);
+    let (_c, head) = raw_request(plain.ws, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+}

@@ -107,6 +107,8 @@ export declare class WspushClient {
   connect(): void;
   join(room: string): void;
   leave(room: string): void;
+  /** Drops the current connection as a network failure would; the client reconnects and recovers. */
+  drop(): void;
   /** Closes for good (until connect()). */
   close(): void;
 }

@@ -186,6 +186,18 @@ export class WspushClient {
     }
   }
 
+  /**
+   * Drops the current connection as a network failure would (the demo's button):
+   * the client reconnects with back-off and recovers its rooms. No-op when not
+   * connected.
+   */
+  drop() {
+    const ws = this.#ws;
+    if (ws === null || this.#stopped) return;
+    this.#detach(ws, 1000, 'dropped by the client');
+    this.#scheduleReconnect({ code: 1006, reason: 'dropped' });
+  }
+
   /** Closes the connection for good (until `connect()`); no reconnect. */
   close() {
     this.#stop(1000, 'closed by the client');

@@ -15,6 +15,7 @@ fn settings() -> Settings {
             allow_origins: Vec::new(),
             max_rooms: 8,
             forwarded_headers: false,
+            assets: crate::ws::handshake::no_assets,
         },
         max_message: 64 << 10,
         max_pending: 1,

@@ -48,6 +48,14 @@ impl Reactor {
                 self.answer_health(key, true);
                 data.len()
             }
+            Ok(Some((Request::Asset(path), _))) => {
+                let ws_path = &self.shared.settings.handshake.path;
+                if let Some(resp) = crate::demo::response(&path, ws_path) {
+                    self.queue(key, Chunk::Owned(resp.into_boxed_slice()));
+                }
+                self.begin_closing(key);
+                data.len()
+            }
             Ok(Some((Request::Upgrade(up), head_len))) => {
                 if !self.open(key, up, state.peer.take()) {
                     return data.len();

@@ -182,6 +182,14 @@ pub struct HandshakeConfig {
     /// Keep `X-Forwarded-For` and `Forwarded` headers in the upgrade (trusted
     /// proxies are configured).
     pub forwarded_headers: bool,
+    /// Paths other than the WebSocket one that are answered with a page or file
+    /// (`--demo`): `GET` of one of them is [`Request::Asset`].
+    pub assets: fn(&str) -> bool,
+}
+
+/// No assets (the default).
+pub fn no_assets(_: &str) -> bool {
+    false
 }
 
 /// A complete, valid request head.
@@ -192,6 +200,8 @@ pub enum Request {
     Health,
     /// `GET /readyz`: answered from the threads' and the broker's state, then closed.
     Ready,
+    /// `GET` of an asset path (the demo page and its scripts), then closed.
+    Asset(String),
 }
 
 /// An accepted WebSocket upgrade.
@@ -405,6 +415,8 @@ pub fn parse_request(
         Some(Request::Health)
     } else if path == READY_PATH {
         Some(Request::Ready)
+    } else if (cfg.assets)(path) {
+        Some(Request::Asset(path.to_string()))
     } else {
         return Err(HandshakeError::NotFound);
     };
@@ -740,6 +752,7 @@ mod tests {
             allow_origins: Vec::new(),
             max_rooms: 4,
             forwarded_headers: false,
+            assets: no_assets,
         }
     }
 
