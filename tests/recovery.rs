@@ -364,7 +364,13 @@ fn demo_page_and_client_modules_are_served_only_with_demo() {
     let page = String::from_utf8_lossy(&read_until_server_closes(&mut c)).into_owned();
     assert!(page.contains("text/html") && page.contains("wspush demo"));
     assert!(page.contains("/push") && page.contains("/client/wspush.js"));
-    for m in ["wspush.js", "backoff.js", "positions.js", "url.js", "jwt.js"] {
+    for m in [
+        "wspush.js",
+        "backoff.js",
+        "positions.js",
+        "url.js",
+        "jwt.js",
+    ] {
         let req = format!("GET /client/{m} HTTP/1.1\r\nHost: x\r\n\r\n");
         let (_c, head) = raw_request(s.ws, req.as_bytes());
         assert!(head.starts_with("HTTP/1.1 200 OK"), "{m}: {head}");
@@ -373,4 +379,24 @@ fn demo_page_and_client_modules_are_served_only_with_demo() {
     let plain = server(&[]);
     let (_c, head) = raw_request(plain.ws, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+}
+
+/// A backend JOIN of a `wspush.v1` connection gives it a `joined` with the room's
+/// position before the room's first push; a backend LEAVE stops the pushes.
+#[test]
+fn a_backend_join_tells_a_v1_client_the_position_first() {
+    let s = server(&["--history-size", "10"]);
+    publish(&s, "j", "before");
+    let mut ws = ws_connect_v1(&s.url("?user=bo"));
+    let mut ctl = s.control();
+    assert_eq!(ctl.int(&["JOIN", "bo", "j"]), 1);
+    assert_eq!(ctl.int(&["PUBLISH", "j", "after"]), 1);
+    let j = joined(&mut ws, "j");
+    assert_eq!(j["offset"], 1, "{j}");
+    let m = next_json(&mut ws);
+    assert_eq!((m["offset"].as_u64(), m["data"].as_str()), (Some(2), Some("after")));
+    assert_eq!(ctl.int(&["LEAVE", "bo", "j"]), 1);
+    assert_eq!(ctl.int(&["PUBLISH", "j", "gone"]), 0);
+    assert_eq!(ctl.int(&["SEND", "bo", "marker"]), 1);
+    assert_eq!(next_json(&mut ws)["data"], "marker");
 }

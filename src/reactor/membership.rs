@@ -5,6 +5,7 @@
 //! written). A connection leaves everything when it stops being open, so a closing
 //! connection is never a push recipient and never counted.
 
+use super::conn::flag;
 use super::conn::Joined;
 use super::groups::Membership;
 use super::Reactor;
@@ -110,7 +111,13 @@ impl Reactor {
                     c.rooms[i].by_client = false;
                 }
             } else if conn.rooms.len() < self.shared.settings.max_rooms {
+                let v1 = conn.has(flag::V1);
                 self.join_room(key, room, false);
+                if v1 {
+                    // A wspush.v1 client learns the room and its position from a
+                    // `joined` before the room's first push, as for its own joins.
+                    self.request_position(key, room, None, true);
+                }
                 affected += 1;
             }
         }
