@@ -394,7 +394,10 @@ fn a_backend_join_tells_a_v1_client_the_position_first() {
     let j = joined(&mut ws, "j");
     assert_eq!(j["offset"], 1, "{j}");
     let m = next_json(&mut ws);
-    assert_eq!((m["offset"].as_u64(), m["data"].as_str()), (Some(2), Some("after")));
+    assert_eq!(
+        (m["offset"].as_u64(), m["data"].as_str()),
+        (Some(2), Some("after"))
+    );
     assert_eq!(ctl.int(&["LEAVE", "bo", "j"]), 1);
     assert_eq!(ctl.int(&["PUBLISH", "j", "gone"]), 0);
     assert_eq!(ctl.int(&["SEND", "bo", "marker"]), 1);

@@ -29,6 +29,9 @@ pub enum Failure {
     Lost,
     /// The broker answered with an error.
     Refused(String),
+    /// A room message with history in cluster mode: its position comes from Redis,
+    /// so without Redis it was delivered nowhere.
+    NotPositioned,
 }
 
 impl Failure {
@@ -45,6 +48,9 @@ impl Failure {
                 format!("TRYAGAIN broker connection lost before it answered: {done}; other nodes may or may not have it")
             }
             Failure::Refused(e) => format!("TRYAGAIN broker error ({e}): {done}"),
+            Failure::NotPositioned => {
+                "TRYAGAIN broker unavailable: not delivered (positions and history are kept in Redis)".to_string()
+            }
         }
     }
 }

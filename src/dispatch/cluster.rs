@@ -100,6 +100,12 @@ impl Dispatcher {
             Delivery::Room(room, p) => {
                 self.push(Recipients::Room(room), p, true);
             }
+            Delivery::RoomAt {
+                room,
+                epoch,
+                offset,
+                payload,
+            } => self.push_at(room, epoch, offset, payload),
             Delivery::User(user, p) => {
                 self.push(Recipients::User(user), p, true);
             }
@@ -138,6 +144,24 @@ impl Dispatcher {
             return;
         };
         let (client, client_id, held, add, failure) = match wait {
+            BrokerWait::Positioned {
+                client,
+                client_id,
+                own,
+            } => {
+                self.on_positioned_answer(client, client_id, own, tag, answer);
+                return;
+            }
+            BrokerWait::Recover {
+                reactor,
+                req,
+                room,
+                asked,
+                buffer,
+            } => {
+                self.on_recover_answer(tag, reactor, req, room, asked, buffer, answer);
+                return;
+            }
             BrokerWait::Fence { client, client_id } => {
                 if let Some(c) = self.clients.get_mut(client) {
                     if c.id == client_id {
@@ -174,7 +198,7 @@ impl Dispatcher {
                     ),
                     Answer::Error(e) => (client, client_id, held, 0, Some(Failure::Refused(e))),
                     Answer::Lost => (client, client_id, held, 0, Some(Failure::Lost)),
-                    Answer::Fields(_) => (client, client_id, held, 0, None),
+                    Answer::List(_) => (client, client_id, held, 0, None),
                 }
             }
             BrokerWait::Online {
@@ -183,7 +207,7 @@ impl Dispatcher {
                 held,
                 room,
             } => match answer {
-                Answer::Fields(f) => {
+                Answer::List(f) => {
                     let sum = self
                         .cluster
                         .as_mut()

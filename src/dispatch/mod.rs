@@ -143,6 +143,21 @@ enum BrokerWait {
         /// This node's own subscription counts in the broker's number.
         own: bool,
     },
+    /// A PUBLISH whose position Redis assigns (history in cluster mode).
+    Positioned {
+        client: usize,
+        client_id: u64,
+        own: bool,
+    },
+    /// A room's position (and what was missed) read from Redis for a `wspush.v1`
+    /// join; room messages routed meanwhile are kept in `buffer` to be merged.
+    Recover {
+        reactor: usize,
+        req: u64,
+        room: Arc<str>,
+        asked: bool,
+        buffer: Vec<(String, u64, Vec<u8>)>,
+    },
     /// A fence before a client's next publish goes through another instance.
     Fence { client: usize, client_id: u64 },
     /// `ONLINE room`: adds the other live nodes' members.
@@ -220,6 +235,8 @@ pub struct Dispatcher {
     next_tag: u64,
     /// Reused buffer of what the broker delivered in a turn.
     inbound: Vec<Inbound>,
+    /// Rooms with a `BrokerWait::Recover` in flight, and their tags.
+    recovering: HashMap<Arc<str>, Vec<u64>>,
     /// Room positions and retained messages.
     history: crate::history::History,
 }
@@ -293,6 +310,7 @@ impl Dispatcher {
                 broker_waits: HashMap::new(),
                 next_tag: 0,
                 inbound: Vec::new(),
+                recovering: HashMap::new(),
                 history: crate::history::History::new(history_limits, cluster::nonce()),
             },
             handle,
@@ -694,6 +712,10 @@ impl Dispatcher {
                     }
                 }
             }
+            Command::Publish { room, payload } if self.history_in_redis() => {
+                self.stats.publish += 1;
+                self.publish_positioned(key, &room, &payload);
+            }
             Command::Publish { room, payload } => {
                 self.stats.publish += 1;
                 let n = self.push(Recipients::Room(&room), &payload, false);
@@ -756,6 +778,12 @@ impl Dispatcher {
             }
             Command::Online { room } => self.online(key, room),
             Command::Nodes => self.nodes(key),
+            Command::History { .. } if self.history_in_redis() => {
+                resp::write_error(
+                    self.clients[key].out(),
+                    "ERR HISTORY is not available in cluster mode yet (history is in Redis: XRANGE <prefix>:hist:<room>)",
+                );
+            }
             Command::History { room, count } => self.history_reply(key, &room, count),
             Command::Info(section) => {
                 let text = info::render(self, section.as_deref());
@@ -772,6 +800,18 @@ impl Dispatcher {
     /// Encodes `payload` once and queues it for every reactor holding recipients.
     /// Returns the number of connections it was queued for.
     fn push(&mut self, to: Recipients<'_>, payload: &[u8], from_broker: bool) -> u64 {
+        self.push_with(to, payload, from_broker, None)
+    }
+
+    /// `push` with the `wspush.v1` envelope given (a room message whose position
+    /// Redis assigned) instead of made here.
+    fn push_with(
+        &mut self,
+        to: Recipients<'_>,
+        payload: &[u8],
+        from_broker: bool,
+        envelope: Option<(Arc<[u8]>, Option<u64>)>,
+    ) -> u64 {
         let (reactors, total, target): (SmallVec<[usize; 8]>, u64, Target) = match to {
             Recipients::All => (
                 (0..self.online.len())
@@ -784,7 +824,9 @@ impl Dispatcher {
                 (Some(c), Some(key)) => (c.reactors().collect(), c.total(), Target::Room(key)),
                 _ => {
                     // Kept for recovery even with no member here.
-                    self.remember(name, payload);
+                    if envelope.is_none() {
+                        self.remember(name, payload);
+                    }
                     return 0;
                 }
             },
@@ -797,7 +839,11 @@ impl Dispatcher {
             return 0;
         }
         let frame = push_frame(payload);
-        let envelope = Some(self.envelope(&to, payload));
+        let (envelope, offset) = match envelope {
+            Some(e) => e,
+            None => self.envelope(&to, payload),
+        };
+        let envelope = Some(envelope);
         for r in reactors {
             if from_broker && self.reactors[r].tx.len() >= MAX_QUEUED_BATCHES {
                 // The broker's reads never wait for a reactor: this one is that far
@@ -811,6 +857,7 @@ impl Dispatcher {
                     target: target.clone(),
                     frame: frame.clone(),
                     envelope: envelope.clone(),
+                    offset,
                 },
             );
         }

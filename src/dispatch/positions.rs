@@ -5,15 +5,25 @@
 //! missed — through the reactor's FIFO channel, so they come before every later push
 //! (see `reactor/positions.rs` for why nothing is lost or doubled on the way).
 //!
-//! In cluster mode positions are this node's own (each node's epochs differ, so a
-//! client that reconnects to another node is told `recovered:false` rather than given
-//! offsets that mean something else there).
+//! In cluster mode with `--history-size`, positions and history live in Redis (the
+//! scripts of `broker/redis/scripts.rs`): a PUBLISH runs one script that assigns the
+//! offset, keeps the message and publishes it with its position; every node, this
+//! one too, delivers it when it comes back on the room channel, so all nodes agree on
+//! every offset. A join reads the position (and what was missed) with another
+//! script; room messages routed while that read is in flight are buffered and merged
+//! by offset; if they do not join up (a message lost on the way), the connection is
+//! closed with 4002 and the client recovers again. In cluster mode without history,
+//! positions are this node's own (each node's epochs differ, so a client that
+//! reconnects elsewhere is told `recovered:false`, never given offsets that mean
+//! something else there).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Dispatcher, Recipients};
+use super::client::Failure;
+use super::{BrokerWait, Dispatcher, Recipients};
 use crate::control::resp;
+use crate::dispatch::broker::{Answer, Item};
 use crate::history::{Position, Recovery};
 use crate::link;
 use crate::ws::envelope;
@@ -21,16 +31,24 @@ use crate::ws::frame::{encode_frame, OpCode};
 
 impl Dispatcher {
     /// The message as a `wspush.v1` envelope; a room message takes its position here.
-    pub(super) fn envelope(&mut self, to: &Recipients<'_>, payload: &[u8]) -> Arc<[u8]> {
+    /// Returns it with the room offset it took, if any.
+    pub(super) fn envelope(
+        &mut self,
+        to: &Recipients<'_>,
+        payload: &[u8],
+    ) -> (Arc<[u8]>, Option<u64>) {
         match *to {
             Recipients::Room(room) => {
                 let pos = self
                     .history
                     .append(room, Arc::from(payload), Instant::now());
-                envelope::room_frame(room, &pos.epoch, pos.offset, payload)
+                (
+                    envelope::room_frame(room, &pos.epoch, pos.offset, payload),
+                    Some(pos.offset),
+                )
             }
-            Recipients::User(user) => envelope::user_frame(user, payload),
-            Recipients::All => envelope::broadcast_frame(payload),
+            Recipients::User(user) => (envelope::user_frame(user, payload), None),
+            Recipients::All => (envelope::broadcast_frame(payload), None),
         }
     }
 
@@ -43,6 +61,103 @@ impl Dispatcher {
         }
     }
 
+    /// Positions and history are in Redis (cluster mode with `--history-size`).
+    pub(super) fn history_in_redis(&self) -> bool {
+        self.cluster.is_some() && self.settings.history.size > 0
+    }
+
+    /// PUBLISH when positions are in Redis: nothing is delivered here now; the
+    /// message comes back from Redis with its position, to every node. The reply
+    /// counts this node's members and the other nodes that got it.
+    pub(super) fn publish_positioned(&mut self, key: usize, room: &str, payload: &[u8]) {
+        let local = self.rooms.total(room);
+        self.next_tag += 1;
+        let tag = self.next_tag;
+        let (size, ttl) = (self.settings.history.size, self.settings.history.ttl);
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        let instance =
+            cluster.instance_for(&crate::dispatch::broker::Outbound::Room(room, payload));
+        let c = &mut self.clients[key];
+        match cluster.publish_positioned(room, payload, size, ttl, tag, &self.rooms) {
+            Ok(own) => {
+                // Ordered like any publish (see `Client::stashed`).
+                c.broker_inflight += 1;
+                c.broker_instance = instance;
+                c.fenced = false;
+                c.hold(tag, local, 1, true, None);
+                self.broker_waits.insert(
+                    tag,
+                    BrokerWait::Positioned {
+                        client: key,
+                        client_id: c.id,
+                        own,
+                    },
+                );
+            }
+            Err(_) => {
+                cluster.stats.unavailable_replies += 1;
+                c.hold(tag, 0, 0, true, Some(Failure::NotPositioned));
+            }
+        }
+    }
+
+    /// A room message with its cluster-wide position, from Redis.
+    pub(super) fn push_at(&mut self, room: &str, epoch: &str, offset: u64, payload: &[u8]) {
+        if let Some(tags) = self.recovering.get(room) {
+            for tag in tags {
+                if let Some(BrokerWait::Recover { buffer, .. }) = self.broker_waits.get_mut(tag) {
+                    // Bounded: more than a recovery may replay cannot be merged anyway.
+                    if buffer.len() <= self.settings.max_recover {
+                        buffer.push((epoch.to_string(), offset, payload.to_vec()));
+                    }
+                }
+            }
+        }
+        let env = envelope::room_frame(room, epoch, offset, payload);
+        self.push_with(
+            Recipients::Room(room),
+            payload,
+            true,
+            Some((env, Some(offset))),
+        );
+    }
+
+    /// The answer to a positioned PUBLISH: `[epoch, offset, receivers]`.
+    pub(super) fn on_positioned_answer(
+        &mut self,
+        client: usize,
+        client_id: u64,
+        own: bool,
+        tag: u64,
+        answer: Answer,
+    ) {
+        let (add, failure) = match answer {
+            Answer::List(items) => {
+                let n = items.get(2).and_then(Item::int).unwrap_or(0);
+                ((n - own as i64).max(0) as u64, None)
+            }
+            Answer::Error(e) => (0, Some(Failure::Refused(e))),
+            Answer::Lost => (0, Some(Failure::Lost)),
+            Answer::Count(_) => (0, None),
+        };
+        if failure.is_some() {
+            if let Some(c) = &mut self.cluster {
+                c.stats.unavailable_replies += 1;
+            }
+        }
+        if let Some(c) = self.clients.get_mut(client) {
+            if c.id == client_id {
+                c.broker_inflight = c.broker_inflight.saturating_sub(1);
+                let unblocked = c.broker_inflight == 0 && c.stashed.is_some();
+                if c.resolve(tag, add, failure) || unblocked {
+                    self.ready.push(client);
+                }
+            }
+        }
+    }
+
     /// A `wspush.v1` join waiting for its position (and recovery).
     pub(super) fn on_position(
         &mut self,
@@ -52,6 +167,10 @@ impl Dispatcher {
         since: Option<(Arc<str>, u64)>,
         now: Instant,
     ) {
+        if self.history_in_redis() {
+            self.read_position_from_redis(reactor, req, room, since);
+            return;
+        }
         let (pos, recovered, missed) = match since {
             None => (self.history.position(room, now), None, Vec::new()),
             Some((epoch, offset)) => {
@@ -82,6 +201,152 @@ impl Dispatcher {
                 req,
                 joined,
                 replay,
+                fail: false,
+                // Nothing older can follow: this dispatcher routes every push itself.
+                through: 0,
+            },
+        );
+    }
+
+    fn read_position_from_redis(
+        &mut self,
+        reactor: usize,
+        req: u64,
+        room: &str,
+        since: Option<(Arc<str>, u64)>,
+    ) {
+        self.next_tag += 1;
+        let tag = self.next_tag;
+        let (max, ttl) = (self.settings.max_recover, self.settings.history.ttl);
+        let asked = since.is_some();
+        let sent = self.cluster.as_mut().is_some_and(|c| {
+            c.read_positions(room, since.as_ref().map(|(e, o)| (&**e, *o)), max, ttl, tag)
+                .is_ok()
+        });
+        if !sent {
+            self.stats.recovery_failures += u64::from(asked);
+            self.fail_position(reactor, req);
+            return;
+        }
+        let room: Arc<str> = room.into();
+        self.recovering.entry(room.clone()).or_default().push(tag);
+        self.broker_waits.insert(
+            tag,
+            BrokerWait::Recover {
+                reactor,
+                req,
+                room,
+                asked,
+                buffer: Vec::new(),
+            },
+        );
+    }
+
+    fn fail_position(&mut self, reactor: usize, req: u64) {
+        self.add_to_batch(
+            reactor,
+            link::Command::Position {
+                req,
+                joined: Arc::from(&[][..]),
+                replay: Vec::new(),
+                fail: true,
+                through: 0,
+            },
+        );
+    }
+
+    /// Redis's answer to a join's position read: `[epoch, offset, recovered,
+    /// payload…]`, merged with the room messages routed while it was in flight.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_recover_answer(
+        &mut self,
+        tag: u64,
+        reactor: usize,
+        req: u64,
+        room: Arc<str>,
+        asked: bool,
+        buffer: Vec<(String, u64, Vec<u8>)>,
+        answer: Answer,
+    ) {
+        if let Some(tags) = self.recovering.get_mut(&room) {
+            tags.retain(|&t| t != tag);
+            if tags.is_empty() {
+                self.recovering.remove(&room);
+            }
+        }
+        let Answer::List(items) = answer else {
+            self.stats.recovery_failures += u64::from(asked);
+            self.fail_position(reactor, req);
+            return;
+        };
+        let epoch = items
+            .first()
+            .and_then(Item::bytes)
+            .and_then(|e| std::str::from_utf8(e).ok());
+        let offset = items
+            .get(1)
+            .and_then(Item::int)
+            .and_then(|o| u64::try_from(o).ok());
+        let recovered = items.get(2).and_then(Item::int) == Some(1);
+        let (Some(epoch), Some(offset)) = (epoch, offset) else {
+            self.stats.recovery_failures += u64::from(asked);
+            self.fail_position(reactor, req);
+            return;
+        };
+        // Read from Redis: offsets since+1 ..= offset (when recovered).
+        let read: Vec<&[u8]> = if recovered {
+            items[3..].iter().filter_map(Item::bytes).collect()
+        } else {
+            Vec::new()
+        };
+        let first_read = offset + 1 - read.len() as u64;
+        let mut replay: Vec<Arc<[u8]>> = read
+            .iter()
+            .enumerate()
+            .map(|(i, p)| envelope::room_frame(&room, epoch, first_read + i as u64, p))
+            .collect();
+        // Messages routed while the read was in flight: those after `offset` follow,
+        // contiguous, or the merge fails (a message was lost on the way).
+        let mut last = offset;
+        for (e, o, p) in &buffer {
+            if e != epoch || *o <= last {
+                continue;
+            }
+            if *o != last + 1 {
+                self.stats.recovery_failures += 1;
+                self.fail_position(reactor, req);
+                return;
+            }
+            if recovered {
+                replay.push(envelope::room_frame(&room, epoch, *o, p));
+            }
+            last = *o;
+        }
+        if asked {
+            if recovered {
+                self.stats.recoveries += 1;
+            } else {
+                self.stats.recovery_failures += 1;
+            }
+        }
+        if !recovered {
+            // Nothing replayed: the client starts after everything held back.
+            replay.clear();
+        }
+        self.stats.replayed += replay.len() as u64;
+        let pos = Position {
+            epoch: epoch.into(),
+            offset: last,
+        };
+        let joined = joined_frame(&room, &pos, asked.then_some(recovered));
+        self.add_to_batch(
+            reactor,
+            link::Command::Position {
+                req,
+                joined,
+                replay,
+                fail: false,
+                through: last,
             },
         );
     }

@@ -34,18 +34,28 @@ pub enum Command {
     /// Deliver `frame` (a complete WebSocket frame) to the target's connections here;
     /// connections of the `wspush.v1` subprotocol get `envelope` instead, when given
     /// (the same message as a JSON envelope, with its position for a room).
+    /// `offset`: the room message's position, when it has one.
     Push {
         target: Target,
         frame: Arc<[u8]>,
         envelope: Option<Arc<[u8]>>,
+        offset: Option<u64>,
     },
     /// The answer to `Event::Position { req }`: write `joined` (the `joined` reply
     /// with the room's position), then the `replay` frames (recovered messages), to
     /// that connection, and deliver the room's pushes to it again from here on.
+    /// With `fail`, the position could not be had (the broker is down) or history
+    /// could not be merged with live messages: close the connection with 4002, and
+    /// the client reconnects and recovers again.
     Position {
         req: u64,
         joined: Arc<[u8]>,
         replay: Vec<Arc<[u8]>>,
+        fail: bool,
+        /// The offset the client now stands at (0: none to skip): a push of the room at or below it
+        /// that still comes (in cluster mode, a message Redis had sent this node but
+        /// that was not routed yet when the answer came) is skipped for it.
+        through: u64,
     },
     /// Put every connection of `user` into `room`; answer `Event::Ack { req }`.
     Join {

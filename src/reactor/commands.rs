@@ -54,12 +54,15 @@ impl Reactor {
                 target,
                 frame,
                 envelope,
-            } => self.push(&target, frame, envelope),
+                offset,
+            } => self.push(&target, frame, envelope, offset),
             Command::Position {
                 req,
                 joined,
                 replay,
-            } => self.apply_position(req, joined, replay),
+                fail,
+                through,
+            } => self.apply_position(req, joined, replay, fail, through),
             Command::Join { req, user, room } => {
                 let affected = self.join_user(&user, &room);
                 self.ack(req, affected);
@@ -92,7 +95,13 @@ impl Reactor {
     }
 
     /// Links one shared frame into the chain of every recipient here.
-    fn push(&mut self, target: &Target, frame: Arc<[u8]>, envelope: Option<Arc<[u8]>>) {
+    fn push(
+        &mut self,
+        target: &Target,
+        frame: Arc<[u8]>,
+        envelope: Option<Arc<[u8]>>,
+        offset: Option<u64>,
+    ) {
         let idx = self.outbox.add_frame(Chunk::Push(frame));
         let env_idx = envelope.map(|e| self.outbox.add_frame(Chunk::Push(e)));
         let mut n = 0u64;
@@ -133,7 +142,7 @@ impl Reactor {
                 if let Some(id) = groups.id(name) {
                     for &key in groups.members(id) {
                         // A wspush.v1 join waiting for its position (see positions.rs).
-                        if room && positions.held(key, id) {
+                        if room && positions.skip(key, id, offset) {
                             continue;
                         }
                         if let Some(conn) = conns.get_mut(key as usize) {

@@ -22,6 +22,8 @@ use super::conn::{flag, Phase};
 use super::outbox::Chunk;
 use super::Reactor;
 use crate::link::Event;
+use crate::ws::close::CloseCode;
+use crate::ws::frame::encode_close;
 
 /// Joins in flight.
 #[derive(Default)]
@@ -31,16 +33,37 @@ pub(super) struct Positions {
     pending: HashMap<u64, (u32, u32)>,
     /// (connection key, room group) whose pushes are held back.
     holding: HashSet<(u32, u32)>,
+    /// (connection key, room group) → offset its recovery reached: pushes of the
+    /// room at or below it are skipped; the first one above removes the entry.
+    floors: HashMap<(u32, u32), u64>,
 }
 
 impl Positions {
-    /// Whether pushes of room `group` are held back from connection `key`.
-    pub fn held(&self, key: u32, group: u32) -> bool {
-        !self.holding.is_empty() && self.holding.contains(&(key, group))
+    /// Whether a push of room `group` (at `offset`, if it has one) is to be skipped
+    /// for connection `key`: held back while its join waits, or at or below the
+    /// offset its recovery reached.
+    pub fn skip(&mut self, key: u32, group: u32, offset: Option<u64>) -> bool {
+        if !self.holding.is_empty() && self.holding.contains(&(key, group)) {
+            return true;
+        }
+        if self.floors.is_empty() {
+            return false;
+        }
+        match (self.floors.get(&(key, group)), offset) {
+            (Some(&floor), Some(o)) if o <= floor => true,
+            (Some(_), _) => {
+                self.floors.remove(&(key, group));
+                false
+            }
+            (None, _) => false,
+        }
     }
 
     /// Forgets every join of connection `key` (it closed).
     pub fn forget_conn(&mut self, key: u32) {
+        if !self.floors.is_empty() {
+            self.floors.retain(|&(k, _), _| k != key);
+        }
         if self.pending.is_empty() {
             return;
         }
@@ -50,6 +73,7 @@ impl Positions {
 
     /// Forgets the join of `key` into `group` (it left the room).
     pub fn forget(&mut self, key: u32, group: u32) {
+        self.floors.remove(&(key, group));
         if self.pending.is_empty() {
             return;
         }
@@ -93,7 +117,14 @@ impl Reactor {
     }
 
     /// The dispatcher's answer: the `joined` reply, then the missed messages.
-    pub(super) fn apply_position(&mut self, req: u64, joined: Arc<[u8]>, replay: Vec<Arc<[u8]>>) {
+    pub(super) fn apply_position(
+        &mut self,
+        req: u64,
+        joined: Arc<[u8]>,
+        replay: Vec<Arc<[u8]>>,
+        fail: bool,
+        through: u64,
+    ) {
         let Some((key, group)) = self.positions.pending.remove(&req) else {
             return;
         };
@@ -104,7 +135,15 @@ impl Reactor {
         if !member {
             return;
         }
+        if fail {
+            let close = encode_close(CloseCode::RECOVERY_FAILED, "recovery failed");
+            self.close_with(key, Chunk::Owned(close.into_boxed_slice()));
+            return;
+        }
         self.queue(key, Chunk::Shared(joined));
+        if through > 0 {
+            self.positions.floors.insert((key, group), through);
+        }
         self.local.replayed += replay.len() as u64;
         for frame in replay {
             self.queue(key, Chunk::Push(frame));

@@ -210,6 +210,7 @@ fn a_kick_and_a_slow_close_in_one_round_send_one_close_frame() {
             target: crate::link::Target::Room("r".into()),
             frame: push,
             envelope: None,
+            offset: None,
         }]))
         .unwrap();
     r.drain_channel();
@@ -311,6 +312,7 @@ fn a_burst_is_bounded_per_turn_delivered_whole_and_its_memory_released() {
                 target: crate::link::Target::Room("r".into()),
                 frame: frame_of(i),
                 envelope: None,
+                offset: None,
             })
             .collect();
         rig.handle.send(ReactorMsg::Batch(cmds)).unwrap();
@@ -388,6 +390,7 @@ fn a_request_flood_cannot_crowd_out_the_dispatchers_commands() {
             target: crate::link::Target::Room("r".into()),
             frame: b"\x81\x05hello".to_vec().into(),
             envelope: None,
+            offset: None,
         }]))
         .unwrap();
     r.drain_channel();

@@ -21,6 +21,9 @@ impl CloseCode {
     pub const KICKED: Self = Self(4000);
     /// wspush: the connection's token expired and was not refreshed.
     pub const TOKEN_EXPIRED: Self = Self(4001);
+    /// A `wspush.v1` recovery could not be done (the broker is down, or history and
+    /// live messages could not be merged): reconnect and recover again.
+    pub const RECOVERY_FAILED: Self = Self(4002);
 
     /// May a peer send this code in a Close frame?
     ///

@@ -80,12 +80,54 @@ pub enum Inbound {
 pub enum Answer {
     /// An integer reply (PUBLISH: subscribers that got it).
     Count(i64),
-    /// Field / value pairs (HGETALL).
-    Fields(Vec<(Vec<u8>, Vec<u8>)>),
+    /// A list (HGETALL's field / value pairs, a script's results).
+    List(Vec<Item>),
     /// The broker refused the command.
     Error(String),
     /// The connection died before the answer came.
     Lost,
+}
+
+/// One element of a list answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    Int(i64),
+    Bytes(Vec<u8>),
+    /// Anything else (nil, a nested list): no element the cluster logic reads.
+    Other,
+}
+
+impl Item {
+    pub fn int(&self) -> Option<i64> {
+        match self {
+            Item::Int(n) => Some(*n),
+            Item::Bytes(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+            Item::Other => None,
+        }
+    }
+
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Item::Bytes(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+/// A list answer read as field / value pairs (HGETALL).
+pub fn pairs(items: &[Item]) -> Vec<(&[u8], &[u8])> {
+    items
+        .chunks_exact(2)
+        .filter_map(|p| Some((p[0].bytes()?, p[1].bytes()?)))
+        .collect()
+}
+
+/// The keys of one room's position and history (on the room channel's instance).
+#[derive(Debug, Clone)]
+pub struct RoomKeys {
+    pub pos: Vec<u8>,
+    pub stream: Vec<u8>,
+    pub channel: Vec<u8>,
 }
 
 /// The engine's state for INFO and readiness.
@@ -151,6 +193,33 @@ pub trait Engine: Send {
     /// Removes a dead node's field (best effort).
     fn forget_presence(&mut self, key: &[u8], field: &[u8]);
     fn query_presence(&mut self, key: &[u8], tag: u64) -> Result<(), Unavailable>;
+    /// Appends a room message to the room's history and publishes it with its
+    /// position, as one atomic step (`prefix` is the envelope before the body);
+    /// answered as `List [epoch, offset, receivers]`.
+    #[allow(clippy::too_many_arguments)]
+    fn publish_positioned(
+        &mut self,
+        keys: &RoomKeys,
+        prefix: &[u8],
+        payload: &[u8],
+        size: usize,
+        ttl: Duration,
+        candidate: &str,
+        tag: u64,
+    ) -> Result<(), Unavailable>;
+    /// Reads a room's position and, if `since` (epoch, offset) is recoverable within
+    /// `max`, the payloads after it; answered as `List [epoch, offset, recovered,
+    /// payload…]`.
+    #[allow(clippy::too_many_arguments)]
+    fn read_positions(
+        &mut self,
+        keys: &RoomKeys,
+        since: Option<(&str, u64)>,
+        max: usize,
+        candidate: &str,
+        ttl: Duration,
+        tag: u64,
+    ) -> Result<(), Unavailable>;
     /// A no-op command on instance `instance`, answered after everything sent before.
     fn fence(&mut self, instance: usize, tag: u64) -> Result<(), Unavailable>;
     /// Too much is queued for the broker: stop taking control input for now.
@@ -162,11 +231,27 @@ pub trait Engine: Send {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery<'a> {
     Room(&'a str, &'a [u8]),
+    /// A room push with its cluster-wide position.
+    RoomAt {
+        room: &'a str,
+        epoch: &'a str,
+        offset: u64,
+        payload: &'a [u8],
+    },
     User(&'a str, &'a [u8]),
     All(&'a [u8]),
-    Join { user: &'a str, room: &'a str },
-    Leave { user: &'a str, room: &'a str },
-    Kick { user: &'a str, reason: &'a str },
+    Join {
+        user: &'a str,
+        room: &'a str,
+    },
+    Leave {
+        user: &'a str,
+        room: &'a str,
+    },
+    Kick {
+        user: &'a str,
+        reason: &'a str,
+    },
 }
 
 /// What a command for other nodes is.
@@ -211,6 +296,8 @@ pub struct Cluster {
     field: Vec<u8>,
     /// Messages this node has published (the envelope's sequence number).
     seq: u64,
+    /// Epoch candidates made so far.
+    epochs: u64,
     instances: u16,
     pub nodes: NodeTable,
     /// Channels whose last local member left, by when they are dropped.
@@ -249,6 +336,7 @@ impl Cluster {
             nonce,
             field: format!("{nonce:016x}").into_bytes(),
             seq: 0,
+            epochs: 0,
             nodes: NodeTable::default(),
             unsubscribe_due: HashMap::new(),
             unsubscribe_queue: VecDeque::new(),
@@ -509,14 +597,27 @@ impl Cluster {
                 return None;
             }
         };
-        if env.origin == self.nonce {
-            if let Message::Heartbeat(_) = env.message {
-                return None;
-            }
+        // This node's own messages were delivered here already — except positioned
+        // pushes, which every node, this one too, delivers from Redis (only Redis
+        // knows their position).
+        if env.origin == self.nonce && !matches!(env.message, Message::Positioned { .. }) {
             return None;
         }
         match (kind, env.message) {
             (ChannelKind::Room, Message::Push(p)) => Some(Delivery::Room(name, p)),
+            (
+                ChannelKind::Room,
+                Message::Positioned {
+                    epoch,
+                    offset,
+                    payload,
+                },
+            ) => Some(Delivery::RoomAt {
+                room: name,
+                epoch,
+                offset,
+                payload,
+            }),
             (ChannelKind::User, Message::Push(p)) => Some(Delivery::User(name, p)),
             (ChannelKind::Cluster, Message::Push(p)) => Some(Delivery::All(p)),
             (ChannelKind::User, Message::Join(room)) => Some(Delivery::Join { user: name, room }),
@@ -617,6 +718,62 @@ impl Cluster {
         self.engine.fence(instance, tag)
     }
 
+    /// A fresh epoch for a room state Redis does not have yet (16 hex characters,
+    /// unique to this process and call).
+    pub fn epoch_candidate(&mut self) -> String {
+        self.epochs += 1;
+        let mut z = self.nonce ^ self.epochs.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        format!("{:016x}", z ^ (z >> 31))
+    }
+
+    /// PUBLISH with history (`--history-size` in cluster mode): Redis assigns the
+    /// position, keeps the message and publishes it, in one script; every node, this
+    /// one included, delivers it when it comes back on the room channel. `Ok(own)`
+    /// says whether this node's subscription counts among the receivers.
+    #[allow(clippy::too_many_arguments)]
+    pub fn publish_positioned(
+        &mut self,
+        room: &str,
+        payload: &[u8],
+        size: usize,
+        ttl: Duration,
+        tag: u64,
+        rooms: &CountTable,
+    ) -> Result<bool, Unavailable> {
+        let keys = self.names.room_keys(room);
+        if !self.engine.is_up_for(&keys.channel) {
+            return Err(Unavailable);
+        }
+        let own = (rooms.get(room).is_some()
+            || self
+                .unsubscribe_due
+                .contains_key(&(ChannelKind::Room, Arc::from(room))))
+            && self.engine.subscriber_ready(&keys.channel);
+        let seq = self.next_seq();
+        let prefix = wire::positioned_prefix(self.nonce, seq);
+        let candidate = self.epoch_candidate();
+        self.engine
+            .publish_positioned(&keys, &prefix, payload, size, ttl, &candidate, tag)?;
+        Ok(own)
+    }
+
+    /// Reads a room's cluster-wide position, and what was missed after `since`.
+    pub fn read_positions(
+        &mut self,
+        room: &str,
+        since: Option<(&str, u64)>,
+        max: usize,
+        ttl: Duration,
+        tag: u64,
+    ) -> Result<(), Unavailable> {
+        let keys = self.names.room_keys(room);
+        let candidate = self.epoch_candidate();
+        self.engine
+            .read_positions(&keys, since, max, &candidate, ttl, tag)
+    }
+
     /// Asks for a room's presence hash; the answer comes as `Inbound::Answer { tag }`.
     pub fn query_room(&mut self, room: &str, tag: u64) -> Result<(), Unavailable> {
         let key = self.names.presence_key(room);
@@ -625,7 +782,8 @@ impl Cluster {
 
     /// Members of `room` on the other live nodes, from its presence hash; fields of
     /// nodes known to be gone are removed from Redis on the way.
-    pub fn sum_presence(&mut self, room: &str, fields: &[(Vec<u8>, Vec<u8>)], now: Instant) -> u64 {
+    pub fn sum_presence(&mut self, room: &str, items: &[Item], now: Instant) -> u64 {
+        let fields = pairs(items);
         // Only once this node has heard every live node at least once can it tell
         // a dead node's field from a node it has not heard yet.
         let table_complete = self
@@ -634,7 +792,7 @@ impl Cluster {
         let key = self.names.presence_key(room);
         let mut sum = 0u64;
         for (field, value) in fields {
-            if field[..] == self.field[..] {
+            if field == &self.field[..] {
                 continue;
             }
             let nonce = std::str::from_utf8(field)
@@ -753,6 +911,29 @@ mod tests {
             Ok(())
         }
         fn fence(&mut self, _: usize, _: u64) -> Result<(), Unavailable> {
+            Ok(())
+        }
+        fn publish_positioned(
+            &mut self,
+            _: &RoomKeys,
+            _: &[u8],
+            _: &[u8],
+            _: usize,
+            _: Duration,
+            _: &str,
+            _: u64,
+        ) -> Result<(), Unavailable> {
+            Ok(())
+        }
+        fn read_positions(
+            &mut self,
+            _: &RoomKeys,
+            _: Option<(&str, u64)>,
+            _: usize,
+            _: &str,
+            _: Duration,
+            _: u64,
+        ) -> Result<(), Unavailable> {
             Ok(())
         }
         fn congested(&self) -> bool {

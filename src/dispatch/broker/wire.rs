@@ -79,6 +79,23 @@ impl Names {
         k
     }
 
+    /// The keys of a room's position hash and history stream (`P:pos:<room>`,
+    /// `P:hist:<room>`) and its channel.
+    pub fn room_keys(&self, room: &str) -> super::RoomKeys {
+        let prefix = &self.cluster[..self.cluster.len() - b"cluster".len()];
+        let key = |kind: &str| {
+            let mut k = prefix.to_vec();
+            k.extend_from_slice(kind.as_bytes());
+            k.extend_from_slice(room.as_bytes());
+            k
+        };
+        super::RoomKeys {
+            pos: key("pos:"),
+            stream: key("hist:"),
+            channel: self.channel(ChannelKind::Room, room),
+        }
+    }
+
     /// What a channel name is, and the room or user it names; `None` for a channel
     /// that is not this cluster's or names nothing valid.
     pub fn parse_channel<'a>(&self, channel: &'a [u8]) -> Option<(ChannelKind, &'a str)> {
@@ -118,6 +135,13 @@ pub struct Heartbeat {
 pub enum Message<'a> {
     /// A push: to the channel's room, its user, or (on the cluster channel) everyone.
     Push(&'a [u8]),
+    /// A room push with the position Redis gave it (cluster mode with history): the
+    /// body, written by the publish script, is `epoch:offset:payload`.
+    Positioned {
+        epoch: &'a str,
+        offset: u64,
+        payload: &'a [u8],
+    },
     /// JOIN the channel's user to this room.
     Join(&'a str),
     /// LEAVE this room.
@@ -170,6 +194,18 @@ const LEAVE: u8 = b'L';
 const KICK: u8 = b'K';
 const HEARTBEAT: u8 = b'H';
 const LEAVING: u8 = b'X';
+const POSITIONED: u8 = b'Q';
+
+/// The header of a positioned push (message number `seq` of node `origin`): the
+/// publish script appends `epoch:offset:payload`.
+pub fn positioned_prefix(origin: u64, seq: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER);
+    out.push(VERSION);
+    out.push(POSITIONED);
+    out.extend_from_slice(&origin.to_be_bytes());
+    out.extend_from_slice(&seq.to_be_bytes());
+    out
+}
 
 /// The sender and sequence number of an encoded message, read without decoding it:
 /// sorting one read's messages by this key puts each sender's messages back in the
@@ -195,6 +231,9 @@ pub fn encode(origin: u64, seq: u64, message: &Message<'_>) -> Vec<u8> {
         Message::Kick(r) => (KICK, r.len()),
         Message::Heartbeat(h) => (HEARTBEAT, 1 + h.node_id.len() + 4 * 8 + 2),
         Message::Leaving => (LEAVING, 0),
+        Message::Positioned { epoch, payload, .. } => {
+            (POSITIONED, epoch.len() + 22 + payload.len())
+        }
     };
     let mut out = Vec::with_capacity(HEADER + body_len);
     out.push(VERSION);
@@ -216,6 +255,17 @@ pub fn encode(origin: u64, seq: u64, message: &Message<'_>) -> Vec<u8> {
             out.extend_from_slice(&h.instances.to_be_bytes());
         }
         Message::Leaving => {}
+        Message::Positioned {
+            epoch,
+            offset,
+            payload,
+        } => {
+            out.extend_from_slice(epoch.as_bytes());
+            out.push(b':');
+            out.extend_from_slice(offset.to_string().as_bytes());
+            out.push(b':');
+            out.extend_from_slice(payload);
+        }
     }
     out
 }
@@ -256,6 +306,27 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope<'_>, WireError> {
         }
         HEARTBEAT => Message::Heartbeat(decode_heartbeat(body)?),
         LEAVING => Message::Leaving,
+        POSITIONED => {
+            let mut parts = body.splitn(3, |&b| b == b':');
+            let (Some(epoch), Some(offset), Some(payload)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(WireError::Truncated);
+            };
+            let epoch = std::str::from_utf8(epoch).map_err(|_| WireError::BadName)?;
+            if !crate::ws::handshake::is_valid_epoch(epoch) {
+                return Err(WireError::BadName);
+            }
+            let offset = std::str::from_utf8(offset)
+                .ok()
+                .and_then(|o| o.parse::<u64>().ok())
+                .ok_or(WireError::BadName)?;
+            Message::Positioned {
+                epoch,
+                offset,
+                payload,
+            }
+        }
         other => return Err(WireError::UnknownKind(other)),
     };
     Ok(Envelope {
@@ -343,6 +414,11 @@ mod tests {
             Message::Kick(""),
             Message::Heartbeat(hb),
             Message::Leaving,
+            Message::Positioned {
+                epoch: "0123456789abcdef",
+                offset: 42,
+                payload: b"a:b:\xff",
+            },
         ] {
             let bytes = encode(0xdead_beef_0123_4567, 42, &m);
             assert_eq!(order_key(&bytes), Some((0xdead_beef_0123_4567, 42)));

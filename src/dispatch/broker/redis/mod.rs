@@ -15,6 +15,7 @@
 //! control input while a command connection's backlog is over [`MAX_BACKLOG`].
 
 pub mod conn;
+pub mod scripts;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ use mio::{Registry, Token};
 
 use super::placement::instance_of;
 use super::url::RedisUrl;
-use super::{Answer, Engine, EngineStatus, Inbound, Unavailable};
+use super::{Answer, Engine, EngineStatus, Inbound, Item, RoomKeys, Unavailable};
 use crate::control::reply::Reply;
 use conn::{Conn, Expect, Input};
 
@@ -236,17 +237,17 @@ fn answer_of(reply: Reply) -> Answer {
     match reply {
         Reply::Integer(n) => Answer::Count(n),
         Reply::Error(e) => Answer::Error(String::from_utf8_lossy(&e).into_owned()),
-        Reply::Array(Some(items)) => {
-            let mut fields = Vec::with_capacity(items.len() / 2);
-            let mut it = items.into_iter();
-            while let (Some(Reply::Bulk(Some(k))), Some(Reply::Bulk(Some(v)))) =
-                (it.next(), it.next())
-            {
-                fields.push((k, v));
-            }
-            Answer::Fields(fields)
-        }
-        Reply::Array(None) | Reply::Bulk(None) => Answer::Fields(Vec::new()),
+        Reply::Array(Some(items)) => Answer::List(
+            items
+                .into_iter()
+                .map(|r| match r {
+                    Reply::Integer(n) => Item::Int(n),
+                    Reply::Bulk(Some(b)) | Reply::Simple(b) => Item::Bytes(b),
+                    _ => Item::Other,
+                })
+                .collect(),
+        ),
+        Reply::Array(None) | Reply::Bulk(None) => Answer::List(Vec::new()),
         Reply::Simple(_) | Reply::Bulk(Some(_)) => Answer::Count(0),
     }
 }
@@ -427,6 +428,79 @@ impl Engine for RedisEngine {
             return Err(Unavailable);
         }
         cmd.send(&["PING"], Expect::Tagged(tag));
+        Ok(())
+    }
+
+    fn publish_positioned(
+        &mut self,
+        keys: &RoomKeys,
+        prefix: &[u8],
+        payload: &[u8],
+        size: usize,
+        ttl: Duration,
+        candidate: &str,
+        tag: u64,
+    ) -> Result<(), Unavailable> {
+        let i = self.place(&keys.channel);
+        let cmd = &mut self.instances[i].cmd;
+        if !cmd.is_ready() {
+            return Err(Unavailable);
+        }
+        let size = size.to_string();
+        let ttl = ttl.as_millis().max(1).to_string();
+        cmd.send(
+            &[
+                b"EVAL",
+                scripts::PUBLISH.as_bytes(),
+                b"3",
+                &keys.pos,
+                &keys.stream,
+                &keys.channel,
+                prefix,
+                payload,
+                size.as_bytes(),
+                ttl.as_bytes(),
+                candidate.as_bytes(),
+            ],
+            Expect::Tagged(tag),
+        );
+        self.stats.messages_out += 1;
+        Ok(())
+    }
+
+    fn read_positions(
+        &mut self,
+        keys: &RoomKeys,
+        since: Option<(&str, u64)>,
+        max: usize,
+        candidate: &str,
+        ttl: Duration,
+        tag: u64,
+    ) -> Result<(), Unavailable> {
+        let i = self.place(&keys.channel);
+        let cmd = &mut self.instances[i].cmd;
+        if !cmd.is_ready() {
+            return Err(Unavailable);
+        }
+        let (epoch, offset) = since.unwrap_or(("", 0));
+        let offset = offset.to_string();
+        let max = max.to_string();
+        let ttl = ttl.as_millis().max(1).to_string();
+        cmd.send(
+            &[
+                b"EVAL",
+                scripts::RECOVER.as_bytes(),
+                b"2",
+                &keys.pos,
+                &keys.stream,
+                epoch.as_bytes(),
+                offset.as_bytes(),
+                max.as_bytes(),
+                candidate.as_bytes(),
+                ttl.as_bytes(),
+            ],
+            Expect::Tagged(tag),
+        );
         Ok(())
     }
 
