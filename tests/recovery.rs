@@ -403,3 +403,27 @@ fn a_backend_join_tells_a_v1_client_the_position_first() {
     assert_eq!(ctl.int(&["SEND", "bo", "marker"]), 1);
     assert_eq!(next_json(&mut ws)["data"], "marker");
 }
+
+/// With history off (the default), a publish while the room has no member here still
+/// moves the room's offset: a client that missed it must not be told it recovered.
+#[test]
+fn with_history_off_a_publish_nobody_received_still_moves_the_position() {
+    let s = server(&[]);
+    let mut ws = ws_connect_v1(&s.url("?rooms=q"));
+    let epoch = epoch_of(&joined(&mut ws, "q"));
+    assert_eq!(publish(&s, "q", "one"), 1);
+    assert_eq!(next_json(&mut ws)["offset"], 1);
+    drop(ws);
+    assert!(wait_until(Duration::from_secs(10), || s
+        .control()
+        .int(&["ONLINE", "q"])
+        == 0));
+    assert_eq!(publish(&s, "q", "missed"), 0);
+    let mut ws = ws_connect_v1(&s.url(&format!("?rooms=q&recover=q:{epoch}:1")));
+    let j = joined(&mut ws, "q");
+    assert_eq!(
+        (j["recovered"].as_bool(), j["offset"].as_u64()),
+        (Some(false), Some(2)),
+        "{j}"
+    );
+}

@@ -53,9 +53,12 @@ impl Dispatcher {
     }
 
     /// A message for a room with no member here: it still takes a position and is
-    /// kept, if history is on, for clients that come back.
+    /// kept, if history is on, for clients that come back. With history off a room
+    /// with a state still moves on (a client holding its position missed this one
+    /// and must not be told it recovered); a room without one needs none (its next
+    /// state has a new epoch).
     pub(super) fn remember(&mut self, room: &str, payload: &[u8]) {
-        if self.settings.history.size > 0 {
+        if self.settings.history.size > 0 || self.history.contains(room) {
             self.history
                 .append(room, Arc::from(payload), Instant::now());
         }

@@ -318,6 +318,11 @@ impl History {
         self.ledger.bytes
     }
 
+    /// Whether `room` has a state (a position someone may hold).
+    pub fn contains(&self, room: &str) -> bool {
+        self.rooms.contains_key(room)
+    }
+
     /// Room states held (rooms with a position).
     pub fn rooms(&self) -> usize {
         self.rooms.len()

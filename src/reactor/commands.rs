@@ -103,7 +103,10 @@ impl Reactor {
         offset: Option<u64>,
     ) {
         let idx = self.outbox.add_frame(Chunk::Push(frame));
-        let env_idx = envelope.map(|e| self.outbox.add_frame(Chunk::Push(e)));
+        // The envelope enters the arena only once a `wspush.v1` recipient needs it, so
+        // raw-only reactors keep their whole frame budget and drop it at once.
+        let mut envelope = envelope.map(Chunk::Push);
+        let mut env_idx = None;
         let mut n = 0u64;
         let Reactor {
             conns,
@@ -114,9 +117,13 @@ impl Reactor {
             ..
         } = self;
         let mut deliver = |key: u32, conn: &mut Conn| {
-            let idx = match env_idx {
-                Some(e) if conn.has(flag::V1) => e,
-                _ => idx,
+            let idx = match (conn.has(flag::V1), env_idx) {
+                (false, _) => idx,
+                (true, Some(e)) => e,
+                (true, None) => match envelope.take() {
+                    Some(chunk) => *env_idx.insert(outbox.add_frame(chunk)),
+                    None => idx,
+                },
             };
             if outbox.append(&mut conn.chain, idx) && !conn.has(flag::DIRTY) {
                 conn.set(flag::DIRTY);

@@ -419,3 +419,26 @@ fn a_partial_proxy_header_times_out() {
     // turn_until panics after 2 s: far past the 300 ms timeout.
     rig.turn_until(|r| !r.conns.contains(key as usize));
 }
+
+/// A push's `wspush.v1` envelope costs a reactor with only raw recipients nothing: it
+/// takes no slot of the turn's frame budget and is not kept until the turn ends.
+#[test]
+fn an_envelope_nobody_here_needs_is_not_kept() {
+    let mut rig = rig();
+    let (mut member, _) = rig.open("?rooms=r");
+    let r = &mut rig.r;
+    let envelope: Arc<[u8]> = b"\x81\x02{}".to_vec().into();
+    rig.handle
+        .send(ReactorMsg::Batch(vec![Command::Push {
+            target: crate::link::Target::Room("r".into()),
+            frame: b"\x81\x05hello".to_vec().into(),
+            envelope: Some(envelope.clone()),
+        }]))
+        .unwrap();
+    r.drain_channel();
+    assert_eq!(Arc::strong_count(&envelope), 1, "the envelope was kept");
+    r.before_sleep();
+    let mut f = [0u8; 7];
+    member.read_exact(&mut f).unwrap();
+    assert_eq!(&f, b"\x81\x05hello");
+}
