@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls exactly this).
 # Installs what the tests need (redis-cli from Debian's redis-tools, redis-server from
-# redis-server), then runs the format and lint gates, each criterion benchmark once in
-# test mode, and every unit / property / integration test.
+# redis-server, node, npm and chromium from Debian, the e2e npm packages), then runs the
+# format and lint gates, each criterion benchmark once in test mode, and every unit /
+# property / integration test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,9 +27,14 @@ fi
 if ! command -v npm >/dev/null 2>&1; then
   install_debian_package npm "the client's end-to-end test installs ws where node has no WebSocket"
 fi
+if [ ! -x /usr/bin/chromium ]; then
+  install_debian_package chromium "tests/browser.rs runs the demo page in headless Chromium"
+fi
 # The client's end-to-end test (tests/js_client.rs) uses node's own WebSocket where it
-# has one, else the `ws` package pinned in clients/js/e2e/package-lock.json.
-(cd clients/js/e2e && npm ci --no-audit --no-fund --silent)
+# has one, else the `ws` package pinned in clients/js/e2e/package-lock.json; the
+# browser test (tests/browser.rs) drives Debian's /usr/bin/chromium with playwright-core,
+# which must never download a browser of its own.
+(cd clients/js/e2e && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
 
 # Tokens in the authentication tests are minted by an independent implementation:
 # PyJWT (with `cryptography` for RS256/ES256), in a venv kept under target/.
