@@ -1,4 +1,5 @@
-//! Command line of `wspush-load` (clap derive): three scenarios and the flags they share.
+//! Command line of `wspush-load` (clap derive): three scenarios and the flags they share,
+//! plus `recover`, a single-client timing of wspush.v1 recovery.
 //! `--help` on each subcommand documents every flag and its default.
 //!
 //! Parsing only: no I/O happens here.
@@ -19,7 +20,52 @@ loop per process. It raises its soft open-file limit to the hard limit at start-
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: TopCommand,
+}
+
+/// The scenarios run by the worker machinery, and the one-client commands beside them
+/// (kept out of `Command` so the workers never see them).
+#[derive(Subcommand, Debug, Clone)]
+pub enum TopCommand {
+    #[command(flatten)]
+    Scenario(Command),
+    /// One wspush.v1 client reconnecting K times with `recover=` to a room with M
+    /// missed messages (published once on the control port); reports the time from
+    /// sending the upgrade request to the M-th replayed message. The server must keep
+    /// at least M messages per room (`--history-size`, `--max-recover`).
+    Recover(RecoverArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RecoverArgs {
+    /// WebSocket URL, e.g. ws://127.0.0.1:8080/ws (`user=…&rooms=…&recover=…` is
+    /// appended).
+    #[arg(long)]
+    pub url: String,
+    /// Control port address (RESP), e.g. 127.0.0.1:7379.
+    #[arg(long)]
+    pub control: String,
+    /// The room to fill and recover.
+    #[arg(long, default_value = "recover-bench")]
+    pub room: String,
+    /// Messages the client missed, replayed on every reconnect.
+    #[arg(short = 'm', long = "missed", default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
+    pub missed: u32,
+    /// Reconnects to time.
+    #[arg(short = 'k', long = "reconnects", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub reconnects: u32,
+    /// Payload bytes per message.
+    #[arg(short = 'b', long = "bytes", default_value_t = 100)]
+    pub b: usize,
+    /// Seconds one reconnect may take before it counts as failed.
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+    /// Hard bound on the whole run in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub duration: u64,
+    /// Print the result as one JSON object on stdout instead of the human summary.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug, Clone, Serialize, Deserialize)]
@@ -137,6 +183,10 @@ pub struct FanoutArgs {
     /// this measures steady-state delivery rather than that subscription race.
     #[arg(long, default_value_t = 0.0)]
     pub publish_after: f64,
+    /// Subscribers offer the `wspush.v1` subprotocol and read the payload out of its JSON
+    /// envelopes (the `joined` messages are skipped), as recovering clients do.
+    #[arg(long)]
+    pub v1: bool,
     #[command(flatten)]
     pub common: Common,
 }

@@ -167,6 +167,7 @@ pub fn plan_for(cmd: &Command, index: u32, workers: u32) -> Result<Plan, LoadErr
         handshake_timeout: Duration::from_secs(common.handshake_timeout),
         deadline_ns: mono_ns() + common.duration * 1_000_000_000 + WORKER_SLACK_NS,
         mode,
+        v1: matches!(cmd, Command::Fanout(a) if a.v1),
     })
 }
 

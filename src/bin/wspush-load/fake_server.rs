@@ -5,7 +5,7 @@
 //! It exists so the load generator can be tested without wspush; it is never built into
 //! the binary and must never grow into a second server to maintain.
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, TopCommand};
 use crate::coord;
 use crate::resp::{parse_reply, Reply};
 use clap::Parser;
@@ -277,7 +277,10 @@ impl FakeCluster {
 
 fn command(args: &str) -> Command {
     let argv = std::iter::once("wspush-load").chain(args.split_whitespace());
-    Cli::try_parse_from(argv).unwrap().command
+    match Cli::try_parse_from(argv).unwrap().command {
+        TopCommand::Scenario(c) => c,
+        other => panic!("not a scenario: {other:?}"),
+    }
 }
 
 #[test]

@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
+use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::client::ClientHandshake;
 use tungstenite::handshake::{HandshakeError, MidHandshake};
 use tungstenite::protocol::WebSocketConfig;
@@ -69,6 +70,8 @@ pub struct Plan {
     /// Monotonic ns at which the worker stops by itself.
     pub deadline_ns: u64,
     pub mode: Mode,
+    /// Offer `wspush.v1`; fanout payloads then come inside JSON envelopes.
+    pub v1: bool,
 }
 
 /// Appends `extra` to the URL's query string.
@@ -206,6 +209,15 @@ pub fn stream_len(room: u32, rooms: u32, broadcast: bool, published: u64) -> u64
     } else {
         0
     }
+}
+
+/// The parts of a `wspush.v1` message the fanout check reads.
+#[derive(serde::Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    op: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    data: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// Parses `<seq> <send_ns> ...`.
@@ -526,7 +538,18 @@ impl Worker<'_> {
             return;
         };
         let url = self.plan.url_for(conn.id);
-        let r = tungstenite::client::client_with_config(url.as_str(), stream, Some(self.config));
+        let r = match url.as_str().into_client_request() {
+            Ok(mut req) => {
+                if self.plan.v1 {
+                    req.headers_mut().insert(
+                        "Sec-WebSocket-Protocol",
+                        tungstenite::http::HeaderValue::from_static("wspush.v1"),
+                    );
+                }
+                tungstenite::client::client_with_config(req, stream, Some(self.config))
+            }
+            Err(e) => return self.drop_pending(key, ws_cause(&e)),
+        };
         self.on_handshake(key, r);
     }
 
@@ -659,6 +682,21 @@ impl Worker<'_> {
                 messages,
                 broadcast,
             } => {
+                let envelope;
+                let text = match text {
+                    Some(t) if self.plan.v1 => {
+                        envelope = serde_json::from_str::<Envelope>(t).ok();
+                        match &envelope {
+                            // Each room's `joined` comes first and is no push; any
+                            // other op reply counts as malformed.
+                            Some(e) if e.op.as_deref() == Some("joined") => return false,
+                            Some(e) if e.op.is_none() => e.data.as_deref(),
+                            Some(_) => None,
+                            None => None,
+                        }
+                    }
+                    t => t,
+                };
                 self.result.counters.delivered += 1;
                 let Some((seq, sent)) = text.and_then(parse_stamp) else {
                     self.check.malformed += 1;
