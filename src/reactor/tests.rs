@@ -433,6 +433,7 @@ fn an_envelope_nobody_here_needs_is_not_kept() {
             target: crate::link::Target::Room("r".into()),
             frame: b"\x81\x05hello".to_vec().into(),
             envelope: Some(envelope.clone()),
+            offset: None,
         }]))
         .unwrap();
     r.drain_channel();
