@@ -82,10 +82,30 @@ info() {
         awk -F: -v k="$1" '$1 == k {print $2}'
 }
 # serve ARGS... — start_server with the common flags.
+# Extra server flags of the run in progress (the Redis runs add --redis).
+SERVE_EXTRA=()
 serve() {
     # shellcheck disable=SC2086 # SERVER_ARGS is a list of flags
-    start_server "$SERVER_BIN" --threads "$THREADS" "$@" $SERVER_ARGS
+    start_server "$SERVER_BIN" --threads "$THREADS" "$@" "${SERVE_EXTRA[@]}" $SERVER_ARGS
 }
+
+# One redis-server for the "history in Redis" runs (cluster mode with one node: every
+# PUBLISH runs the position script in Redis). Stopped by PID at exit.
+REDIS_PID=
+start_redis() {
+    local port
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+        --protected-mode no --loglevel warning >/dev/null 2>&1 &
+    REDIS_PID=$!
+    for _ in $(seq 100); do
+        redis-cli -p "$port" PING >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    REDIS_URL="redis://127.0.0.1:$port"
+    trap 'stop_server; [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null; rm -rf "$TMP"' EXIT
+}
+redis_ticks() { awk '{print $14 + $15}' "/proc/$REDIS_PID/stat"; }
 
 # The fill client of the memory step: PUBLISH room-<r> for every message round robin
 # over the rooms, pipelined in batches, every reply checked to be an integer.
@@ -209,8 +229,9 @@ load_run() {
         hbytes=$(info history_bytes)
         local done_n=$((p1 - p0))
         local problems='[]'
-        if [ "$rc" -ne 0 ] || [ "$done_n" -ne "$PUB_N" ]; then
-            problems=$(jq -n --arg m "redis-benchmark exit $rc, $done_n of $PUB_N PUBLISH counted" '[$m]')
+        if [ "$rc" -ne 0 ] || [ "$done_n" -lt "$PUB_N" ]; then
+            # redis-benchmark's pipelines may send a few more than -n.
+        problems=$(jq -n --arg m "redis-benchmark exit $rc, $done_n of $PUB_N PUBLISH counted" '[$m]')
             note 1
         fi
         jq -n --arg name "$name" --argjson size "$size" --argjson n "$done_n" \
@@ -234,6 +255,21 @@ if has_step fanout || has_step publish; then
     load_run off 0 "fanout publish"
     load_run on "$HISTORY_SIZE" "fanout publish"
     load_run on-v1 "$HISTORY_SIZE" fanout --v1
+    if [ "${REDIS_RUNS:-1}" = 1 ] && command -v redis-server >/dev/null 2>&1; then
+        start_redis
+        SERVE_EXTRA=(--redis "$REDIS_URL" --node-id bench)
+        r0=$(redis_ticks)
+        full_n=$PUB_N
+        PUB_N=${PUB_N_REDIS:-200000}
+        load_run redis "$HISTORY_SIZE" "fanout publish" --v1
+        PUB_N=$full_n
+        r1=$(redis_ticks)
+        SERVE_EXTRA=()
+        kill "$REDIS_PID" 2>/dev/null || true
+        wait "$REDIS_PID" 2>/dev/null || true
+        REDIS_PID=
+        echo "{\"redis_cpu_s\": $(awk -v t=$((r1 - r0)) -v hz="$HZ" 'BEGIN{print t/hz}')}" >"$TMP/redis-cpu.json"
+    fi
 fi
 
 # Missing steps are null in the result.
@@ -245,13 +281,17 @@ jq -n --arg stamp "$STAMP" --arg server "$SERVER_BIN --threads $THREADS $SERVER_
     --argjson fan_on "$(slurp "$TMP/fanout-on.named.json")" \
     --argjson fan_v1 "$(slurp "$TMP/fanout-on-v1.named.json")" \
     --argjson pub_off "$(slurp "$TMP/publish-off.json")" \
-    --argjson pub_on "$(slurp "$TMP/publish-on.json")" '
+    --argjson pub_on "$(slurp "$TMP/publish-on.json")" \
+    --argjson fan_redis "$(slurp "$TMP/fanout-redis.named.json")" \
+    --argjson pub_redis "$(slurp "$TMP/publish-redis.json")" \
+    --argjson redis_cpu "$(slurp "$TMP/redis-cpu.json")" '
     {scenario: "history", time: $stamp, server: $server, store: "memory",
      memory: {off: $mem_off, on: $mem_on}, recover: $recover,
-     fanout: {off: $fan_off, on: $fan_on, on_v1: $fan_v1}, publish: {off: $pub_off, on: $pub_on}}' >"$JSON"
+     fanout: {off: $fan_off, on: $fan_on, on_v1: $fan_v1, redis_v1: $fan_redis},
+     publish: {off: $pub_off, on: $pub_on, redis: $pub_redis}, redis_cpu: $redis_cpu}' >"$JSON"
 
 echo
-echo "history benchmark (server $SERVER_BIN --threads $THREADS; in-memory history; Redis history not built yet)"
+echo "history benchmark (server $SERVER_BIN --threads $THREADS; in-memory history, and history in Redis through one node in cluster mode)"
 jq -r '
   def f(d): if . == null then "n/a" else (. * pow(10; d) | round) / pow(10; d) | tostring end;
   def row(name; d; off; on): [name, (off | f(d)), (on | f(d)), "-"];
@@ -278,6 +318,14 @@ jq -r '
      row("publish: server CPU us/PUBLISH"; 2; .publish.off.server_cpu_us_per_publish; .publish.on.server_cpu_us_per_publish)
    else empty end)
   | @tsv' "$JSON" | column -t -s $'\t'
+jq -r '
+  def f(d): if . == null then "n/a" else (. * pow(10; d) | round) / pow(10; d) | tostring end;
+  select(.publish.redis != null) |
+  "history in Redis (one node, --redis, --history-size, wspush.v1 subscribers): fanout \(.fanout.redis_v1.fanout.deliveries_per_s | f(0)) deliveries/s, " +
+  "p50 \(.fanout.redis_v1.fanout.latency.p50_ms | f(2)) ms, p99 \(.fanout.redis_v1.fanout.latency.p99_ms | f(2)) ms, " +
+  "lost/reordered/dup \(.fanout.redis_v1.fanout.lost)/\(.fanout.redis_v1.fanout.reordered)/\(.fanout.redis_v1.fanout.duplicated); " +
+  "PUBLISH/s (no subscribers) \(.publish.redis.publish_per_s | f(0)), node CPU \(.publish.redis.server_cpu_us_per_publish | f(2)) us/PUBLISH, " +
+  "Redis CPU over both runs \(.redis_cpu.redis_cpu_s | f(2)) s for \(.publish.redis.publishes + .fanout.redis_v1.fanout.published) messages"' "$JSON"
 jq -r '
   def f(d): if . == null then "n/a" else (. * pow(10; d) | round) / pow(10; d) | tostring end;
   .recover | select(. != null and .recovery != null) |
