@@ -1082,8 +1082,30 @@ fn a_client_recovers_on_another_node_after_its_node_is_killed() {
         (m["offset"].as_u64(), m["data"].as_str()),
         (Some(11), Some("live"))
     );
-    // HISTORY points at Redis in cluster mode.
-    assert!(matches!(ctl.cmd(&["HISTORY", room]), Reply::Error(_)));
+    // HISTORY reads the room's stream in Redis, the same on every node.
+    for node in [&cluster.nodes[0], &cluster.nodes[2]] {
+        match node.control().cmd(&["HISTORY", room, "3"]) {
+            Reply::Array(v) => {
+                assert_eq!(v[0], Reply::Bulk(Some(epoch.clone().into_bytes())));
+                assert_eq!(v[1], Reply::Int(11));
+                let Reply::Array(entries) = &v[2] else {
+                    panic!("{v:?}")
+                };
+                let got: Vec<Reply> = entries.clone();
+                let want: Vec<Reply> = [(9, "m9"), (10, "m10"), (11, "live")]
+                    .iter()
+                    .map(|(o, d)| {
+                        Reply::Array(vec![
+                            Reply::Int(*o),
+                            Reply::Bulk(Some(d.as_bytes().to_vec())),
+                        ])
+                    })
+                    .collect();
+                assert_eq!(got, want);
+            }
+            other => panic!("HISTORY replied {other:?}"),
+        }
+    }
 }
 
 /// Recovery racing a steady publisher, the client hopping between two nodes each

@@ -65,6 +65,8 @@ struct Held {
     /// Whether the command was a push (for the wording of an error).
     push: bool,
     failure: Option<Failure>,
+    /// A complete reply that replaces the integer (HISTORY read from Redis).
+    raw: Option<Vec<u8>>,
     /// Replies to later commands, written once this one is.
     after: Vec<u8>,
 }
@@ -155,6 +157,7 @@ impl Client {
             parts,
             push,
             failure,
+            raw: None,
             after: Vec::new(),
         });
         self.release();
@@ -173,6 +176,15 @@ impl Client {
         self.release()
     }
 
+    /// Resolves held reply `id` with a complete reply of its own.
+    pub fn resolve_raw(&mut self, id: u64, reply: Vec<u8>) -> bool {
+        if let Some(h) = self.held.iter_mut().find(|h| h.id == id) {
+            h.raw = Some(reply);
+            h.parts = 0;
+        }
+        self.release()
+    }
+
     /// Moves every resolved reply at the front of the queue to the output.
     fn release(&mut self) -> bool {
         let mut moved = false;
@@ -181,9 +193,10 @@ impl Client {
                 break;
             };
             let out = &mut self.output;
-            match &h.failure {
-                Some(f) => resp::write_error(out, &f.message(h.value, h.push)),
-                None => resp::write_integer(out, h.value.min(i64::MAX as u64) as i64),
+            match (&h.failure, &h.raw) {
+                (Some(f), _) => resp::write_error(out, &f.message(h.value, h.push)),
+                (None, Some(raw)) => out.extend_from_slice(raw),
+                (None, None) => resp::write_integer(out, h.value.min(i64::MAX as u64) as i64),
             }
             out.extend_from_slice(&h.after);
             moved = true;

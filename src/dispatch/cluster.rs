@@ -144,6 +144,10 @@ impl Dispatcher {
             return;
         };
         let (client, client_id, held, add, failure) = match wait {
+            BrokerWait::History { client, client_id } => {
+                self.on_history_answer(client, client_id, tag, answer);
+                return;
+            }
             BrokerWait::Positioned {
                 client,
                 client_id,

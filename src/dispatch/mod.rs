@@ -158,6 +158,8 @@ enum BrokerWait {
         asked: bool,
         buffer: Vec<(String, u64, Vec<u8>)>,
     },
+    /// HISTORY read from Redis.
+    History { client: usize, client_id: u64 },
     /// A fence before a client's next publish goes through another instance.
     Fence { client: usize, client_id: u64 },
     /// `ONLINE room`: adds the other live nodes' members.
@@ -778,11 +780,8 @@ impl Dispatcher {
             }
             Command::Online { room } => self.online(key, room),
             Command::Nodes => self.nodes(key),
-            Command::History { .. } if self.history_in_redis() => {
-                resp::write_error(
-                    self.clients[key].out(),
-                    "ERR HISTORY is not available in cluster mode yet (history is in Redis: XRANGE <prefix>:hist:<room>)",
-                );
+            Command::History { room, count } if self.history_in_redis() => {
+                self.history_from_redis(key, &room, count);
             }
             Command::History { room, count } => self.history_reply(key, &room, count),
             Command::Info(section) => {

@@ -378,6 +378,77 @@ impl Dispatcher {
         }
     }
 
+    /// HISTORY when the history is in Redis: the reply waits for the read.
+    pub(super) fn history_from_redis(&mut self, key: usize, room: &str, count: Option<usize>) {
+        self.next_tag += 1;
+        let tag = self.next_tag;
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        let c = &mut self.clients[key];
+        // 0 asks for everything kept; a count of 0 is an empty list, answered here.
+        if count == Some(0) || cluster.read_history(room, count.unwrap_or(0), tag).is_err() {
+            if count == Some(0) {
+                c.hold(tag, 0, 1, false, None);
+                c.resolve_raw(tag, history_array(None, 0, &[]));
+            } else {
+                cluster.stats.unavailable_replies += 1;
+                c.hold(tag, 0, 0, false, Some(Failure::Unavailable));
+            }
+            return;
+        }
+        c.hold(tag, 0, 1, false, None);
+        self.broker_waits.insert(
+            tag,
+            BrokerWait::History {
+                client: key,
+                client_id: c.id,
+            },
+        );
+    }
+
+    /// Redis's answer to HISTORY: `[epoch, offset, id, payload, …]`.
+    pub(super) fn on_history_answer(
+        &mut self,
+        client: usize,
+        client_id: u64,
+        tag: u64,
+        answer: Answer,
+    ) {
+        let Some(c) = self.clients.get_mut(client) else {
+            return;
+        };
+        if c.id != client_id {
+            return;
+        }
+        let moved = match answer {
+            Answer::List(items) => {
+                let epoch = items
+                    .first()
+                    .and_then(Item::bytes)
+                    .filter(|e| !e.is_empty());
+                let offset = items.get(1).and_then(Item::int).unwrap_or(0).max(0) as u64;
+                let entries: Vec<(u64, &[u8])> = items
+                    .get(2..)
+                    .unwrap_or_default()
+                    .chunks_exact(2)
+                    .filter_map(|p| {
+                        let id = std::str::from_utf8(p[0].bytes()?).ok()?;
+                        let off = id.split('-').next()?.parse().ok()?;
+                        Some((off, p[1].bytes()?))
+                    })
+                    .collect();
+                c.resolve_raw(tag, history_array(epoch, offset, &entries))
+            }
+            Answer::Error(e) => c.resolve(tag, 0, Some(Failure::Refused(e))),
+            Answer::Lost => c.resolve(tag, 0, Some(Failure::Lost)),
+            Answer::Count(_) => c.resolve_raw(tag, history_array(None, 0, &[])),
+        };
+        if moved {
+            self.ready.push(client);
+        }
+    }
+
     /// Drops the positions and history of rooms idle past `--history-ttl` and
     /// without a member here.
     pub(super) fn expire_history(&mut self) {
@@ -385,6 +456,24 @@ impl Dispatcher {
         self.history
             .expire(Instant::now(), |room| rooms.total(room) > 0);
     }
+}
+
+/// The HISTORY reply: `[epoch or nil, offset, [[offset, payload], …]]`.
+fn history_array(epoch: Option<&[u8]>, offset: u64, entries: &[(u64, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    resp::write_array_len(&mut out, 3);
+    match epoch {
+        Some(e) => resp::write_bulk(&mut out, e),
+        None => resp::write_null(&mut out),
+    }
+    resp::write_integer(&mut out, offset.min(i64::MAX as u64) as i64);
+    resp::write_array_len(&mut out, entries.len());
+    for (o, p) in entries {
+        resp::write_array_len(&mut out, 2);
+        resp::write_integer(&mut out, (*o).min(i64::MAX as u64) as i64);
+        resp::write_bulk(&mut out, p);
+    }
+    out
 }
 
 /// `{"op":"joined","room":…,"epoch":…,"offset":N[,"recovered":…]}` as a text frame.

@@ -220,6 +220,9 @@ pub trait Engine: Send {
         ttl: Duration,
         tag: u64,
     ) -> Result<(), Unavailable>;
+    /// A room's position and its newest `count` retained messages (all for 0):
+    /// answered as `List [epoch, offset, id, payload, …]`, oldest first.
+    fn read_history(&mut self, keys: &RoomKeys, count: usize, tag: u64) -> Result<(), Unavailable>;
     /// A no-op command on instance `instance`, answered after everything sent before.
     fn fence(&mut self, instance: usize, tag: u64) -> Result<(), Unavailable>;
     /// Too much is queued for the broker: stop taking control input for now.
@@ -774,6 +777,12 @@ impl Cluster {
             .read_positions(&keys, since, max, &candidate, ttl, tag)
     }
 
+    /// Reads a room's retained messages from Redis (HISTORY in cluster mode).
+    pub fn read_history(&mut self, room: &str, count: usize, tag: u64) -> Result<(), Unavailable> {
+        let keys = self.names.room_keys(room);
+        self.engine.read_history(&keys, count, tag)
+    }
+
     /// Asks for a room's presence hash; the answer comes as `Inbound::Answer { tag }`.
     pub fn query_room(&mut self, room: &str, tag: u64) -> Result<(), Unavailable> {
         let key = self.names.presence_key(room);
@@ -934,6 +943,9 @@ mod tests {
             _: Duration,
             _: u64,
         ) -> Result<(), Unavailable> {
+            Ok(())
+        }
+        fn read_history(&mut self, _: &RoomKeys, _: usize, _: u64) -> Result<(), Unavailable> {
             Ok(())
         }
         fn congested(&self) -> bool {

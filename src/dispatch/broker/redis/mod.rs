@@ -504,6 +504,27 @@ impl Engine for RedisEngine {
         Ok(())
     }
 
+    fn read_history(&mut self, keys: &RoomKeys, count: usize, tag: u64) -> Result<(), Unavailable> {
+        let i = self.place(&keys.channel);
+        let cmd = &mut self.instances[i].cmd;
+        if !cmd.is_ready() {
+            return Err(Unavailable);
+        }
+        let count = count.to_string();
+        cmd.send(
+            &[
+                b"EVAL",
+                scripts::HISTORY.as_bytes(),
+                b"2",
+                &keys.pos,
+                &keys.stream,
+                count.as_bytes(),
+            ],
+            Expect::Tagged(tag),
+        );
+        Ok(())
+    }
+
     fn congested(&self) -> bool {
         self.instances
             .iter()
