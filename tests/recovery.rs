@@ -427,3 +427,25 @@ fn with_history_off_a_publish_nobody_received_still_moves_the_position() {
         "{j}"
     );
 }
+
+/// A join with `since` of a room the connection is already in: nothing can be
+/// replayed without doubling live pushes, so it is `recovered:false` with the position.
+#[test]
+fn rejoining_a_room_already_joined_with_since_is_not_recovered() {
+    let s = server(&["--history-size", "10"]);
+    let mut ws = ws_connect_v1(&s.url("?rooms=z"));
+    let epoch = epoch_of(&joined(&mut ws, "z"));
+    publish(&s, "z", "1");
+    assert_eq!(next_json(&mut ws)["offset"], 1);
+    ws.send(tungstenite::Message::text(
+        json!({"op":"join","room":"z","since":{"epoch":epoch,"offset":0}}).to_string(),
+    ))
+    .unwrap();
+    let j = joined(&mut ws, "z");
+    assert_eq!(
+        (j["recovered"].as_bool(), j["offset"].as_u64()),
+        (Some(false), Some(1))
+    );
+    publish(&s, "z", "2");
+    assert_eq!(next_json(&mut ws)["offset"], 2, "no replay, no double");
+}

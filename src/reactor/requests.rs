@@ -84,9 +84,14 @@ impl Reactor {
             }
             if v1 {
                 // The reply, with the position (and any recovery), comes from the
-                // dispatcher. A member asking again keeps its live pushes and gets
-                // the position only (its `since` is moot: it has missed nothing).
-                let since = if member { None } else { since };
+                // dispatcher. A member asking again keeps its live pushes, so
+                // nothing can be replayed without doubling them: asked to recover,
+                // it is told `recovered:false` (an offset past any current one is
+                // never recovered) with the position.
+                let since = match since {
+                    Some((epoch, _)) if member => Some((epoch, u64::MAX)),
+                    other => other,
+                };
                 self.request_position(key, room, since, !member);
                 return String::new();
             }
