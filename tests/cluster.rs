@@ -969,6 +969,9 @@ fn a_restarted_redis_gets_every_subscription_and_presence_count_back() {
         &prefix,
         &["--max-rooms-per-conn", "2000"],
     );
+    for node in [&a, &b] {
+        assert_info_eventually(node, "cluster_broker_up", 1);
+    }
     // One connection of user "many" on B, joined to 1,200 rooms by the backend.
     let mut ws = ws_connect(&b.url("?user=many&rooms=lobby"));
     let mut ctl = b.control();
