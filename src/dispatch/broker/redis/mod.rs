@@ -133,6 +133,17 @@ impl RedisEngine {
         instance_of(key, self.instances.len())
     }
 
+    /// The logged-in command connection of the instance holding `key`.
+    fn command_conn(&mut self, key: &[u8]) -> Result<&mut Conn, Unavailable> {
+        let i = self.place(key);
+        let cmd = &mut self.instances[i].cmd;
+        if cmd.is_ready() {
+            Ok(cmd)
+        } else {
+            Err(Unavailable)
+        }
+    }
+
     /// Turns what connection `sub` (or the command one) of instance `i` reported into
     /// inbound events.
     fn absorb(&mut self, i: usize, sub: bool) {
@@ -370,11 +381,7 @@ impl Engine for RedisEngine {
         message: &[u8],
         tag: Option<u64>,
     ) -> Result<(), Unavailable> {
-        let i = self.place(channel);
-        let cmd = &mut self.instances[i].cmd;
-        if !cmd.is_ready() {
-            return Err(Unavailable);
-        }
+        let cmd = self.command_conn(channel)?;
         let expect = tag.map_or(Expect::Untagged, Expect::Tagged);
         cmd.send(&[&b"PUBLISH"[..], channel, message], expect);
         self.stats.messages_out += 1;
@@ -388,11 +395,7 @@ impl Engine for RedisEngine {
         count: u64,
         ttl: Duration,
     ) -> Result<(), Unavailable> {
-        let i = self.place(key);
-        let cmd = &mut self.instances[i].cmd;
-        if !cmd.is_ready() {
-            return Err(Unavailable);
-        }
+        let cmd = self.command_conn(key)?;
         if count == 0 {
             cmd.send(&[&b"HDEL"[..], key, field], Expect::Untagged);
         } else {
@@ -413,11 +416,7 @@ impl Engine for RedisEngine {
     }
 
     fn query_presence(&mut self, key: &[u8], tag: u64) -> Result<(), Unavailable> {
-        let i = self.place(key);
-        let cmd = &mut self.instances[i].cmd;
-        if !cmd.is_ready() {
-            return Err(Unavailable);
-        }
+        let cmd = self.command_conn(key)?;
         cmd.send(&[&b"HGETALL"[..], key], Expect::Tagged(tag));
         Ok(())
     }
@@ -441,11 +440,7 @@ impl Engine for RedisEngine {
         candidate: &str,
         tag: u64,
     ) -> Result<(), Unavailable> {
-        let i = self.place(&keys.channel);
-        let cmd = &mut self.instances[i].cmd;
-        if !cmd.is_ready() {
-            return Err(Unavailable);
-        }
+        let cmd = self.command_conn(&keys.channel)?;
         let size = size.to_string();
         let ttl = ttl.as_millis().max(1).to_string();
         cmd.send(
@@ -477,11 +472,7 @@ impl Engine for RedisEngine {
         ttl: Duration,
         tag: u64,
     ) -> Result<(), Unavailable> {
-        let i = self.place(&keys.channel);
-        let cmd = &mut self.instances[i].cmd;
-        if !cmd.is_ready() {
-            return Err(Unavailable);
-        }
+        let cmd = self.command_conn(&keys.channel)?;
         let (epoch, offset) = since.unwrap_or(("", 0));
         let offset = offset.to_string();
         let max = max.to_string();
@@ -505,11 +496,7 @@ impl Engine for RedisEngine {
     }
 
     fn read_history(&mut self, keys: &RoomKeys, count: usize, tag: u64) -> Result<(), Unavailable> {
-        let i = self.place(&keys.channel);
-        let cmd = &mut self.instances[i].cmd;
-        if !cmd.is_ready() {
-            return Err(Unavailable);
-        }
+        let cmd = self.command_conn(&keys.channel)?;
         let count = count.to_string();
         cmd.send(
             &[
