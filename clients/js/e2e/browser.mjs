@@ -12,7 +12,8 @@
 // where the page is opened on node B itself and the one drop is B's death, which only
 // the Rust test can cause; the two talk over stdio, one word a line:
 //   stdout "ready" (the page has joined)      -> stdin "go" (B subscribes the room)
-//   stdout "restart" (mid-publish)            -> stdin "restarted" (B is up again)
+//   stdout "kill" (mid-publish)               -> stdin "killed" (B SIGKILLed)
+//   stdout "start" (A acked a publish since)  -> stdin "started" (B up, same ports)
 // Prints one JSON line (last) and exits 0, or explains on stderr and exits 1.
 // Never lets Playwright fetch a browser: it only runs /usr/bin/chromium (Debian's,
 // installed by scripts/test.sh).
@@ -133,10 +134,15 @@ for (let i = 0; i < DROPS.length; i++) {
   await new Promise((r) => setTimeout(r, 150 + Math.random() * 150));
   if (DROPS[i] === 'button') await page.click('#drop');
   else if (DROPS[i] === 'cut') cut();
-  // Half-way through the messages: B is SIGKILLed and started again on its ports.
+  // Half-way through the messages: B is SIGKILLed, and started again on its ports
+  // only once A has taken a message meanwhile, which the rejoin must then replay.
   else {
     while (sent < TOTAL / 2) await new Promise((r) => setTimeout(r, 10));
-    await ask('restart', 'restarted');
+    await ask('kill', 'killed');
+    const ackedAtKill = acked;
+    while (acked <= ackedAtKill && sent < TOTAL) await new Promise((r) => setTimeout(r, 5));
+    if (acked <= ackedAtKill) await fail('no publish through A was acknowledged while B was down');
+    await ask('start', 'started');
   }
   await waitJoins(i + 2, `after drop ${i + 1} (${DROPS[i]})`);
 }
