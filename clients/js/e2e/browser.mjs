@@ -7,15 +7,24 @@
 // every rejoin must have been recovered. Started by tests/browser.rs with:
 //   node browser.mjs WS_ADDR CONTROL_ADDR      (both host:port of a server started
 //   with --demo --history-size 1000)
-// Prints one JSON line and exits 0, or explains on stderr and exits 1.
+// or, for the cluster case (issue 10 §6: the page's node is killed and restarted):
+//   node browser.mjs --restart WS_ADDR_OF_B CONTROL_ADDR_OF_A
+// where the page is opened on node B itself and the one drop is B's death, which only
+// the Rust test can cause; the two talk over stdio, one word a line:
+//   stdout "ready" (the page has joined)      -> stdin "go" (B subscribes the room)
+//   stdout "kill" (mid-publish)               -> stdin "killed" (B SIGKILLed)
+//   stdout "start" (A acked a publish since)  -> stdin "started" (B up, same ports)
+// Prints one JSON line (last) and exits 0, or explains on stderr and exits 1.
 // Never lets Playwright fetch a browser: it only runs /usr/bin/chromium (Debian's,
 // installed by scripts/test.sh).
 import net from 'node:net';
 import { chromium } from 'playwright-core';
 
-const [wsAddr, control] = process.argv.slice(2);
+const argv = process.argv.slice(2);
+const RESTART = argv[0] === '--restart';
+const [wsAddr, control] = RESTART ? argv.slice(1) : argv;
 if (!wsAddr || !control) {
-  console.error('usage: node browser.mjs WS_ADDR CONTROL_ADDR');
+  console.error('usage: node browser.mjs [--restart] WS_ADDR CONTROL_ADDR');
   process.exit(2);
 }
 const [whost, wport] = wsAddr.split(':');
@@ -25,7 +34,7 @@ const ROOM = 'b';
 // Alternating button drops and TCP cuts. Each drop waits for the previous rejoin, so
 // that every one of them is a real drop of a live connection; the demo's back-off
 // (250 ms doubling, full jitter) keeps the whole run within a few seconds.
-const DROPS = ['button', 'cut', 'button', 'cut', 'button'];
+const DROPS = RESTART ? ['restart'] : ['button', 'cut', 'button', 'cut', 'button'];
 const CHROMIUM = '/usr/bin/chromium';
 
 let browser = null;
@@ -50,11 +59,41 @@ const proxy = net.createServer((down) => {
 await new Promise((r) => proxy.listen(0, '127.0.0.1', r));
 const cut = () => { for (const s of live) s.destroy(); live.clear(); };
 
-// A tiny RESP publisher; it counts the integer replies (one per PUBLISH).
+// The lines the Rust test answers (--restart only); a closed stdin means it is gone.
+const answers = [];
+let answered = null;
+let stdinBuf = '';
+if (RESTART) {
+  process.stdin.on('data', (b) => {
+    stdinBuf += b.toString();
+    let i;
+    while ((i = stdinBuf.indexOf('\n')) >= 0) {
+      answers.push(stdinBuf.slice(0, i).trim());
+      stdinBuf = stdinBuf.slice(i + 1);
+      answered?.();
+    }
+  });
+  process.stdin.on('end', () => fail('the test closed stdin'));
+}
+const ask = async (word, expect) => {
+  process.stdout.write(`${word}\n`);
+  while (answers.length === 0) await new Promise((r) => { answered = r; });
+  const got = answers.shift();
+  if (got !== expect) await fail(`asked "${word}", the test answered "${got}" instead of "${expect}"`);
+};
+
+// A tiny RESP publisher; it counts the integer replies (one per PUBLISH) and keeps
+// the errors (a -TRYAGAIN would mean a message delivered nowhere).
 const ctl = net.connect(Number(cport), chost);
 ctl.on('error', (e) => fail(`control port: ${e.message}`));
 let acked = 0;
-ctl.on('data', (b) => { acked += b.toString().split('\r\n').filter((l) => l.startsWith(':')).length; });
+const errors = [];
+ctl.on('data', (b) => {
+  for (const l of b.toString().split('\r\n')) {
+    if (l.startsWith(':')) acked++;
+    else if (l.startsWith('-')) errors.push(l);
+  }
+});
 const publish = (text) => {
   const parts = ['PUBLISH', ROOM, text];
   ctl.write(`*${parts.length}\r\n` + parts.map((p) => `$${Buffer.byteLength(p)}\r\n${p}\r\n`).join(''));
@@ -68,7 +107,8 @@ try {
 const page = await browser.newPage();
 const pageErrors = [];
 page.on('pageerror', (e) => pageErrors.push(String(e)));
-await page.goto(`http://127.0.0.1:${proxy.address().port}/?rooms=${ROOM}`);
+// --restart: straight to B, whose address must stay the page's after B's restart.
+await page.goto(RESTART ? `http://${wsAddr}/?rooms=${ROOM}` : `http://127.0.0.1:${proxy.address().port}/?rooms=${ROOM}`);
 
 const joins = () => page.evaluate(() => window.wspushDemo.joins.length);
 const waitJoins = async (n, what) => {
@@ -79,6 +119,9 @@ const waitJoins = async (n, what) => {
   }
 };
 await waitJoins(1, 'first connect');
+// A message published before B's subscription to the room is in place would reach
+// no one on B (README, Cluster); the test answers once Redis shows it.
+if (RESTART) await ask('ready', 'go');
 
 // A steady backend: one message every 15 ms (about 4.5 s), running through the drops.
 let sent = 0;
@@ -90,7 +133,17 @@ const timer = setInterval(() => {
 for (let i = 0; i < DROPS.length; i++) {
   await new Promise((r) => setTimeout(r, 150 + Math.random() * 150));
   if (DROPS[i] === 'button') await page.click('#drop');
-  else cut();
+  else if (DROPS[i] === 'cut') cut();
+  // Half-way through the messages: B is SIGKILLed, and started again on its ports
+  // only once A has taken a message meanwhile, which the rejoin must then replay.
+  else {
+    while (sent < TOTAL / 2) await new Promise((r) => setTimeout(r, 10));
+    await ask('kill', 'killed');
+    const ackedAtKill = acked;
+    while (acked <= ackedAtKill && sent < TOTAL) await new Promise((r) => setTimeout(r, 5));
+    if (acked <= ackedAtKill) await fail('no publish through A was acknowledged while B was down');
+    await ask('start', 'started');
+  }
   await waitJoins(i + 2, `after drop ${i + 1} (${DROPS[i]})`);
 }
 
@@ -101,8 +154,8 @@ let allAckedAt = null;
 let got = [];
 for (;;) {
   got = await page.evaluate((room) => window.wspushDemo.messages.filter((m) => m.room === room).map((m) => m.data), ROOM);
-  if (got.length >= TOTAL && acked >= TOTAL) break;
-  if (acked >= TOTAL) allAckedAt ??= Date.now();
+  if (got.length >= TOTAL && acked + errors.length >= TOTAL) break;
+  if (acked + errors.length >= TOTAL) allAckedAt ??= Date.now();
   if (Date.now() > deadline || (allAckedAt !== null && Date.now() - allAckedAt > 5000)) break;
   await new Promise((r) => setTimeout(r, 50));
 }
@@ -120,14 +173,16 @@ const summary = {
   received: nums.length,
   published: sent,
   acked,
+  publish_errors: errors.length,
   drops: DROPS.length,
   joins: joined.length,
   not_recovered: notRecovered,
   state,
   page_errors: pageErrors.length,
-  ok: inOrder && notRecovered === 0 && rejoins.length >= DROPS.length && pageErrors.length === 0,
+  ok: inOrder && notRecovered === 0 && rejoins.length >= DROPS.length && pageErrors.length === 0 && errors.length === 0,
 };
 console.log(JSON.stringify(summary));
+if (errors.length > 0) await fail(`${errors.length} PUBLISH errors, first: ${errors[0]}`);
 if (pageErrors.length > 0) await fail(`errors in the page: ${pageErrors.join('; ')}`);
 if (!inOrder) {
   const dupes = nums.length - new Set(nums).size;
