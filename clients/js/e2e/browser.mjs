@@ -34,7 +34,7 @@ const ROOM = 'b';
 // Alternating button drops and TCP cuts. Each drop waits for the previous rejoin, so
 // that every one of them is a real drop of a live connection; the demo's back-off
 // (250 ms doubling, full jitter) keeps the whole run within a few seconds.
-const DROPS = RESTART ? ['restart'] : ['button', 'cut', 'button', 'cut', 'button'];
+const DROPS = RESTART ? ['restart'] : ['button', 'cut', 'kick', 'button', 'cut', 'kick'];
 const CHROMIUM = '/usr/bin/chromium';
 
 let browser = null;
@@ -94,6 +94,16 @@ ctl.on('data', (b) => {
     else if (l.startsWith('-')) errors.push(l);
   }
 });
+// A backend KICK of the page's user (its own control connection, so the publisher's
+// replies stay publish replies): close 4000; the demo page reconnects after a kick
+// (an application's choice: the client itself stays down when kicked).
+const kick = () =>
+  new Promise((resolve) => {
+    const k = net.connect(Number(cport), chost, () => k.end('*3\r\n$4\r\nKICK\r\n$4\r\ndemo\r\n$4\r\ntest\r\n'));
+    k.on('data', () => {});
+    k.on('close', resolve);
+    k.on('error', resolve);
+  });
 const publish = (text) => {
   const parts = ['PUBLISH', ROOM, text];
   ctl.write(`*${parts.length}\r\n` + parts.map((p) => `$${Buffer.byteLength(p)}\r\n${p}\r\n`).join(''));
@@ -108,7 +118,7 @@ const page = await browser.newPage();
 const pageErrors = [];
 page.on('pageerror', (e) => pageErrors.push(String(e)));
 // --restart: straight to B, whose address must stay the page's after B's restart.
-await page.goto(RESTART ? `http://${wsAddr}/?rooms=${ROOM}` : `http://127.0.0.1:${proxy.address().port}/?rooms=${ROOM}`);
+await page.goto(RESTART ? `http://${wsAddr}/?rooms=${ROOM}` : `http://127.0.0.1:${proxy.address().port}/?rooms=${ROOM}&user=demo`);
 
 const joins = () => page.evaluate(() => window.wspushDemo.joins.length);
 const waitJoins = async (n, what) => {
@@ -134,6 +144,7 @@ for (let i = 0; i < DROPS.length; i++) {
   await new Promise((r) => setTimeout(r, 150 + Math.random() * 150));
   if (DROPS[i] === 'button') await page.click('#drop');
   else if (DROPS[i] === 'cut') cut();
+  else if (DROPS[i] === 'kick') await kick();
   // Half-way through the messages: B is SIGKILLed, and started again on its ports
   // only once A has taken a message meanwhile, which the rejoin must then replay.
   else {
