@@ -259,16 +259,19 @@ if has_step fanout || has_step publish; then
         start_redis
         SERVE_EXTRA=(--redis "$REDIS_URL" --node-id bench)
         r0=$(redis_ticks)
+        m0=$(redis-cli -u "$REDIS_URL" INFO memory | tr -d '\r' | awk -F: '/^used_memory:/{print $2}')
         full_n=$PUB_N
         PUB_N=${PUB_N_REDIS:-200000}
         load_run redis "$HISTORY_SIZE" "fanout publish" --v1
         PUB_N=$full_n
         r1=$(redis_ticks)
+        m1=$(redis-cli -u "$REDIS_URL" INFO memory | tr -d '\r' | awk -F: '/^used_memory:/{print $2}')
+        kept_rooms=$(redis-cli -u "$REDIS_URL" --scan --pattern '*:hist:*' | wc -l)
         SERVE_EXTRA=()
         kill "$REDIS_PID" 2>/dev/null || true
         wait "$REDIS_PID" 2>/dev/null || true
         REDIS_PID=
-        echo "{\"redis_cpu_s\": $(awk -v t=$((r1 - r0)) -v hz="$HZ" 'BEGIN{print t/hz}')}" >"$TMP/redis-cpu.json"
+        echo "{\"redis_cpu_s\": $(awk -v t=$((r1 - r0)) -v hz="$HZ" 'BEGIN{print t/hz}'), \"redis_memory_delta\": $((m1 - m0)), \"rooms_with_history\": $kept_rooms, \"history_size\": $HISTORY_SIZE}" >"$TMP/redis-cpu.json"
     fi
 fi
 
@@ -325,7 +328,8 @@ jq -r '
   "p50 \(.fanout.redis_v1.fanout.latency.p50_ms | f(2)) ms, p99 \(.fanout.redis_v1.fanout.latency.p99_ms | f(2)) ms, " +
   "lost/reordered/dup \(.fanout.redis_v1.fanout.lost)/\(.fanout.redis_v1.fanout.reordered)/\(.fanout.redis_v1.fanout.duplicated); " +
   "PUBLISH/s (no subscribers) \(.publish.redis.publish_per_s | f(0)), node CPU \(.publish.redis.server_cpu_us_per_publish | f(2)) us/PUBLISH, " +
-  "Redis CPU over both runs \(.redis_cpu.redis_cpu_s | f(2)) s for \(.publish.redis.publishes + .fanout.redis_v1.fanout.published) messages"' "$JSON"
+  "Redis CPU over both runs \(.redis_cpu.redis_cpu_s | f(2)) s for \(.publish.redis.publishes + .fanout.redis_v1.fanout.published) messages; " +
+  "Redis memory \(.redis_cpu.redis_memory_delta) B for \(.redis_cpu.rooms_with_history) rooms of up to \(.redis_cpu.history_size) messages (\(.redis_cpu.redis_memory_delta / .redis_cpu.rooms_with_history | f(0)) B per room)"' "$JSON"
 jq -r '
   def f(d): if . == null then "n/a" else (. * pow(10; d) | round) / pow(10; d) | tostring end;
   .recover | select(. != null and .recovery != null) |
