@@ -1135,7 +1135,12 @@ fn a_client_recovers_on_another_node_after_its_node_is_killed() {
 /// round: every message once, in order, every rejoin recovered.
 #[test]
 fn recovery_across_nodes_racing_publishes_has_no_gap_and_no_duplicate() {
-    let cluster = Cluster::start("hrace", 3, 2, &["--history-size", "5000"]);
+    let cluster = Cluster::start(
+        "hrace",
+        3,
+        2,
+        &["--history-size", "5000", "--max-recover", "5000"],
+    );
     let room = "race";
     let mut ws = ws_connect_v1(&cluster.nodes[1].url(&format!("?rooms={room}")));
     let j = next_json(&mut ws);

@@ -306,7 +306,9 @@ fn history_command_lists_the_retained_messages_with_positions() {
 /// order, with no gap.
 #[test]
 fn recovery_racing_publishes_loses_nothing_and_doubles_nothing() {
-    let s = server(&["--history-size", "10000"]);
+    // The publisher runs unthrottled and the client reads only a few messages a
+    // round, so it may fall far behind: every missed message must stay recoverable.
+    let s = server(&["--history-size", "100000", "--max-recover", "100000"]);
     let mut ws = ws_connect_v1(&s.url("?rooms=race"));
     let mut epoch = epoch_of(&joined(&mut ws, "race"));
     let stop = Arc::new(AtomicBool::new(false));
