@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# pyvenv.sh — prints the path of a Python that has PyJWT and cryptography, creating
-# the venv (target/pyvenv, or $WSPUSH_TEST_PYVENV) on first use. The tests and the
-# token benchmark mint tokens with it: an implementation independent of wspush's.
+# pyvenv.sh — prints the path of a Python that has PyJWT, cryptography and redis-py,
+# creating the venv (target/pyvenv, or $WSPUSH_TEST_PYVENV) on first use. The tests and
+# the token benchmark mint tokens with it (an implementation independent of wspush's),
+# and the client-library tests talk to the control port with redis-py at its defaults.
 # Installs Debian's python3-venv if the machine lacks it (as root, or with sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYVENV=${WSPUSH_TEST_PYVENV:-$PWD/target/pyvenv}
-if ! "$PYVENV/bin/python" -c 'import jwt, cryptography' >/dev/null 2>&1; then
-  echo "pyvenv.sh: creating $PYVENV with PyJWT and cryptography" >&2
+if ! "$PYVENV/bin/python" -c 'import jwt, cryptography, redis' >/dev/null 2>&1; then
+  echo "pyvenv.sh: creating $PYVENV with PyJWT, cryptography and redis" >&2
   if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
     sudo_=""
     [ "$(id -u)" -eq 0 ] || sudo_=sudo
@@ -16,6 +17,6 @@ if ! "$PYVENV/bin/python" -c 'import jwt, cryptography' >/dev/null 2>&1; then
   fi
   rm -rf "$PYVENV"
   python3 -m venv "$PYVENV" >&2
-  "$PYVENV/bin/pip" install -q 'PyJWT>=2.8' 'cryptography>=41' >&2
+  "$PYVENV/bin/pip" install -q 'PyJWT>=2.8' 'cryptography>=41' 'redis>=5' >&2
 fi
 echo "$PYVENV/bin/python"

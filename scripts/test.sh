@@ -35,6 +35,9 @@ fi
 # browser test (tests/browser.rs) drives Debian's /usr/bin/chromium with playwright-core,
 # which must never download a browser of its own.
 (cd clients/js/e2e && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
+# Mainstream Redis client libraries (tests/redis_clients.rs): ioredis and node-redis,
+# pinned in tests/clients/package-lock.json; redis-py comes with scripts/pyvenv.sh.
+(cd tests/clients && npm ci --no-audit --no-fund --silent)
 
 # Tokens in the authentication tests are minted by an independent implementation:
 # PyJWT (with `cryptography` for RS256/ES256), in a venv kept under target/.

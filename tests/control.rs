@@ -156,7 +156,7 @@ fn unknown_command_replies_err_and_the_connection_stays_usable() {
     let mut c = server.control();
     expect_error(c.cmd(&["SUBSCRIBE", "news"]), "ERR unknown command");
     expect_error(c.cmd(&["FLUSHALL"]), "ERR unknown command");
-    c.send_raw(b"HELLO 3\r\n");
+    c.send_raw(b"MONITOR\r\n");
     expect_error(c.read(), "ERR unknown command");
     assert_eq!(c.cmd(&["PING"]), Reply::Simple("PONG".into()));
 }

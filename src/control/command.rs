@@ -56,6 +56,47 @@ pub enum Command {
     Info(Option<String>),
     /// `QUIT`: `+OK`, then close. Like Redis, any arguments are ignored.
     Quit,
+    /// `AUTH username password` with a user other than `default`: there is one
+    /// user, so this is a wrong password.
+    AuthUnknownUser,
+    /// `HELLO [protover [AUTH username password] [SETNAME name]]`: what Redis
+    /// clients send first (redis-py at its defaults). `proto` is the asked version as
+    /// given; `auth` is `Err(())` for a user other than `default`.
+    Hello {
+        proto: Option<i64>,
+        auth: Option<Result<Vec<u8>, ()>>,
+        setname: Option<Vec<u8>>,
+    },
+    /// `CLIENT SETNAME name | GETNAME | SETINFO attr value | ID`.
+    Client(ClientCommand),
+    /// `SELECT db`: only 0 exists.
+    Select(Vec<u8>),
+    /// `ECHO message`.
+    Echo(Vec<u8>),
+    /// `COMMAND [COUNT | DOCS … | INFO …]`, for clients that probe: no command
+    /// metadata is kept, so DOCS and INFO are empty.
+    CommandInfo(CommandQuery),
+}
+
+/// The `CLIENT` subcommands a Redis client library sends.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientCommand {
+    SetName(Vec<u8>),
+    GetName,
+    /// `SETINFO LIB-NAME|LIB-VER value`: accepted and ignored.
+    SetInfo,
+    Id,
+}
+
+/// What a `COMMAND` probe asks.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CommandQuery {
+    /// `COMMAND`, `COMMAND INFO`: an empty list.
+    Empty,
+    /// `COMMAND DOCS`: an empty map (an empty list in RESP2).
+    Docs,
+    /// `COMMAND COUNT`.
+    Count,
 }
 
 /// Why a request is not a command; each maps to one `-ERR` reply, after which
@@ -76,6 +117,8 @@ pub enum CommandError {
     PayloadTooLarge,
     /// A count that is not a non-negative integer.
     InvalidCount,
+    /// A syntax error in a multi-argument command (HELLO, CLIENT, COMMAND).
+    Syntax(&'static str),
 }
 
 impl CommandError {
@@ -92,6 +135,7 @@ impl CommandError {
             }
             CommandError::PayloadTooLarge => "ERR payload exceeds --max-message".to_owned(),
             CommandError::InvalidCount => "ERR count is not a non-negative integer".to_owned(),
+            CommandError::Syntax(why) => format!("ERR {why}"),
         }
     }
 }
@@ -119,6 +163,14 @@ impl Command {
         let Some(name) = args.next() else {
             return Err(CommandError::Unknown(String::new()));
         };
+        let rest: Vec<Vec<u8>> = if is_probe(&name) {
+            args.by_ref().collect()
+        } else {
+            Vec::new()
+        };
+        if is_probe(&name) {
+            return parse_probe(&name, rest);
+        }
         let Some(spec) = TABLE
             .iter()
             .find(|spec| name.eq_ignore_ascii_case(spec.name.as_bytes()))
@@ -145,8 +197,11 @@ impl Command {
         };
         Ok(match spec.kind {
             Kind::Ping => Command::Ping(a),
-            // `AUTH username password`: the password is the last argument.
-            Kind::Auth => Command::Auth(b.or(a).unwrap_or_default()),
+            // `AUTH username password`: there is one user, `default`.
+            Kind::Auth => match (a, b) {
+                (Some(user), Some(_)) if user != b"default" => Command::AuthUnknownUser,
+                (a, b) => Command::Auth(b.or(a).unwrap_or_default()),
+            },
             Kind::Publish => Command::Publish {
                 room: valid_name(a, "room")?,
                 payload: payload(b)?,
@@ -202,7 +257,105 @@ impl Command {
 /// names or sizes are checked, so that every other request answers
 /// [`AuthError::NoAuth`] and an unauthenticated client learns nothing else.
 pub fn allowed_before_auth(name: &[u8]) -> bool {
-    name.eq_ignore_ascii_case(b"auth") || name.eq_ignore_ascii_case(b"quit")
+    name.eq_ignore_ascii_case(b"auth")
+        || name.eq_ignore_ascii_case(b"quit")
+        || name.eq_ignore_ascii_case(b"hello")
+}
+
+/// The connection-setup commands Redis client libraries send (parsed apart: they take
+/// any number of arguments).
+fn is_probe(name: &[u8]) -> bool {
+    [&b"hello"[..], b"client", b"select", b"echo", b"command"]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
+}
+
+fn parse_probe(name: &[u8], args: Vec<Vec<u8>>) -> Result<Command, CommandError> {
+    let is = |a: &[u8], b: &str| a.eq_ignore_ascii_case(b.as_bytes());
+    if is(name, "hello") {
+        let mut it = args.into_iter();
+        let proto = match it.next() {
+            None => None,
+            Some(v) => Some(
+                std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .ok_or(CommandError::Syntax(
+                        "Protocol version is not an integer or out of range",
+                    ))?,
+            ),
+        };
+        let (mut auth, mut setname) = (None, None);
+        while let Some(opt) = it.next() {
+            if is(&opt, "auth") {
+                let (Some(user), Some(pass)) = (it.next(), it.next()) else {
+                    return Err(CommandError::Syntax("syntax error in HELLO option 'auth'"));
+                };
+                auth = Some(if user == b"default" {
+                    Ok(pass)
+                } else {
+                    Err(())
+                });
+            } else if is(&opt, "setname") {
+                setname = Some(it.next().ok_or(CommandError::Syntax(
+                    "syntax error in HELLO option 'setname'",
+                ))?);
+            } else {
+                return Err(CommandError::Syntax("syntax error in HELLO option"));
+            }
+        }
+        return Ok(Command::Hello {
+            proto,
+            auth,
+            setname,
+        });
+    }
+    if is(name, "client") {
+        let mut it = args.into_iter();
+        let sub = it.next().ok_or(CommandError::WrongArity("client"))?;
+        let rest: Vec<Vec<u8>> = it.collect();
+        let c = if is(&sub, "setname") && rest.len() == 1 {
+            ClientCommand::SetName(rest.into_iter().next().unwrap_or_default())
+        } else if is(&sub, "getname") && rest.is_empty() {
+            ClientCommand::GetName
+        } else if is(&sub, "setinfo") && rest.len() == 2 {
+            ClientCommand::SetInfo
+        } else if is(&sub, "id") && rest.is_empty() {
+            ClientCommand::Id
+        } else {
+            return Err(CommandError::Syntax(
+                "unsupported CLIENT subcommand (wspush knows SETNAME, GETNAME, SETINFO, ID)",
+            ));
+        };
+        return Ok(Command::Client(c));
+    }
+    if is(name, "select") || is(name, "echo") {
+        let [arg]: [Vec<u8>; 1] = args.try_into().map_err(|_| {
+            CommandError::WrongArity(if is(name, "select") { "select" } else { "echo" })
+        })?;
+        return Ok(if is(name, "select") {
+            Command::Select(arg)
+        } else {
+            Command::Echo(arg)
+        });
+    }
+    // COMMAND
+    match args.first() {
+        None => Ok(Command::CommandInfo(CommandQuery::Empty)),
+        Some(sub) if is(sub, "docs") => Ok(Command::CommandInfo(CommandQuery::Docs)),
+        Some(sub) if is(sub, "info") => Ok(Command::CommandInfo(CommandQuery::Empty)),
+        Some(sub) if is(sub, "count") && args.len() == 1 => {
+            Ok(Command::CommandInfo(CommandQuery::Count))
+        }
+        Some(_) => Err(CommandError::Syntax(
+            "unsupported COMMAND subcommand (wspush knows COUNT, DOCS, INFO)",
+        )),
+    }
+}
+
+/// How many commands the table has (`COMMAND COUNT`).
+pub fn command_count() -> usize {
+    TABLE.len() + 5
 }
 
 /// Why a client is refused for authentication; each maps to one reply, after which
@@ -611,11 +764,12 @@ mod tests {
     }
 
     #[test]
-    fn only_auth_and_quit_are_allowed_before_auth() {
-        for name in [&b"AUTH"[..], b"auth", b"Quit"] {
+    fn only_auth_hello_and_quit_are_allowed_before_auth() {
+        // HELLO too: it can carry AUTH, and answers -NOAUTH itself without it.
+        for name in [&b"AUTH"[..], b"auth", b"Quit", b"HELLO", b"hello"] {
             assert!(allowed_before_auth(name));
         }
-        for name in [&b"PING"[..], b"INFO", b"BROADCAST", b"AUTHX", b"", b"hello"] {
+        for name in [&b"PING"[..], b"INFO", b"BROADCAST", b"AUTHX", b"", b"HELLOX"] {
             assert!(!allowed_before_auth(name));
         }
     }

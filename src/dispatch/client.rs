@@ -109,6 +109,10 @@ pub(super) struct Client {
     /// earlier messages to its subscribers before the next instance sees the later
     /// one (the order a recipient on another node gets them in).
     pub stashed: Option<Command>,
+    /// The client chose RESP3 with `HELLO 3`.
+    pub resp3: bool,
+    /// `CLIENT SETNAME` / `HELLO … SETNAME`.
+    pub name: Option<Vec<u8>>,
 }
 
 impl Client {
@@ -138,6 +142,8 @@ impl Client {
             broker_instance: 0,
             fenced: true,
             stashed: None,
+            resp3: false,
+            name: None,
         }
     }
 

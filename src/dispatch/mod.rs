@@ -28,6 +28,7 @@ mod cluster;
 pub mod counts;
 mod info;
 mod positions;
+mod setup;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -691,29 +692,40 @@ impl Dispatcher {
                 }
             }
             Command::Auth(password) => {
-                let c = &mut self.clients[key];
-                match &self.settings.password {
-                    None => resp::write_error(c.out(), AuthError::NotConfigured.message()),
-                    Some(p) if constant_time_eq(p.as_bytes(), &password) => {
-                        c.authed = true;
-                        resp::write_simple(c.out(), "OK");
-                    }
-                    Some(_) => {
-                        c.authed = false;
-                        c.auth_failures = c.auth_failures.saturating_add(1);
-                        self.stats.auth_failures += 1;
-                        resp::write_error(c.out(), AuthError::WrongPass.message());
-                        if c.auth_failures >= MAX_AUTH_FAILURES {
-                            warn!(
-                                "control: closing {} after {MAX_AUTH_FAILURES} failed AUTH attempts",
-                                c.peer
-                            );
-                            self.stats.auth_disconnects += 1;
-                            c.closing = true;
-                        }
-                    }
+                if self.settings.password.is_none() {
+                    let c = &mut self.clients[key];
+                    resp::write_error(c.out(), AuthError::NotConfigured.message());
+                } else if self.authenticate(key, Some(&password)) {
+                    resp::write_simple(self.clients[key].out(), "OK");
                 }
             }
+            Command::AuthUnknownUser => {
+                if self.settings.password.is_none() {
+                    let c = &mut self.clients[key];
+                    resp::write_error(c.out(), AuthError::NotConfigured.message());
+                } else {
+                    self.authenticate(key, None);
+                }
+            }
+            Command::Hello {
+                proto,
+                auth,
+                setname,
+            } => self.hello(key, proto, auth, setname),
+            Command::Client(c) => self.client_command(key, c),
+            Command::Select(db) => {
+                let out = self.clients[key].out();
+                if db == b"0" {
+                    resp::write_simple(out, "OK");
+                } else {
+                    resp::write_error(
+                        out,
+                        "ERR DB index is out of range (wspush has only database 0)",
+                    );
+                }
+            }
+            Command::Echo(m) => resp::write_bulk(self.clients[key].out(), &m),
+            Command::CommandInfo(q) => self.command_info(key, q),
             Command::Publish { room, payload } if self.history_in_redis() => {
                 self.stats.publish += 1;
                 self.publish_positioned(key, &room, &payload);
