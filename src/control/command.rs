@@ -769,7 +769,14 @@ mod tests {
         for name in [&b"AUTH"[..], b"auth", b"Quit", b"HELLO", b"hello"] {
             assert!(allowed_before_auth(name));
         }
-        for name in [&b"PING"[..], b"INFO", b"BROADCAST", b"AUTHX", b"", b"HELLOX"] {
+        for name in [
+            &b"PING"[..],
+            b"INFO",
+            b"BROADCAST",
+            b"AUTHX",
+            b"",
+            b"HELLOX",
+        ] {
             assert!(!allowed_before_auth(name));
         }
     }
