@@ -242,6 +242,8 @@ pub struct Dispatcher {
     recovering: HashMap<Arc<str>, Vec<u64>>,
     /// Room positions and retained messages.
     history: crate::history::History,
+    /// Open `wspush.v1` connections per reactor: with none, no envelope is made.
+    v1_online: Vec<u64>,
 }
 
 impl Dispatcher {
@@ -314,6 +316,7 @@ impl Dispatcher {
                 next_tag: 0,
                 inbound: Vec::new(),
                 recovering: HashMap::new(),
+                v1_online: vec![0; n],
                 history: crate::history::History::new(history_limits, cluster::nonce()),
             },
             handle,
@@ -504,6 +507,11 @@ impl Dispatcher {
                         room,
                         since,
                     } => self.on_position(reactor, req, &room, since, now),
+                    Event::V1 { reactor, delta } => {
+                        if let Some(n) = self.v1_online.get_mut(reactor) {
+                            *n = (*n as i64 + delta as i64).max(0) as u64;
+                        }
+                    }
                     Event::Exited { reactor } => {
                         let lost = self.unacked.get_mut(reactor).map(std::mem::take);
                         for req in lost.into_iter().flatten() {
@@ -851,10 +859,20 @@ impl Dispatcher {
         }
         let frame = push_frame(payload);
         let (envelope, offset) = match envelope {
-            Some(e) => e,
-            None => self.envelope(&to, payload),
+            Some((e, offset)) => (Some(e), offset),
+            // No wspush.v1 connection anywhere: no envelope, but the room's position
+            // still moves (and history is kept) for clients that come back.
+            None if self.v1_online.iter().all(|&n| n == 0) => {
+                if let Recipients::Room(room) = to {
+                    self.remember(room, payload);
+                }
+                (None, None)
+            }
+            None => {
+                let (e, offset) = self.envelope(&to, payload);
+                (Some(e), offset)
+            }
         };
-        let envelope = Some(envelope);
         for r in reactors {
             if from_broker && self.reactors[r].tx.len() >= MAX_QUEUED_BATCHES {
                 // The broker's reads never wait for a reactor: this one is that far
@@ -1263,6 +1281,42 @@ mod tests {
         assert_eq!(rig.d.batches[0].len(), 1, "a local push is never dropped");
         assert_eq!(rig.d.stats.broker_dropped, 1);
         assert!(info::render(&rig.d, Some("cluster")).contains("cluster_enabled:0"));
+    }
+
+    /// No wspush.v1 connection anywhere: pushes carry no envelope (no JSON encoded,
+    /// no second frame); once one opened, they do.
+    #[test]
+    fn envelopes_are_made_only_while_a_v1_connection_exists() {
+        let mut rig = Rig::new(1);
+        rig.events
+            .send(vec![Event::Room {
+                reactor: 0,
+                room: "news".into(),
+                delta: 1,
+            }])
+            .unwrap();
+        rig.d.apply_events();
+        let envelope_of = |rig: &mut Rig| {
+            rig.d.end_turn();
+            match rig.reactors[0].try_recv() {
+                Ok(ReactorMsg::Batch(cmds)) => match &cmds[..] {
+                    [link::Command::Push { envelope, .. }] => envelope.is_some(),
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(rig.d.push(Recipients::Room("news"), b"x", false), 1);
+        assert!(!envelope_of(&mut rig), "raw clients only");
+        rig.events
+            .send(vec![Event::V1 {
+                reactor: 0,
+                delta: 1,
+            }])
+            .unwrap();
+        rig.d.apply_events();
+        rig.d.push(Recipients::Room("news"), b"y", false);
+        assert!(envelope_of(&mut rig), "a v1 connection is open");
     }
 
     #[test]

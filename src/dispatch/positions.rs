@@ -39,9 +39,13 @@ impl Dispatcher {
     ) -> (Arc<[u8]>, Option<u64>) {
         match *to {
             Recipients::Room(room) => {
-                let pos = self
-                    .history
-                    .append(room, Arc::from(payload), Instant::now());
+                let pos = if self.settings.history.size > 0 {
+                    self.history
+                        .append(room, Arc::from(payload), Instant::now())
+                } else {
+                    // Positions only: no copy of the payload.
+                    self.history.advance(room, Instant::now())
+                };
                 (
                     envelope::room_frame(room, &pos.epoch, pos.offset, payload),
                     Some(pos.offset),
@@ -58,9 +62,11 @@ impl Dispatcher {
     /// and must not be told it recovered); a room without one needs none (its next
     /// state has a new epoch).
     pub(super) fn remember(&mut self, room: &str, payload: &[u8]) {
-        if self.settings.history.size > 0 || self.history.contains(room) {
+        if self.settings.history.size > 0 {
             self.history
                 .append(room, Arc::from(payload), Instant::now());
+        } else if self.history.contains(room) {
+            self.history.advance(room, Instant::now());
         }
     }
 

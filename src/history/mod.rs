@@ -182,6 +182,15 @@ impl History {
         self.limits
     }
 
+    /// Assigns the next offset of `room` without keeping anything (history off).
+    pub fn advance(&mut self, room: &str, now: Instant) -> Position {
+        let ledger = &mut self.ledger;
+        let (name, state) = ledger.enter(&mut self.rooms, room, now);
+        ledger.touch(&name, state, now);
+        state.offset = state.offset.saturating_add(1);
+        state.position()
+    }
+
     /// Assigns the next offset of `room` and keeps `payload` (if size > 0).
     ///
     /// Counts as activity for the TTL. If the payload alone (with its room) would not

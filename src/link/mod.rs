@@ -124,6 +124,9 @@ pub enum Event {
         req: u64,
         affected: u32,
     },
+    /// A `wspush.v1` connection opened (+1) or closed (−1): while there is none, the
+    /// dispatcher encodes no envelopes at all.
+    V1 { reactor: usize, delta: i32 },
     /// A `wspush.v1` connection joined `room` (at connect or by a join op) and waits
     /// for its position, and for what it missed after `since` (epoch, offset) if
     /// given. Until the answer (`Command::Position { req }`) comes, the reactor holds

@@ -102,6 +102,18 @@ impl Reactor {
         envelope: Option<Arc<[u8]>>,
         offset: Option<u64>,
     ) {
+        // The dispatcher sends no envelope while it knows of no wspush.v1 connection;
+        // one that opened meanwhile still gets SEND and BROADCAST as envelopes (room
+        // pushes are held back from it until its position comes).
+        let envelope = match (&envelope, target) {
+            (None, Target::All) if self.v1_conns > 0 => {
+                Some(crate::ws::envelope::broadcast_frame(frame_payload(&frame)))
+            }
+            (None, Target::User(user)) if self.v1_conns > 0 => {
+                Some(crate::ws::envelope::user_frame(user, frame_payload(&frame)))
+            }
+            _ => envelope,
+        };
         let idx = self.outbox.add_frame(Chunk::Push(frame));
         // The envelope enters the arena only once a `wspush.v1` recipient needs it, so
         // raw-only reactors keep their whole frame budget and drop it at once.
@@ -160,5 +172,35 @@ impl Reactor {
             }
         }
         self.local.deliveries += n;
+    }
+}
+
+/// The payload of a complete, unmasked server frame (what `dispatch::push_frame`
+/// made): the bytes after its 2-, 4- or 10-byte header.
+fn frame_payload(frame: &[u8]) -> &[u8] {
+    let header = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame.get(header..).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frame_payload;
+    use crate::ws::frame::{encode_frame, OpCode};
+
+    #[test]
+    fn frame_payload_strips_every_header_length() {
+        for len in [0usize, 125, 126, 65_535, 65_536] {
+            let p = vec![7u8; len];
+            assert_eq!(
+                frame_payload(&encode_frame(OpCode::Text, &p)),
+                &p[..],
+                "{len}"
+            );
+        }
+        assert_eq!(frame_payload(&[]), b"");
     }
 }

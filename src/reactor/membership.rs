@@ -65,6 +65,13 @@ impl Reactor {
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
+        if conn.has(super::conn::flag::V1) {
+            self.v1_conns = self.v1_conns.saturating_sub(1);
+            self.events.push(Event::V1 {
+                reactor: self.id,
+                delta: -1,
+            });
+        }
         let rooms = std::mem::take(&mut conn.rooms);
         let user = std::mem::replace(&mut conn.user, Membership::NONE);
         let grants = std::mem::replace(&mut conn.grants, super::grants::NONE);

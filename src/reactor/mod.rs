@@ -113,6 +113,8 @@ pub struct Reactor {
     expired: Vec<(u32, Expiry)>,
     /// `wspush.v1` joins waiting for their position.
     positions: positions::Positions,
+    /// Open `wspush.v1` connections here.
+    v1_conns: u32,
 }
 
 impl Reactor {
@@ -168,6 +170,7 @@ impl Reactor {
             read_again: Vec::new(),
             shutdown_at: None,
             positions: positions::Positions::default(),
+            v1_conns: 0,
             expired: Vec::new(),
         };
         Ok((reactor, handle))

@@ -291,6 +291,13 @@ impl Reactor {
             user,
             delta: 1,
         });
+        if up.v1 {
+            // Before any position request of its rooms (same batch, in order).
+            self.events.push(Event::V1 {
+                reactor: self.id,
+                delta: 1,
+            });
+        }
         for room in token_rooms {
             self.join_room(key, room, false);
         }
@@ -310,6 +317,7 @@ impl Reactor {
                 return true;
             };
             conn.set(flag::V1);
+            self.v1_conns += 1;
             let rooms: Vec<std::sync::Arc<str>> = conn
                 .rooms
                 .iter()
