@@ -39,6 +39,11 @@ pub struct Config {
     #[arg(long, default_value = "/ws")]
     pub path: String,
 
+    /// The binary an upgrade (SIGUSR2, UPGRADE, systemctl reload) starts; default:
+    /// the file at this process's own path.
+    #[arg(long, value_name = "PATH")]
+    pub upgrade_binary: Option<std::path::PathBuf>,
+
     /// Address of the control port (Redis protocol). Keep it on loopback or a private
     /// network: anyone who reaches it can push to every client.
     #[arg(long, default_value = "127.0.0.1:7379")]

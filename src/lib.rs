@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod dispatch;
+pub mod handover;
 pub mod history;
 pub mod limits;
 pub mod link;

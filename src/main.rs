@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use log::{error, info, warn};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR2};
 use signal_hook::iterator::Signals;
 
 use wspush::config::Config;
+use wspush::handover::process::{self as handover, NewBinary};
 use wspush::limits::{self, DescriptorBudget};
 use wspush::reactor::listener::BACKLOG;
 use wspush::server::{Server, StartError};
@@ -63,11 +64,33 @@ fn run(cfg: &Config) -> Result<(), StartError> {
             cfg.max_pending, cfg.max_message
         );
     }
-    let signals = Signals::new([SIGINT, SIGTERM]).map_err(|err| StartError::Resource {
+    let signals = Signals::new([SIGINT, SIGTERM, SIGUSR2]).map_err(|err| StartError::Resource {
         what: "the signal handlers".into(),
         err,
     })?;
-    let server = Server::start(cfg, max_connections, max_handshakes)?;
+    // Resolved now: once a deploy has replaced the file, this process's own path
+    // names the deleted binary.
+    let binary = NewBinary::from_config(cfg).map_err(|err| StartError::Resource {
+        what: "the path of this binary (for upgrades)".into(),
+        err,
+    })?;
+    let server = match handover::inherited_socket() {
+        None => Server::start(cfg, max_connections, max_handshakes)?,
+        Some(Err(e)) => {
+            return Err(StartError::Resource {
+                what: "the hand-over from the previous process".into(),
+                err: std::io::Error::other(e),
+            })
+        }
+        Some(Ok(sock)) => handover::take_over(sock, cfg, max_connections, max_handshakes)?,
+    };
+    let upgrade_requests = server.upgrade.requests.0.clone();
+    handover::spawn_coordinator(server.upgrade.clone(), binary).map_err(|err| {
+        StartError::Resource {
+            what: "the upgrade thread".into(),
+            err,
+        }
+    })?;
     info!(
         "listening: WebSocket ws://{}{} ({} reactors), control port {}; open-file limit {} → up to {} connections",
         server.ws_addr, cfg.path, server.threads, server.control_addr, nofile.soft, server.max_connections
@@ -78,7 +101,8 @@ fn run(cfg: &Config) -> Result<(), StartError> {
         server.ws_addr, server.control_addr, server.threads, server.max_connections
     );
     let _ = std::io::stdout().flush();
-    wait_for_signal(signals, &server);
+    handover::notify("READY=1");
+    wait_for_signal(signals, &server, &upgrade_requests);
     info!(
         "shutting down: closing connections with 1001 (grace {:?})",
         cfg.shutdown_grace
@@ -88,12 +112,25 @@ fn run(cfg: &Config) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Blocks until SIGINT/SIGTERM. A second signal during the grace period exits at once;
-/// a server thread that dies (it never should) exits non-zero so a supervisor restarts
-/// the process rather than leaving a part of it dead.
-fn wait_for_signal(mut signals: Signals, server: &Server) {
+/// Blocks until SIGINT/SIGTERM; SIGUSR2 asks for an upgrade. A second signal during
+/// the grace period exits at once; a server thread that dies (it never should) exits
+/// non-zero so a supervisor restarts the process rather than leaving a part of it dead.
+fn wait_for_signal(
+    mut signals: Signals,
+    server: &Server,
+    upgrades: &crossbeam_channel::Sender<()>,
+) {
     loop {
-        if signals.pending().next().is_some() {
+        let mut stop = false;
+        for sig in signals.pending() {
+            if sig == SIGUSR2 {
+                info!("SIGUSR2: upgrading");
+                let _ = upgrades.send(());
+            } else {
+                stop = true;
+            }
+        }
+        if stop {
             break;
         }
         if server.thread_died() {
@@ -103,7 +140,7 @@ fn wait_for_signal(mut signals: Signals, server: &Server) {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
+        if signals.forever().any(|s| s != SIGUSR2) {
             warn!("second signal: exiting without waiting for clients");
             std::process::exit(130);
         }

@@ -39,6 +39,34 @@ pub struct Server {
     pub max_connections: usize,
     reactors: Vec<(ReactorHandle, JoinHandle<()>)>,
     dispatcher: (DispatcherHandle, JoinHandle<()>),
+    /// What an upgrade's coordinator needs of this server.
+    pub upgrade: UpgradeHandle,
+}
+
+/// How an upgrade reaches a running server: its sockets (borrowed: the reactors and
+/// the dispatcher own them) and its threads.
+#[derive(Clone)]
+pub struct UpgradeHandle {
+    /// The WebSocket listening sockets, one per reactor, and the control listener.
+    pub ws_fds: Vec<std::os::fd::RawFd>,
+    pub control_fd: std::os::fd::RawFd,
+    /// Upgrades asked for (SIGUSR2 sends here too; `UPGRADE` from the dispatcher).
+    pub requests: (
+        crossbeam_channel::Sender<()>,
+        crossbeam_channel::Receiver<()>,
+    ),
+    pub to_dispatcher: crossbeam_channel::Sender<crate::link::handover::ToDispatcher>,
+    pub dispatcher_waker: Arc<mio::Waker>,
+    pub reactors: usize,
+}
+
+/// Sockets inherited from the process being upgraded, and how to take over its
+/// connections into the reactors and the dispatcher before their threads start.
+pub struct Inherited<'a> {
+    pub ws: Vec<std::net::TcpListener>,
+    pub control: std::net::TcpListener,
+    #[allow(clippy::type_complexity)]
+    pub import: &'a mut dyn FnMut(&mut [Reactor], &mut Dispatcher) -> Result<(), String>,
 }
 
 /// Why the server did not start. Each variant is one line for the operator.
@@ -301,7 +329,23 @@ impl Server {
         max_connections: usize,
         max_handshakes: usize,
     ) -> Result<Server, StartError> {
-        let threads = cfg.reactor_threads();
+        Self::start_with(cfg, max_connections, max_handshakes, None)
+    }
+
+    /// Like `start`, with the listening sockets (and connections) of the process
+    /// being upgraded instead of binding new ones: as many reactors as it passed
+    /// WebSocket listeners.
+    pub fn start_with(
+        cfg: &Config,
+        max_connections: usize,
+        max_handshakes: usize,
+        inherited: Option<Inherited<'_>>,
+    ) -> Result<Server, StartError> {
+        use std::os::fd::AsRawFd;
+        let threads = match &inherited {
+            Some(i) => i.ws.len(),
+            None => cfg.reactor_threads(),
+        };
         let origins = cfg.origins()?;
         let auth = auth_config(cfg)?.map(Arc::new);
         let client_join = client_join(cfg)?;
@@ -310,8 +354,14 @@ impl Server {
             addr: cfg.listen,
             err,
         };
-        let listeners =
-            bind_listeners(cfg.listen, threads, cfg.handshake_timeout).map_err(listen_err)?;
+        let (listeners, control, mut import) = match inherited {
+            Some(i) => (i.ws, Some(i.control), Some(i.import)),
+            None => (
+                bind_listeners(cfg.listen, threads, cfg.handshake_timeout).map_err(listen_err)?,
+                None,
+                None,
+            ),
+        };
         let ws_addr = listeners
             .first()
             .ok_or_else(|| listen_err(io::ErrorKind::InvalidInput.into()))?
@@ -322,8 +372,13 @@ impl Server {
             addr: cfg.control,
             err,
         };
-        let control = std::net::TcpListener::bind(cfg.control).map_err(control_err)?;
+        let control = match control {
+            Some(c) => c,
+            None => std::net::TcpListener::bind(cfg.control).map_err(control_err)?,
+        };
         control.set_nonblocking(true).map_err(control_err)?;
+        let ws_fds: Vec<_> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+        let control_fd = control.as_raw_fd();
         let control_addr = control.local_addr().map_err(control_err)?;
 
         let node_id = node_id(cfg, ws_addr.port())?;
@@ -381,7 +436,7 @@ impl Server {
             .map_err(StartError::resource("the dispatcher's event loop"))?;
         let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
         let mut handles = Vec::new();
-        let mut reactors = Vec::new();
+        let mut built = Vec::new();
         for (i, l) in listeners.into_iter().enumerate() {
             let link = DispatcherLink {
                 tx: ev_tx.clone(),
@@ -390,16 +445,15 @@ impl Server {
             let (reactor, handle) = Reactor::new(i, l, shared.clone(), link)
                 .map_err(StartError::resource(format!("reactor {i}'s event loop")))?;
             handles.push(handle.clone());
-            let join = std::thread::Builder::new()
-                .name(format!("reactor-{i}"))
-                .spawn(move || reactor.run())
-                .map_err(StartError::resource(format!("reactor thread {i}")))?;
-            reactors.push((handle, join));
+            built.push(reactor);
         }
         drop(ev_tx);
-        let (dispatcher, dhandle) = Dispatcher::new(
+        let upgrade_requests = crossbeam_channel::unbounded();
+        let (to_dispatcher, inbox) = crossbeam_channel::unbounded();
+        let dispatcher_waker = dwaker.clone();
+        let (mut dispatcher, dhandle) = Dispatcher::new(
             control,
-            handles,
+            handles.clone(),
             ev_rx,
             (dpoll, dwaker),
             DispatchSettings {
@@ -425,6 +479,28 @@ impl Server {
             },
         )
         .map_err(StartError::resource("the dispatcher"))?;
+        dispatcher.set_upgrade(crate::dispatch::UpgradeLink {
+            requests: upgrade_requests.0.clone(),
+            inbox,
+        });
+        if let Some(import) = import.as_mut() {
+            import(&mut built, &mut dispatcher).map_err(|e| StartError::Resource {
+                what: "the hand-over from the previous process".into(),
+                err: io::Error::other(e),
+            })?;
+            // Their counts reach the dispatcher before it runs any command.
+            for r in &mut built {
+                r.announce();
+            }
+        }
+        let mut reactors = Vec::new();
+        for (i, (reactor, handle)) in built.into_iter().zip(handles.iter()).enumerate() {
+            let join = std::thread::Builder::new()
+                .name(format!("reactor-{i}"))
+                .spawn(move || reactor.run())
+                .map_err(StartError::resource(format!("reactor thread {i}")))?;
+            reactors.push((handle.clone(), join));
+        }
         let djoin = std::thread::Builder::new()
             .name("dispatcher".into())
             .spawn(move || dispatcher.run())
@@ -436,6 +512,14 @@ impl Server {
             max_connections,
             reactors,
             dispatcher: (dhandle, djoin),
+            upgrade: UpgradeHandle {
+                ws_fds,
+                control_fd,
+                requests: upgrade_requests,
+                to_dispatcher,
+                dispatcher_waker,
+                reactors: threads,
+            },
         })
     }
 

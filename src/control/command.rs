@@ -56,6 +56,9 @@ pub enum Command {
     Info(Option<String>),
     /// `QUIT`: `+OK`, then close. Like Redis, any arguments are ignored.
     Quit,
+    /// `UPGRADE`: start the new binary and hand every connection over to it
+    /// (`+OK` from the new process, or `-ERR` from this one if it failed).
+    Upgrade,
     /// `AUTH username password` with a user other than `default`: there is one
     /// user, so this is a wrong password.
     AuthUnknownUser,
@@ -248,6 +251,7 @@ impl Command {
                 Command::Info(a.map(|s| String::from_utf8_lossy(&s).to_ascii_lowercase()))
             }
             Kind::Quit => Command::Quit,
+            Kind::Upgrade => Command::Upgrade,
         })
     }
 }
@@ -402,6 +406,7 @@ enum Kind {
     History,
     Info,
     Quit,
+    Upgrade,
 }
 
 /// A command's lowercase name and how many arguments it takes after the name.
@@ -423,7 +428,7 @@ const fn spec(name: &'static str, kind: Kind, min_args: usize, max_args: usize) 
 
 /// The command table. QUIT's arity is never checked (Redis ignores its
 /// arguments too); PUBLISH comes first because it is by far the most frequent.
-const TABLE: [Spec; 13] = [
+const TABLE: [Spec; 14] = [
     spec("publish", Kind::Publish, 2, 2),
     spec("send", Kind::Send, 2, 2),
     spec("broadcast", Kind::Broadcast, 1, 1),
@@ -437,6 +442,7 @@ const TABLE: [Spec; 13] = [
     spec("auth", Kind::Auth, 1, 2),
     spec("info", Kind::Info, 0, 1),
     spec("quit", Kind::Quit, 0, usize::MAX),
+    spec("upgrade", Kind::Upgrade, 0, 0),
 ];
 
 /// A room or user name, checked by the one rule in [`crate::names`].

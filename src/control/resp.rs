@@ -170,6 +170,12 @@ impl Parser {
     ///
     /// Requests that produce no command (`*0`, `*-1`, an empty inline line) are
     /// consumed silently, so `n > 0` with `None` also follows those.
+    /// Streaming past an oversized argument: the bytes already passed over are gone,
+    /// so the buffer alone no longer says where the next command starts.
+    pub fn skipping(&self) -> bool {
+        matches!(self.state, State::Skipping(_))
+    }
+
     pub fn parse(&mut self, buf: &[u8]) -> Result<(usize, Option<Parsed>), ProtocolError> {
         let mut consumed = 0;
         loop {

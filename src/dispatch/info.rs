@@ -42,6 +42,11 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
         line(&mut out, "websocket_listen", &d.settings.listen);
         line(&mut out, "control_listen", &d.settings.control);
         line(&mut out, "max_message", &d.settings.max_message);
+        let [started, failed, conns, clients] = crate::link::handover::UPGRADES.snapshot();
+        line(&mut out, "upgrades_started", &started);
+        line(&mut out, "upgrades_failed", &failed);
+        line(&mut out, "upgrade_taken_connections", &conns);
+        line(&mut out, "upgrade_taken_control_clients", &clients);
         out.push_str("\r\n");
     }
     if want("clients") {

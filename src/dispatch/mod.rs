@@ -26,6 +26,7 @@ pub mod broker;
 mod client;
 mod cluster;
 pub mod counts;
+mod handover;
 mod info;
 mod positions;
 mod setup;
@@ -52,6 +53,7 @@ use crate::ws::frame::{encode_close, encode_header, OpCode};
 use broker::{Cluster, Inbound, Outbound};
 use client::{Client, MAX_HELD_REPLIES};
 use counts::CountTable;
+pub use handover::UpgradeLink;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
@@ -244,6 +246,10 @@ pub struct Dispatcher {
     history: crate::history::History,
     /// Open `wspush.v1` connections per reactor: with none, no envelope is made.
     v1_online: Vec<u64>,
+    /// The upgrade's coordinator, if this process can upgrade.
+    upgrade: Option<UpgradeLink>,
+    /// Where the dispatcher is in an upgrade's hand-over.
+    handover: handover::State,
 }
 
 impl Dispatcher {
@@ -317,6 +323,8 @@ impl Dispatcher {
                 inbound: Vec::new(),
                 recovering: HashMap::new(),
                 v1_online: vec![0; n],
+                upgrade: None,
+                handover: handover::State::default(),
                 history: crate::history::History::new(history_limits, cluster::nonce()),
             },
             handle,
@@ -352,6 +360,8 @@ impl Dispatcher {
             let now = Instant::now();
             for ev in events.iter() {
                 match ev.token() {
+                    // Frozen for an upgrade: new clients wait in the backlog.
+                    LISTENER if !self.handover.serving() => {}
                     LISTENER => self.accept(),
                     WAKER => {}
                     t if t.0 >= BROKER_BASE => {
@@ -374,12 +384,16 @@ impl Dispatcher {
                     }
                 }
             }
+            self.handover_turn();
             self.apply_events();
             self.cluster_turn(now);
-            self.serve_ready();
+            if self.handover.serving() {
+                self.serve_ready();
+            }
             self.end_turn();
+            self.handover_turn();
             self.cluster_flush();
-            if last_housekeeping.elapsed() >= HOUSEKEEPING {
+            if last_housekeeping.elapsed() >= HOUSEKEEPING && self.handover.serving() {
                 self.housekeeping();
                 last_housekeeping = Instant::now();
             }
@@ -397,6 +411,10 @@ impl Dispatcher {
     }
 
     fn local_poll_timeout(&self) -> Duration {
+        if !self.handover.serving() {
+            // Clients wait unread; only reactor events and the coordinator matter.
+            return Duration::from_millis(5);
+        }
         if self.congested {
             // Give the reactors time to catch up instead of spinning.
             return Duration::from_millis(1);
@@ -813,6 +831,7 @@ impl Dispatcher {
                 resp::write_simple(c.out(), "OK");
                 c.closing = true;
             }
+            Command::Upgrade => self.request_upgrade(key),
         }
     }
 
@@ -983,6 +1002,10 @@ impl Dispatcher {
             for req in unanswerable {
                 self.on_ack(req, 0);
             }
+        }
+        if self.handover.frozen() {
+            // The export describes each client's unwritten output as it stands.
+            return;
         }
         // Only clients with something to write or to finish; the buffer is reused.
         let mut keys = std::mem::take(&mut self.to_flush);

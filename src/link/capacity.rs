@@ -46,6 +46,13 @@ impl Capacity {
         true
     }
 
+    /// Counts a socket taken over from the previous process (an upgrade): it exists
+    /// already, so no limit refuses it.
+    pub fn adopt(&self, open: bool) {
+        let counter = if open { &self.open } else { &self.handshaking };
+        counter.fetch_add(1, Relaxed);
+    }
+
     /// Gives back the slot of a dropped socket.
     pub fn release(&self, was_open: bool) {
         let counter = if was_open {

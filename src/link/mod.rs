@@ -9,6 +9,7 @@
 //! (`peers`). No I/O here, and no lock but the handshake-time shard locks of `peers`.
 
 pub mod capacity;
+pub mod handover;
 pub mod health;
 pub mod peers;
 pub mod stats;
@@ -96,6 +97,11 @@ pub enum ReactorMsg {
     Batch(Vec<Command>),
     /// Stop accepting, close every connection with 1001, exit after the grace period.
     Shutdown,
+    /// Upgrade: stop reading and accepting, finish what is in flight, then export
+    /// every connection on this sender and touch none of them until `Thaw`.
+    Freeze(crossbeam_channel::Sender<handover::ReactorExport>),
+    /// The upgrade failed: go on serving every connection as before.
+    Thaw,
 }
 
 /// One change seen by a reactor, sent to the dispatcher in one `Vec` per loop turn,

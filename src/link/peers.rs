@@ -178,6 +178,15 @@ impl Refusal {
 pub struct PeerSlot([u8; 16]);
 
 impl PeerSlot {
+    /// The slot as bytes, for a hand-over to the next process.
+    pub fn to_bytes(&self) -> [u8; 16] {
+        self.0
+    }
+
+    pub fn from_bytes(b: [u8; 16]) -> PeerSlot {
+        PeerSlot(b)
+    }
+
     pub fn key(&self) -> AddrKey {
         AddrKey(u128::from_ne_bytes(self.0))
     }
@@ -382,6 +391,30 @@ impl PeerTable {
                 Err(seen) => current = seen,
             }
         }
+    }
+
+    /// Counts a connection taken over from the previous process (an upgrade): it is
+    /// open already, so no limit or rate refuses it; its slot is released as usual.
+    pub fn adopt(&self, slot: &PeerSlot) {
+        if !self.tracks {
+            return;
+        }
+        let key = slot.key();
+        let hash = self.hasher.hash_one(key);
+        let mut table = self.shard(hash).lock();
+        if let Some(e) = table.find_mut(hash, |e| e.key == key) {
+            e.conns += 1;
+            return;
+        }
+        self.tracked.fetch_add(1, Relaxed);
+        let before = table.allocation_size();
+        let entry = Entry {
+            key,
+            full_at: 0,
+            conns: 1,
+        };
+        table.insert_unique(hash, entry, |e| self.hasher.hash_one(e.key));
+        self.account(before, table.allocation_size());
     }
 
     /// Gives back the connection count of a closed connection. Without a per-address

@@ -39,6 +39,8 @@ impl Reactor {
             match self.rx.try_recv() {
                 Ok(ReactorMsg::Batch(cmds)) => self.carry = Some(cmds.into_iter()),
                 Ok(ReactorMsg::Shutdown) => self.start_shutdown(),
+                Ok(ReactorMsg::Freeze(tx)) => self.freeze(tx),
+                Ok(ReactorMsg::Thaw) => self.thaw(),
                 Err(TryRecvError::Empty) => return,
                 Err(TryRecvError::Disconnected) => {
                     self.start_shutdown();

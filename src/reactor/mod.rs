@@ -27,6 +27,7 @@ mod commands;
 pub mod conn;
 mod grants;
 pub mod groups;
+pub mod handover;
 mod input;
 pub mod listener;
 mod membership;
@@ -115,6 +116,8 @@ pub struct Reactor {
     positions: positions::Positions,
     /// Open `wspush.v1` connections here.
     v1_conns: u32,
+    /// Where this reactor is in an upgrade's hand-over.
+    handover: handover::State,
 }
 
 impl Reactor {
@@ -172,6 +175,7 @@ impl Reactor {
             positions: positions::Positions::default(),
             v1_conns: 0,
             expired: Vec::new(),
+            handover: handover::State::default(),
         };
         Ok((reactor, handle))
     }
@@ -218,22 +222,30 @@ impl Reactor {
         }
         self.now = self.clock.now();
         self.shared.liveness.beat(self.id);
+        if self.handover.exported() {
+            return self.exported_turn();
+        }
+        // Frozen for an upgrade: no reads, accepts or timers (see handover.rs).
+        let frozen = self.handover.frozen();
         for ev in events.iter() {
             match ev.token() {
                 LISTENER => self.accept_pending = true,
                 WAKER => {}
                 Token(key) => {
                     let closed = ev.is_read_closed() || ev.is_error();
-                    let readable = ev.is_readable() || closed;
-                    self.on_socket_event(key, readable, closed, ev.is_writable());
+                    let readable = (ev.is_readable() || closed) && !frozen;
+                    self.on_socket_event(key, readable, closed && !frozen, ev.is_writable());
                 }
             }
         }
         self.drain_channel();
-        self.read_pending();
-        self.accept_waiting();
-        self.run_timers();
+        if !self.handover.frozen() {
+            self.read_pending();
+            self.accept_waiting();
+            self.run_timers();
+        }
         self.before_sleep();
+        self.export_when_idle();
         match self.shutdown_at {
             Some(deadline) => !(self.conns.is_empty() || self.now >= deadline),
             None => true,
@@ -242,6 +254,17 @@ impl Reactor {
 
     /// How long the next poll may sleep: not at all while work is left over.
     fn poll_timeout(&self) -> Duration {
+        if self.handover.exported() {
+            // Only the channel matters, and its messages wake the poll.
+            return Duration::from_secs(1);
+        }
+        if self.handover.frozen() {
+            return if self.carry.is_some() || !self.rx.is_empty() {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(10)
+            };
+        }
         if !self.read_again.is_empty()
             || self.carry.is_some()
             || !self.rx.is_empty()

@@ -126,6 +126,27 @@ impl WriteQueue {
         self.bytes += chunk.bytes().len();
         self.chunks.push_back(chunk);
     }
+
+    /// Bytes of the front chunk already written, and every chunk (whether it is a
+    /// push, and its bytes), for a hand-over.
+    pub fn parts(&self) -> (usize, impl Iterator<Item = (bool, &[u8])>) {
+        (
+            self.offset,
+            self.chunks.iter().map(|c| (c.is_push(), c.bytes())),
+        )
+    }
+
+    /// The queue `parts` described (`offset` within the first chunk, checked by the
+    /// caller).
+    pub fn restore(offset: usize, chunks: impl IntoIterator<Item = Chunk>) -> WriteQueue {
+        let mut q = WriteQueue::default();
+        for c in chunks {
+            q.push(c);
+        }
+        q.offset = offset.min(q.chunks.front().map_or(0, |c| c.bytes().len()));
+        q.bytes -= q.offset;
+        q
+    }
 }
 
 struct Link {

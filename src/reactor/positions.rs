@@ -59,6 +59,21 @@ impl Positions {
         }
     }
 
+    /// Whether a join waits for its answer (a hand-over waits for none to).
+    pub fn in_flight(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The offset a recovery of `key` into `group` reached, while pushes at or below
+    /// it may still come.
+    pub fn floor(&self, key: u32, group: u32) -> Option<u64> {
+        self.floors.get(&(key, group)).copied()
+    }
+
+    pub fn set_floor(&mut self, key: u32, group: u32, floor: u64) {
+        self.floors.insert((key, group), floor);
+    }
+
     /// Forgets every join of connection `key` (it closed).
     pub fn forget_conn(&mut self, key: u32) {
         if !self.floors.is_empty() {

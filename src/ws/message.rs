@@ -120,7 +120,64 @@ enum Found {
     },
 }
 
+/// An assembler's state as plain values (a hand-over carries it to the next
+/// process): `message` is 0 (none), 1 (text) or 2 (binary).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssemblerParts {
+    pub scanned: usize,
+    pub message: u8,
+    pub data: Vec<u8>,
+    pub utf8: Vec<u8>,
+}
+
 impl Assembler {
+    /// The state as plain values.
+    pub fn parts(&self) -> AssemblerParts {
+        AssemblerParts {
+            scanned: self.scanned,
+            message: match self.message {
+                None => 0,
+                Some(OpCode::Text) => 1,
+                Some(_) => 2,
+            },
+            data: self.data.clone(),
+            utf8: self.utf8.carried().to_vec(),
+        }
+    }
+
+    /// The assembler `parts` describes, for the bytes `buf` it was kept with; refuses
+    /// parts that do not fit them (a `scanned` past the frame at the front of `buf`,
+    /// a UTF-8 carry that is no character's start), so a later `next` cannot fail on
+    /// them other than as on any client's bytes.
+    pub fn restore(p: AssemblerParts, buf: &[u8]) -> Result<Assembler, &'static str> {
+        let message = match p.message {
+            0 => None,
+            1 => Some(OpCode::Text),
+            2 => Some(OpCode::Binary),
+            _ => return Err("message kind"),
+        };
+        if message.is_none() && !p.data.is_empty() {
+            return Err("message data without a message");
+        }
+        if p.scanned > 0 {
+            let (h, hlen) = match decode_client_header(buf) {
+                Ok(Some(x)) => x,
+                _ => return Err("scanned bytes without a frame"),
+            };
+            let avail = buf.len().saturating_sub(hlen) as u64;
+            if p.scanned as u64 > avail.min(h.payload_len) {
+                return Err("scanned past the frame");
+            }
+        }
+        let utf8 = Utf8Validator::with_carry(&p.utf8).map_err(|_| "utf-8 carry")?;
+        Ok(Assembler {
+            scanned: p.scanned,
+            message,
+            data: p.data,
+            utf8,
+        })
+    }
+
     /// Nothing in progress: the state can be dropped.
     pub fn is_idle(&self) -> bool {
         self.message.is_none() && self.scanned == 0

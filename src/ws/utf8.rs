@@ -66,6 +66,23 @@ impl Utf8Validator {
         }
     }
 
+    /// The leading bytes of a character cut off at the end of the last piece (what a
+    /// hand-over carries to the next process).
+    pub fn carried(&self) -> &[u8] {
+        &self.carry[..self.carry_len as usize]
+    }
+
+    /// A validator that carries `bytes`, which must be a proper prefix of one
+    /// multi-byte character (what `carried` gave).
+    pub fn with_carry(bytes: &[u8]) -> Result<Self, InvalidUtf8> {
+        let mut v = Self::default();
+        v.feed(bytes)?;
+        if v.carry_len as usize != bytes.len() {
+            return Err(InvalidUtf8);
+        }
+        Ok(v)
+    }
+
     /// Forgets everything, ready for the next message.
     pub fn reset(&mut self) {
         self.carry_len = 0;

@@ -1,0 +1,464 @@
+//! The two sides of an upgrade: the running process's coordinator thread, which
+//! starts the new binary and hands everything over, and the new process's start,
+//! which takes it.
+//!
+//! ```text
+//! old                                         new (same flags, WSPUSH_UPGRADE_FD=n)
+//!  spawn ─────────────────────────────────▶   Hello
+//!  Hello, Listeners (every listening socket)  ◀── (accepts nothing yet)
+//!  freeze: control input unread, in-flight
+//!  work finished, reactors export
+//!  Conns × (≤ 253 per frame), Clients, End ─▶ rebuilds every connection and client
+//!                                        ◀──  Taken            ← the commit point
+//!  MAINPID=new to systemd, exit 0             starts its threads: reads, writes,
+//!                                             accepts, runs the commands that waited
+//! ```
+//!
+//! The commit point is the new process's `Taken`: it sends it only once every
+//! frame was decoded and every socket registered, and does not read, write or accept
+//! before it has sent it. Until the old process has read it, nothing it handed over
+//! has been touched by anyone else, so on any failure — the binary does not start, it
+//! exits or crashes, it refuses the state (`Refused`, e.g. another format version), or
+//! it is too slow — the old process kills it and thaws: it serves every connection as
+//! if nothing had happened, counts the failure (INFO `upgrades_failed`), logs it, and
+//! answers `UPGRADE` with `-ERR`. Once it has read `Taken` it never touches a
+//! handed-over socket again: it exits at once, without a Close frame or a shutdown(2)
+//! (closing its copies of the descriptors leaves the connections to the new process).
+//!
+//! Test-only hook: `WSPUSH_TEST_ABORT_HANDOVER_AFTER=N` makes the *new* process abort
+//! after taking N connections, as a crash mid-hand-over would. It is read only on the
+//! receiving side of a hand-over, so it changes nothing for a process that is not
+//! being upgraded to.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+
+use super::fds::{recv_frame, send_frame, Frame, FrameError, MAX_FDS};
+use super::format::{self, ConnBatch, Kind, Totals};
+use crate::config::Config;
+use crate::link::handover::{ToDispatcher, UPGRADES};
+use crate::server::{Inherited, Server, StartError, UpgradeHandle};
+
+/// The environment variable naming the new process's end of the upgrade socket.
+pub const ENV_FD: &str = "WSPUSH_UPGRADE_FD";
+/// Test-only: abort the new process after taking this many connections.
+const ENV_TEST_ABORT: &str = "WSPUSH_TEST_ABORT_HANDOVER_AFTER";
+/// How long the old process waits for the new one at each step (start-up, reading
+/// the state) before it gives up and thaws.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long in-flight work may take to finish before the freeze gives up.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the old process starts: the binary and its arguments (this process's own).
+#[derive(Clone)]
+pub struct NewBinary {
+    pub path: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+impl NewBinary {
+    /// `--upgrade-binary`, or the path this process was started from, resolved now:
+    /// after a deploy replaces the file, /proc/self/exe names the deleted old one.
+    pub fn from_config(cfg: &Config) -> io::Result<NewBinary> {
+        let path = match &cfg.upgrade_binary {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?,
+        };
+        Ok(NewBinary {
+            path,
+            args: std::env::args_os().skip(1).collect(),
+        })
+    }
+}
+
+/// Runs the coordinator: one upgrade at a time, each time an upgrade is asked for.
+pub fn spawn_coordinator(handle: UpgradeHandle, binary: NewBinary) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("upgrade".into())
+        .spawn(move || {
+            while handle.requests.1.recv().is_ok() {
+                UPGRADES.started.fetch_add(1, Relaxed);
+                info!("upgrade: starting {}", binary.path.display());
+                let started = Instant::now();
+                match upgrade(&handle, &binary) {
+                    Ok((pid, conns, clients)) => {
+                        info!(
+                            "upgrade: pid {pid} took {conns} connections and {clients} control clients in {:?}; exiting",
+                            started.elapsed()
+                        );
+                        notify(&format!("MAINPID={pid}\nREADY=1"));
+                        let _ = io::Write::flush(&mut io::stdout());
+                        // No destructor, no Close frame, no shutdown(2): the sockets
+                        // are the new process's now.
+                        std::process::exit(0);
+                    }
+                    Err(e) => {
+                        UPGRADES.failed.fetch_add(1, Relaxed);
+                        error!("upgrade failed, serving on: {e}");
+                        let _ = handle
+                            .to_dispatcher
+                            .send(ToDispatcher::Thaw { error: e });
+                        let _ = handle.dispatcher_waker.wake();
+                    }
+                }
+                // Asked again while this one ran: those were answered with it.
+                while handle.requests.1.try_recv().is_ok() {}
+            }
+        })
+        .map(|_| ())
+}
+
+/// A started new process; killed and reaped on drop unless it committed.
+struct Child {
+    child: std::process::Child,
+    committed: bool,
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn upgrade(h: &UpgradeHandle, bin: &NewBinary) -> Result<(u32, u32, u32), String> {
+    let (sock, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let fd = theirs.as_raw_fd();
+    let mut cmd = std::process::Command::new(&bin.path);
+    cmd.args(&bin.args)
+        .env(ENV_FD, fd.to_string())
+        .stdin(std::process::Stdio::null());
+    // SAFETY: between fork and exec only fcntl runs, which is async-signal-safe; it
+    // clears close-on-exec on the one descriptor the new process is told about.
+    unsafe {
+        cmd.pre_exec(move || {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.path.display()))?;
+    drop(theirs);
+    let mut child = Child {
+        child,
+        committed: false,
+    };
+    let pid = child.child.id();
+    match hand_over(h, &sock, pid) {
+        Ok(totals) => {
+            child.committed = true;
+            Ok((pid, totals.conns, totals.clients))
+        }
+        Err(Failure::Closed) => {
+            let status = child_status(&mut child);
+            Err(format!("the new process (pid {pid}) {status}"))
+        }
+        Err(Failure::Other(e)) => Err(format!("pid {pid}: {e}")),
+    }
+}
+
+/// Why a hand-over did not commit.
+enum Failure {
+    /// The new process closed the socket (it exited or crashed).
+    Closed,
+    Other(String),
+}
+
+impl From<FrameError> for Failure {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::Closed => Failure::Closed,
+            other => Failure::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Self {
+        Failure::Other(e)
+    }
+}
+
+/// The old process's side of the protocol (module comment), up to the commit point.
+fn hand_over(h: &UpgradeHandle, sock: &UnixStream, pid: u32) -> Result<Totals, Failure> {
+    let _ = sock.set_read_timeout(Some(STEP_TIMEOUT));
+    let _ = sock.set_write_timeout(Some(STEP_TIMEOUT));
+
+    // 1. The new process is up and reads our format.
+    let hello = recv_frame(sock)?;
+    if hello.kind != Kind::Hello {
+        return Err(format!("pid {pid} said {:?} instead of hello", hello.kind).into());
+    }
+    send_frame(
+        sock,
+        Kind::Hello,
+        &format::encode_u32(std::process::id()),
+        &[],
+    )?;
+    // 2. Listening sockets first: both processes hold them from now on, so no
+    //    connection attempt is refused at any moment.
+    let mut lfds: Vec<RawFd> = h.ws_fds.clone();
+    lfds.push(h.control_fd);
+    send_frame(
+        sock,
+        Kind::Listeners,
+        &format::encode_listeners(h.ws_fds.len() as u16),
+        &lfds,
+    )?;
+    // 3. Freeze and export.
+    let (rtx, rrx) = crossbeam_channel::unbounded();
+    let (ctx, crx) = crossbeam_channel::bounded(1);
+    h.to_dispatcher
+        .send(ToDispatcher::Freeze {
+            reactors: rtx,
+            clients: ctx,
+        })
+        .map_err(|_| "the dispatcher is gone".to_string())?;
+    let _ = h.dispatcher_waker.wake();
+    let frozen_at = Instant::now();
+    let deadline = frozen_at + FREEZE_TIMEOUT;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let clients = crx
+        .recv_timeout(left())
+        .map_err(|_| format!("in-flight work did not finish within {FREEZE_TIMEOUT:?}"))?;
+    let mut exports = Vec::with_capacity(h.reactors);
+    for _ in 0..h.reactors {
+        exports.push(
+            rrx.recv_timeout(left())
+                .map_err(|_| format!("a reactor did not freeze within {FREEZE_TIMEOUT:?}"))?,
+        );
+    }
+    // 4. Connections, in frames of at most MAX_FDS descriptors.
+    let mut totals = Totals::default();
+    for e in exports {
+        let reactor = e.batch.reactor;
+        let mut conns = e.batch.conns.into_iter();
+        for fds in e.fds.chunks(MAX_FDS) {
+            let batch = ConnBatch {
+                reactor,
+                conns: conns.by_ref().take(fds.len()).collect(),
+            };
+            totals.conns += batch.conns.len() as u32;
+            send_frame(sock, Kind::Conns, &format::encode_conns(&batch), fds)?;
+        }
+    }
+    let mut states = clients.clients.into_iter();
+    for fds in clients.fds.chunks(MAX_FDS) {
+        let batch: Vec<_> = states.by_ref().take(fds.len()).collect();
+        totals.clients += batch.len() as u32;
+        send_frame(sock, Kind::Clients, &format::encode_clients(&batch), fds)?;
+    }
+    send_frame(sock, Kind::End, &format::encode_totals(totals), &[])?;
+    // 5. The commit point.
+    let answer = recv_frame(sock)?;
+    match answer.kind {
+        Kind::Taken => {
+            info!(
+                "upgrade: frozen for {:?} ({} connections, {} control clients)",
+                frozen_at.elapsed(),
+                totals.conns,
+                totals.clients
+            );
+            Ok(totals)
+        }
+        Kind::Refused => Err(format!(
+            "the new process refused the state: {}",
+            String::from_utf8_lossy(&answer.payload)
+        )
+        .into()),
+        other => Err(format!("pid {pid} answered {other:?}").into()),
+    }
+}
+
+/// How a new process that closed its socket ended (it is waited for briefly).
+fn child_status(child: &mut Child) -> String {
+    for _ in 0..50 {
+        if let Ok(Some(st)) = child.child.try_wait() {
+            child.committed = true;
+            return format!("exited ({st})");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    "closed the upgrade socket".into()
+}
+
+/// Sends `state` to systemd when it runs this process as a notify service.
+pub fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("sd_notify: {e}");
+            return;
+        }
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    } else {
+        sock.send_to(state.as_bytes(), std::path::Path::new(&path))
+    };
+    if let Err(e) = sent {
+        warn!("sd_notify {state:?}: {e}");
+    }
+}
+
+/// The upgrade socket this process was started with, if it is the new process of
+/// an upgrade.
+pub fn inherited_socket() -> Option<Result<UnixStream, String>> {
+    let v = std::env::var(ENV_FD).ok()?;
+    // Not for this process's own children: a later upgrade names its own socket.
+    std::env::remove_var(ENV_FD);
+    let fd: RawFd = match v.parse() {
+        Ok(fd) if fd > 2 => fd,
+        _ => return Some(Err(format!("{ENV_FD}={v} is not a descriptor"))),
+    };
+    // SAFETY: F_GETFD only reads the flags of `fd`, which may not be open at all.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Some(Err(format!("{ENV_FD}={v}: descriptor is not open")));
+    }
+    // SAFETY: the descriptor is open, was made for this process by the old one, and
+    // nothing else in this process owns it. Close-on-exec again, like every other.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        Some(Ok(UnixStream::from_raw_fd(fd)))
+    }
+}
+
+/// New process: takes the listening sockets, connections and control clients from
+/// the process being upgraded, and starts serving them once it has said `Taken`.
+pub fn take_over(
+    sock: UnixStream,
+    cfg: &Config,
+    max_connections: usize,
+    max_handshakes: usize,
+) -> Result<Server, StartError> {
+    let fail = |what: String| StartError::Resource {
+        what: "the hand-over from the previous process".into(),
+        err: io::Error::other(what),
+    };
+    let _ = sock.set_read_timeout(Some(STEP_TIMEOUT));
+    let _ = sock.set_write_timeout(Some(STEP_TIMEOUT));
+    let refuse = |sock: &UnixStream, why: String| {
+        let _ = send_frame(sock, Kind::Refused, why.as_bytes(), &[]);
+        why
+    };
+    send_frame(
+        &sock,
+        Kind::Hello,
+        &format::encode_u32(std::process::id()),
+        &[],
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    let expect = |sock: &UnixStream, kind: Kind| -> Result<Frame, String> {
+        match recv_frame(sock) {
+            Ok(f) if f.kind == kind => Ok(f),
+            Ok(f) => Err(refuse(sock, format!("expected {kind:?}, got {:?}", f.kind))),
+            Err(e) => Err(refuse(sock, e.to_string())),
+        }
+    };
+    expect(&sock, Kind::Hello).map_err(fail)?;
+    let listeners = expect(&sock, Kind::Listeners).map_err(fail)?;
+    let ws_count = format::decode_listeners(&listeners.payload)
+        .map_err(|e| fail(refuse(&sock, e.to_string())))? as usize;
+    if listeners.fds.len() != ws_count + 1 {
+        return Err(fail(refuse(
+            &sock,
+            "listener descriptors do not match".into(),
+        )));
+    }
+    let mut fds = listeners.fds.into_iter();
+    let ws: Vec<std::net::TcpListener> = fds
+        .by_ref()
+        .take(ws_count)
+        .map(std::net::TcpListener::from)
+        .collect();
+    let control = fds
+        .next()
+        .map(std::net::TcpListener::from)
+        .ok_or_else(|| fail("no control listener".into()))?;
+    let abort_after: Option<usize> = std::env::var(ENV_TEST_ABORT)
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut taken = Totals::default();
+    let mut import = |reactors: &mut [crate::reactor::Reactor],
+                      dispatcher: &mut crate::dispatch::Dispatcher|
+     -> Result<(), String> {
+        loop {
+            let f = recv_frame(&sock).map_err(|e| refuse(&sock, e.to_string()))?;
+            match f.kind {
+                Kind::Conns => {
+                    let batch = format::decode_conns(&f.payload)
+                        .map_err(|e| refuse(&sock, e.to_string()))?;
+                    let n = reactors.len();
+                    let r = &mut reactors[batch.reactor as usize % n];
+                    let fds: Vec<OwnedFd> = f.fds;
+                    let got = r.import(batch, fds).map_err(|e| refuse(&sock, e))?;
+                    taken.conns += got as u32;
+                    if abort_after.is_some_and(|n| taken.conns as usize >= n) {
+                        error!("{ENV_TEST_ABORT}: aborting mid-hand-over (test hook)");
+                        std::process::abort();
+                    }
+                }
+                Kind::Clients => {
+                    let clients = format::decode_clients(&f.payload)
+                        .map_err(|e| refuse(&sock, e.to_string()))?;
+                    taken.clients += dispatcher
+                        .import_clients(clients, f.fds)
+                        .map_err(|e| refuse(&sock, e))? as u32;
+                }
+                Kind::End => {
+                    let want = format::decode_totals(&f.payload)
+                        .map_err(|e| refuse(&sock, e.to_string()))?;
+                    if want != taken {
+                        return Err(refuse(&sock, format!("sent {want:?}, took {taken:?}")));
+                    }
+                    for r in reactors.iter_mut() {
+                        r.announce();
+                    }
+                    // The commit point: from here the sockets are ours alone.
+                    send_frame(&sock, Kind::Taken, &format::encode_totals(taken), &[])
+                        .map_err(|e| e.to_string())?;
+                    UPGRADES.conns_taken.store(u64::from(taken.conns), Relaxed);
+                    UPGRADES
+                        .clients_taken
+                        .store(u64::from(taken.clients), Relaxed);
+                    info!(
+                        "took over {} connections and {} control clients",
+                        taken.conns, taken.clients
+                    );
+                    return Ok(());
+                }
+                other => return Err(refuse(&sock, format!("unexpected {other:?}"))),
+            }
+        }
+    };
+    Server::start_with(
+        cfg,
+        max_connections,
+        max_handshakes,
+        Some(Inherited {
+            ws,
+            control,
+            import: &mut import,
+        }),
+    )
+}
