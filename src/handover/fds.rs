@@ -60,7 +60,12 @@ impl std::fmt::Display for FrameError {
 
 impl From<io::Error> for FrameError {
     fn from(e: io::Error) -> Self {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
+        if matches!(
+            e.kind(),
+            io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::ConnectionReset
+        ) {
             FrameError::Closed
         } else {
             FrameError::Io(e)

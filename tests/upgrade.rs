@@ -1,0 +1,713 @@
+//! Zero-downtime upgrade (issue 13) end to end: the real binary upgrades itself
+//! (UPGRADE on the control port, SIGUSR2) while independent clients — raw sockets
+//! with a WebSocket frame reader written here, a RESP client written here — hold
+//! thousands of connections and a publisher pushes at 100 messages/s.
+//!
+//! What is checked is what a client can see: no connection ends or is reconnected,
+//! every push arrives exactly once and in order (markers `#room:k#` in every
+//! payload), every PUBLISH is answered with the right recipient count, the control
+//! connection stays usable and sees only a pause, bytes queued for slow consumers and
+//! half-sent frames survive, and INFO's counts are the same after. Failed upgrades
+//! (a binary that exits at start-up, one that crashes mid-hand-over) leave the old
+//! process serving everything. No timing assertions: deadlines are bounds to poll.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common::{client_frame, raise_fd_limit, unix_now, wait_until, Reply, Resp};
+use hmac::{Hmac, Mac};
+
+const SECRET: &str = "upgrade-test-secret-that-is-long-enough-for-hs256";
+
+/// A server process this test started, with every line it (and the process it
+/// upgrades to, which shares its stdout) prints.
+struct Proc {
+    child: Option<Child>,
+    _lines: mpsc::Receiver<String>,
+    ws: SocketAddr,
+    control: SocketAddr,
+    /// Processes to SIGTERM at the end (the upgraded-to one is not our child).
+    pids: Arc<Mutex<Vec<u32>>>,
+}
+
+impl Proc {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wspush"));
+        cmd.args(["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .env(
+                "RUST_LOG",
+                std::env::var("WSPUSH_TEST_LOG").unwrap_or_else(|_| "error".into()),
+            );
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if std::env::var_os("WSPUSH_TEST_LOG").is_none() {
+            cmd.stderr(Stdio::null());
+        }
+        let mut child = cmd.spawn().expect("spawn wspush");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("wspush did not print its ready line");
+        let field = |name: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+                .parse()
+                .expect("address")
+        };
+        let pids = Arc::new(Mutex::new(vec![child.id()]));
+        Proc {
+            ws: field("ws="),
+            control: field("control="),
+            child: Some(child),
+            _lines: lines,
+            pids,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// The old process's exit status, once it has exited.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    fn info(&self) -> HashMap<String, String> {
+        let mut c = Resp::connect(self.control);
+        let Reply::Bulk(Some(b)) = c.cmd(&["INFO"]) else {
+            panic!("INFO did not answer a bulk string");
+        };
+        String::from_utf8_lossy(&b)
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+            .collect()
+    }
+
+    fn info_u64(&self, key: &str) -> u64 {
+        self.info()
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("INFO has no {key}"))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        for &pid in self.pids.lock().unwrap().iter() {
+            // SAFETY: kill(2) on processes this test started (directly or through
+            // an upgrade); at worst the pid is gone already.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// An HS256 token, minted here (an independent implementation: hmac + base64).
+fn token(claims: &str) -> String {
+    let head = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let body = URL_SAFE_NO_PAD.encode(claims.as_bytes());
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{head}.{body}").as_bytes());
+    let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{head}.{body}.{sig}")
+}
+
+/// One client connection and everything it received.
+struct Client {
+    s: TcpStream,
+    /// Received bytes not yet a whole frame.
+    buf: Vec<u8>,
+    /// Rooms it is in.
+    rooms: Vec<String>,
+    /// Markers `(room, k)` received, in order.
+    got: Vec<(String, u64)>,
+    /// Lengths of the payloads that carried a marker (slow consumers check them).
+    sizes: Vec<usize>,
+    /// Text frames without a marker (joined, pong).
+    texts: Vec<String>,
+    /// The server closed it or it failed: never expected here.
+    ended: Option<String>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr, query: &str, v1: bool, small_rcvbuf: bool) -> Client {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        if small_rcvbuf {
+            // So that pushes pile up in the server's queue, not in this kernel buffer.
+            sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        }
+        sock.connect(&addr.into()).expect("connect");
+        let mut s: TcpStream = sock.into();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let proto = if v1 {
+            "Sec-WebSocket-Protocol: wspush.v1\r\n"
+        } else {
+            ""
+        };
+        write!(
+            s,
+            "GET /ws{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{proto}\r\n"
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = s.read(&mut chunk).expect("read the 101");
+            assert!(n > 0, "closed before the 101");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        buf.drain(..end);
+        s.set_nonblocking(true).unwrap();
+        Client {
+            s,
+            buf,
+            rooms: Vec::new(),
+            got: Vec::new(),
+            sizes: Vec::new(),
+            texts: Vec::new(),
+            ended: None,
+        }
+    }
+
+    /// Reads what is there; true if anything came.
+    fn poll(&mut self) -> bool {
+        if self.ended.is_some() {
+            return false;
+        }
+        let mut any = false;
+        let mut chunk = [0u8; 65536];
+        loop {
+            match self.s.read(&mut chunk) {
+                Ok(0) => {
+                    self.ended = Some("EOF".into());
+                    break;
+                }
+                Ok(n) => {
+                    any = true;
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.ended = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        self.parse();
+        any
+    }
+
+    fn parse(&mut self) {
+        loop {
+            let b = &self.buf;
+            if b.len() < 2 {
+                return;
+            }
+            let (len, hlen) = match b[1] & 0x7f {
+                126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+                127 if b.len() >= 10 => {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(&b[2..10]);
+                    (u64::from_be_bytes(a) as usize, 10)
+                }
+                126 | 127 => return,
+                n => (n as usize, 2),
+            };
+            if b.len() < hlen + len {
+                return;
+            }
+            let op = b[0] & 0x0f;
+            let payload = b[hlen..hlen + len].to_vec();
+            self.buf.drain(..hlen + len);
+            match op {
+                1 | 2 => self.on_message(&payload),
+                8 => {
+                    let code =
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    self.ended = Some(format!("close frame {code:?}"));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn on_message(&mut self, p: &[u8]) {
+        let text = String::from_utf8_lossy(p);
+        let marker = text.find('#').and_then(|a| {
+            let rest = &text[a + 1..];
+            let b = rest.find('#')?;
+            let (room, k) = rest[..b].split_once(':')?;
+            Some((room.to_string(), k.parse::<u64>().ok()?))
+        });
+        match marker {
+            Some(m) => {
+                self.got.push(m);
+                self.sizes.push(p.len());
+            }
+            None => self.texts.push(text.into_owned()),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.s.set_nonblocking(false).unwrap();
+        self.s.write_all(bytes).expect("client write");
+        self.s.set_nonblocking(true).unwrap();
+    }
+}
+
+/// Reads `clients` on a thread until `stop`, then hands them back.
+fn reader(mut clients: Vec<Client>, stop: Arc<AtomicBool>) -> thread::JoinHandle<Vec<Client>> {
+    thread::spawn(move || loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        let mut any = false;
+        for c in clients.iter_mut() {
+            any |= c.poll();
+        }
+        if stopping && !any {
+            return clients;
+        }
+        if !any {
+            thread::sleep(Duration::from_millis(5));
+        }
+    })
+}
+
+/// Publishes `#room:k#` to `rooms[k % len]` at about 100 messages/s until `stop`;
+/// returns each message's room, k and reply.
+fn publisher(
+    control: SocketAddr,
+    rooms: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<Vec<(String, u64, Reply)>> {
+    thread::spawn(move || {
+        let mut c = Resp::connect(control);
+        let mut sent = Vec::new();
+        let mut k = 0u64;
+        let start = Instant::now();
+        while !stop.load(Ordering::SeqCst) {
+            let room = rooms[(k as usize) % rooms.len()].clone();
+            let payload = format!("payload #{room}:{k}# of the upgrade test");
+            let reply = c.cmd(&["PUBLISH", room.as_str(), payload.as_str()]);
+            sent.push((room, k, reply));
+            k += 1;
+            // 100 per second on average, whatever the pauses.
+            let due = start + Duration::from_millis(10 * k);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                thread::sleep(wait);
+            }
+        }
+        sent
+    })
+}
+
+/// Waits for the process that took over (a different `process_id`) and records it
+/// for clean-up; returns its pid.
+fn wait_for_new_process(p: &mut Proc, old: u32) -> u32 {
+    let mut new = 0;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            new = p.info_u64("process_id") as u32;
+            new != old
+        }),
+        "no new process answers the control port"
+    );
+    p.pids.lock().unwrap().push(new);
+    new
+}
+
+const ROOMS: usize = 10;
+/// 60 kB pushes queued for each slow consumer: more than the kernel buffers hold.
+const BIG: u64 = 100;
+
+#[test]
+fn an_upgrade_keeps_every_connection_and_delivers_every_push_exactly_once_in_order() {
+    let n: usize = std::env::var("WSPUSH_UPGRADE_TEST_CONNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    raise_fd_limit(n as u64 + 200);
+    let mut p = Proc::start(
+        &[
+            "--threads",
+            "2",
+            "--jwt-secret",
+            SECRET,
+            "--client-join",
+            "r*",
+            "--max-pending",
+            "64MiB",
+            "--ping-interval",
+            "0",
+        ],
+        &[],
+    );
+    let old_pid = p.pid();
+    let exp = unix_now() + 3600;
+    let rooms: Vec<String> = (0..ROOMS).map(|i| format!("r{i}")).collect();
+    let mut clients = Vec::with_capacity(n);
+    let mut members: HashMap<String, u64> = HashMap::new();
+    for i in 0..n {
+        // Two distinct rooms.
+        let (a, b) = (
+            &rooms[i % ROOMS],
+            &rooms[(i % ROOMS + 1 + (i / ROOMS) % (ROOMS - 1)) % ROOMS],
+        );
+        // Half get their rooms from the token, half ask for them (by_client).
+        let (claims, query_rooms) = if i % 2 == 0 {
+            (
+                format!(
+                    r#"{{"sub":"u{}","exp":{exp},"rooms":["{a}","{b}"]}}"#,
+                    i % 1000
+                ),
+                String::new(),
+            )
+        } else {
+            (
+                format!(r#"{{"sub":"u{}","exp":{exp}}}"#, i % 1000),
+                format!("&rooms={a},{b}"),
+            )
+        };
+        let v1 = i % 7 == 3;
+        let query = format!("?token={}{query_rooms}", token(&claims));
+        let mut c = Client::connect(p.ws, &query, v1, false);
+        c.rooms = vec![a.clone(), b.clone()];
+        *members.entry(a.clone()).or_default() += 1;
+        *members.entry(b.clone()).or_default() += 1;
+        clients.push(c);
+    }
+    // Slow consumers: in room "big" only, reading nothing until after the upgrade.
+    let big_claims = format!(r#"{{"sub":"slow","exp":{exp},"rooms":["big"]}}"#);
+    let mut slow: Vec<Client> = (0..3)
+        .map(|_| {
+            let mut c =
+                Client::connect(p.ws, &format!("?token={}", token(&big_claims)), false, true);
+            c.rooms = vec!["big".into()];
+            c
+        })
+        .collect();
+    // Mid-message: half a frame, or the first fragment of a message, sent before.
+    let ping = br#"{"op":"ping"}"#;
+    let mut partial: Vec<(Client, Vec<u8>)> = (0..6)
+        .map(|i| {
+            let claims = format!(r#"{{"sub":"mid{i}","exp":{exp}}}"#);
+            let mut c = Client::connect(p.ws, &format!("?token={}", token(&claims)), false, false);
+            let rest = if i % 2 == 0 {
+                let f = client_frame(true, 1, ping);
+                let cut = 4 + i;
+                c.send(&f[..cut]);
+                f[cut..].to_vec()
+            } else {
+                c.send(&client_frame(false, 1, &ping[..6]));
+                client_frame(true, 0, &ping[6..])
+            };
+            (c, rest)
+        })
+        .collect();
+    let total = n + slow.len() + partial.len();
+    assert!(
+        wait_until(Duration::from_secs(30), || p.info_u64("connected_clients")
+            == total as u64),
+        "not every connection opened"
+    );
+    // Bytes queued for the slow consumers in the old process.
+    let mut ctl = Resp::connect(p.control);
+    let big_payload = "x".repeat(60_000);
+    for k in 0..BIG {
+        let payload = format!("#big:{k}#{big_payload}");
+        assert_eq!(ctl.int(&["PUBLISH", "big", payload.as_str()]), 3);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || p.info_u64("pending_bytes") > 0),
+        "no bytes are queued for the slow consumers: the test would not test them"
+    );
+    let before = p.info();
+
+    // Readers and the publisher run across the upgrade.
+    let stop_pub = Arc::new(AtomicBool::new(false));
+    let stop_read = Arc::new(AtomicBool::new(false));
+    let publisher = publisher(p.control, rooms.clone(), stop_pub.clone());
+    let per = clients.len().div_ceil(4);
+    let mut readers = Vec::new();
+    while !clients.is_empty() {
+        let rest = clients.split_off(clients.len().saturating_sub(per));
+        readers.push(reader(rest, stop_read.clone()));
+    }
+    thread::sleep(Duration::from_secs(1));
+    let upgrade_reply = ctl.cmd(&["UPGRADE"]);
+    assert_eq!(
+        upgrade_reply,
+        Reply::Simple("OK".into()),
+        "UPGRADE answered {upgrade_reply:?}"
+    );
+    let new_pid = wait_for_new_process(&mut p, old_pid);
+    assert!(
+        wait_until(Duration::from_secs(30), || p.exited().is_some()),
+        "the old process did not exit"
+    );
+    let status = p.exited().expect("exited");
+    assert!(status.success(), "the old process exited with {status}");
+    thread::sleep(Duration::from_secs(1));
+    stop_pub.store(true, Ordering::SeqCst);
+    let sent = publisher.join().expect("publisher");
+
+    // The half-sent frames are finished on the new process, which answers them.
+    for (c, rest) in &mut partial {
+        c.send(rest);
+    }
+    let mut expected: HashMap<&str, Vec<u64>> = HashMap::new();
+    for (room, k, reply) in &sent {
+        assert_eq!(
+            *reply,
+            Reply::Int(members[room.as_str()] as i64),
+            "PUBLISH {room} #{k} was answered {reply:?}"
+        );
+        expected.entry(room.as_str()).or_default().push(*k);
+    }
+    let want = |c: &Client| -> usize {
+        c.rooms
+            .iter()
+            .map(|r| expected.get(r.as_str()).map_or(0, Vec::len))
+            .sum()
+    };
+    // Slow consumers read everything now.
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            slow.iter_mut().all(|c| {
+                c.poll();
+                c.got.len() >= BIG as usize || c.ended.is_some()
+            })
+        }),
+        "slow consumers did not get their queued pushes"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            partial.iter_mut().all(|(c, _)| {
+                c.poll();
+                c.texts.iter().any(|t| t.contains("pong")) || c.ended.is_some()
+            })
+        }),
+        "a half-sent frame was not finished on the new process"
+    );
+    // Let the readers catch up, then check every connection.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    thread::sleep(Duration::from_millis(500));
+    stop_read.store(true, Ordering::SeqCst);
+    let mut all: Vec<Client> = readers
+        .into_iter()
+        .flat_map(|r| r.join().expect("reader"))
+        .collect();
+    while Instant::now() < deadline
+        && all
+            .iter()
+            .any(|c| c.got.len() < want(c) && c.ended.is_none())
+    {
+        for c in all.iter_mut() {
+            c.poll();
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    for (i, c) in all.iter().enumerate() {
+        assert_eq!(c.ended, None, "connection {i} ended");
+        for room in &c.rooms {
+            let got: Vec<u64> = c
+                .got
+                .iter()
+                .filter(|(r, _)| r == room)
+                .map(|(_, k)| *k)
+                .collect();
+            let want = expected.get(room.as_str()).cloned().unwrap_or_default();
+            assert_eq!(
+                got, want,
+                "connection {i}, room {room}: not exactly once in order"
+            );
+        }
+    }
+    for (i, c) in slow.iter().enumerate() {
+        assert_eq!(c.ended, None, "slow consumer {i} ended");
+        let ks: Vec<u64> = c.got.iter().map(|(_, k)| *k).collect();
+        assert_eq!(ks, (0..BIG).collect::<Vec<_>>(), "slow consumer {i}");
+        assert!(
+            c.sizes.iter().all(|&s| s > 60_000),
+            "a queued push was torn"
+        );
+    }
+    for (i, (c, _)) in partial.iter().enumerate() {
+        assert_eq!(c.ended, None, "mid-message connection {i} ended");
+    }
+    // The counts the old process had, and what the new one says it took.
+    let after = p.info();
+    for key in [
+        "connected_clients",
+        "users",
+        "rooms",
+        "room_memberships",
+        "established_slots",
+    ] {
+        assert_eq!(after.get(key), before.get(key), "INFO {key}");
+    }
+    assert_eq!(after["process_id"], new_pid.to_string());
+    assert_eq!(after["upgrade_taken_connections"], total.to_string());
+    // The publisher's and this connection were handed over, and still work.
+    assert_eq!(ctl.cmd(&["PING"]), Reply::Simple("PONG".into()));
+    assert_eq!(after["upgrade_taken_control_clients"], "2");
+}
+
+/// A binary for `--upgrade-binary` that runs `body` (a shell script).
+fn script(name: &str, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::temp_dir().join(format!("wspush-upgrade-{name}-{}", std::process::id()));
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// Connections and a control client that must come through a failed upgrade as if
+/// nothing had happened; checks them after.
+struct Survivors {
+    clients: Vec<Client>,
+    partial: Client,
+    rest: Vec<u8>,
+}
+
+fn survivors(p: &Proc) -> Survivors {
+    let clients: Vec<Client> = (0..20)
+        .map(|i| {
+            let mut c = Client::connect(p.ws, &format!("?user=s{i}&rooms=news"), i % 4 == 0, false);
+            c.rooms = vec!["news".into()];
+            c
+        })
+        .collect();
+    let mut partial = Client::connect(p.ws, "?user=mid", false, false);
+    let f = client_frame(true, 1, br#"{"op":"ping"}"#);
+    partial.send(&f[..7]);
+    assert!(wait_until(Duration::from_secs(10), || p
+        .info_u64("connected_clients")
+        == 21));
+    Survivors {
+        clients,
+        partial,
+        rest: f[7..].to_vec(),
+    }
+}
+
+fn check_survivors(p: &Proc, ctl: &mut Resp, s: &mut Survivors, first: u64) {
+    // Pushes after the failure arrive exactly once, after the ones before it.
+    for k in first..first + 5 {
+        let payload = format!("#news:{k}#");
+        assert_eq!(ctl.int(&["PUBLISH", "news", payload.as_str()]), 20);
+    }
+    s.partial.send(&s.rest);
+    assert!(wait_until(Duration::from_secs(20), || {
+        s.clients.iter_mut().all(|c| {
+            c.poll();
+            c.got.len() as u64 >= first + 5 || c.ended.is_some()
+        })
+    }));
+    for (i, c) in s.clients.iter().enumerate() {
+        assert_eq!(c.ended, None, "connection {i} ended");
+        let ks: Vec<u64> = c.got.iter().map(|(_, k)| *k).collect();
+        assert_eq!(ks, (0..first + 5).collect::<Vec<_>>(), "connection {i}");
+    }
+    assert!(wait_until(Duration::from_secs(10), || {
+        s.partial.poll();
+        s.partial.texts.iter().any(|t| t.contains("pong"))
+    }));
+    assert_eq!(p.info_u64("connected_clients"), 21);
+}
+
+#[test]
+fn a_new_binary_that_exits_at_start_up_leaves_the_old_process_serving_everything() {
+    let bin = script("exit1", "exit 1");
+    let bin_s = bin.to_string_lossy().into_owned();
+    let mut p = Proc::start(&["--threads", "2", "--upgrade-binary", &bin_s], &[]);
+    let pid = p.pid();
+    let mut s = survivors(&p);
+    let mut ctl = Resp::connect(p.control);
+    for k in 0..3 {
+        let payload = format!("#news:{k}#");
+        assert_eq!(ctl.int(&["PUBLISH", "news", payload.as_str()]), 20);
+    }
+    match ctl.cmd(&["UPGRADE"]) {
+        Reply::Error(e) => assert!(e.starts_with("ERR upgrade failed"), "{e}"),
+        other => panic!("UPGRADE answered {other:?}"),
+    }
+    // SIGUSR2 takes the same path.
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGUSR2);
+    }
+    assert!(wait_until(Duration::from_secs(20), || p
+        .info_u64("upgrades_failed")
+        == 2));
+    assert_eq!(p.info_u64("upgrades_started"), 2);
+    assert_eq!(p.info_u64("process_id"), u64::from(pid));
+    assert!(p.exited().is_none());
+    check_survivors(&p, &mut ctl, &mut s, 3);
+    let _ = std::fs::remove_file(bin);
+}
+
+#[test]
+fn a_new_binary_that_dies_mid_hand_over_leaves_the_old_process_serving_everything() {
+    let bin = script(
+        "abort",
+        &format!(
+            "WSPUSH_TEST_ABORT_HANDOVER_AFTER=1 exec {} \"$@\"",
+            env!("CARGO_BIN_EXE_wspush")
+        ),
+    );
+    let bin_s = bin.to_string_lossy().into_owned();
+    let p = Proc::start(&["--threads", "2", "--upgrade-binary", &bin_s], &[]);
+    let pid = p.pid();
+    let mut s = survivors(&p);
+    let mut ctl = Resp::connect(p.control);
+    // A pipelined client whose later commands are read only after the failure.
+    for k in 0..3 {
+        let payload = format!("#news:{k}#");
+        assert_eq!(ctl.int(&["PUBLISH", "news", payload.as_str()]), 20);
+    }
+    match ctl.cmd(&["UPGRADE"]) {
+        Reply::Error(e) => assert!(e.starts_with("ERR upgrade failed"), "{e}"),
+        other => panic!("UPGRADE answered {other:?}"),
+    }
+    assert_eq!(p.info_u64("upgrades_failed"), 1);
+    assert_eq!(p.info_u64("process_id"), u64::from(pid));
+    check_survivors(&p, &mut ctl, &mut s, 3);
+    let _ = std::fs::remove_file(bin);
+}
