@@ -711,3 +711,171 @@ fn a_new_binary_that_dies_mid_hand_over_leaves_the_old_process_serving_everythin
     check_survivors(&p, &mut ctl, &mut s, 3);
     let _ = std::fs::remove_file(bin);
 }
+
+#[test]
+fn an_upgrade_in_cluster_mode_keeps_the_node_and_its_connections() {
+    use common::redis::{start_node, unique_prefix, RedisServer};
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("upgrade");
+    let url = redis.url();
+    let mut a = Proc::start(
+        &[
+            "--redis",
+            &url,
+            "--node-id",
+            "node-a",
+            "--cluster-prefix",
+            &prefix,
+            "--threads",
+            "2",
+        ],
+        &[],
+    );
+    let b = start_node(std::slice::from_ref(&url), "node-b", &prefix, &[]);
+    let old_pid = a.pid();
+    let both_listed = |ctl: SocketAddr| matches!(Resp::connect(ctl).cmd(&["NODES"]), Reply::Array(n) if n.len() == 2);
+    assert!(wait_until(Duration::from_secs(15), || both_listed(
+        a.control
+    ) && both_listed(
+        b.control
+    )));
+    let channel = format!("{prefix}:room:news");
+    let mut clients: Vec<Client> = (0..20)
+        .map(|i| {
+            let mut c = Client::connect(a.ws, &format!("?user=c{i}&rooms=news"), i % 5 == 0, false);
+            c.rooms = vec!["news".into()];
+            c
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(10), || redis
+        .numsub(&channel)
+        == 1));
+    let mut bctl = b.control();
+    let mut expected = Vec::new();
+    for k in 0..5u64 {
+        let payload = format!("#news:{k}#");
+        assert_eq!(
+            bctl.int(&["PUBLISH", "news", payload.as_str()]),
+            1,
+            "one other node"
+        );
+        expected.push(k);
+    }
+    // A's own publisher runs across the upgrade: exactly once, in order, whatever
+    // Redis echoes back to either process.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let actl = a.control;
+    let publisher = thread::spawn(move || {
+        let mut c = Resp::connect(actl);
+        let mut k = 1000u64;
+        let mut sent = Vec::new();
+        while !stop2.load(Ordering::SeqCst) {
+            let payload = format!("#news:{k}#");
+            let r = c.cmd(&["PUBLISH", "news", payload.as_str()]);
+            sent.push((k, r));
+            k += 1;
+            thread::sleep(Duration::from_millis(10));
+        }
+        sent
+    });
+    // And B publishes across it too: another node's messages, which the old
+    // process receives until the new one is subscribed and hands over, exactly once.
+    let stop3 = stop.clone();
+    let bctl_addr = b.control;
+    let b_publisher = thread::spawn(move || {
+        let mut c = Resp::connect(bctl_addr);
+        let mut k = 2000u64;
+        let mut sent = Vec::new();
+        while !stop3.load(Ordering::SeqCst) {
+            let payload = format!("#news:{k}#");
+            let r = c.cmd(&["PUBLISH", "news", payload.as_str()]);
+            sent.push((k, r));
+            k += 1;
+            thread::sleep(Duration::from_millis(10));
+        }
+        sent
+    });
+    thread::sleep(Duration::from_millis(300));
+    let mut actl2 = Resp::connect(a.control);
+    assert_eq!(actl2.cmd(&["UPGRADE"]), Reply::Simple("OK".into()));
+    let new_pid = wait_for_new_process(&mut a, old_pid);
+    assert!(wait_until(Duration::from_secs(20), || a.exited().is_some()));
+    assert!(a.exited().expect("exited").success());
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let sent = publisher.join().expect("publisher");
+    for (k, r) in &sent {
+        assert_eq!(*r, Reply::Int(20), "PUBLISH #{k}");
+        expected.push(*k);
+    }
+    let from_b: Vec<u64> = b_publisher
+        .join()
+        .expect("B's publisher")
+        .into_iter()
+        .map(|(k, r)| {
+            // Received by node-a's old process, its new one, or both meanwhile.
+            assert!(
+                matches!(r, Reply::Int(1 | 2)),
+                "B's PUBLISH #{k} answered {r:?}"
+            );
+            k
+        })
+        .collect();
+    // The new process subscribed the node's channels; B's pushes reach it again.
+    assert!(wait_until(Duration::from_secs(10), || redis
+        .numsub(&channel)
+        == 1));
+    assert_eq!(a.info_u64("cluster_broker_up"), 1);
+    for k in 5..10u64 {
+        let payload = format!("#news:{k}#");
+        assert_eq!(
+            bctl.int(&["PUBLISH", "news", payload.as_str()]),
+            1,
+            "one other node"
+        );
+        expected.push(k);
+    }
+    // One node-a all along: the same instance carries on — B never sees a second
+    // node-a beside a silent old one, nor counts the room's members twice (a second
+    // presence field).
+    let watch_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < watch_until {
+        if let Reply::Array(n) = bctl.cmd(&["NODES"]) {
+            assert!(n.len() <= 2, "B lists {} nodes", n.len());
+        }
+        if let Reply::Int(n) = bctl.cmd(&["ONLINE", "news"]) {
+            assert!(n <= 20, "B counts {n} members of news");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(wait_until(Duration::from_secs(10), || {
+        matches!(bctl.cmd(&["ONLINE", "news"]), Reply::Int(20))
+            && both_listed(b.control)
+            && both_listed(a.control)
+    }));
+    let total = expected.len() + from_b.len();
+    assert!(wait_until(Duration::from_secs(20), || {
+        clients.iter_mut().all(|c| {
+            c.poll();
+            c.got.len() >= total || c.ended.is_some()
+        })
+    }));
+    thread::sleep(Duration::from_millis(200));
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.poll();
+        assert_eq!(c.ended, None, "connection {i} ended");
+        // Each publisher's messages exactly once and in its order (the two
+        // publishers' messages interleave in no defined order).
+        let ks: Vec<u64> = c.got.iter().map(|(_, k)| *k).collect();
+        let ours: Vec<u64> = ks.iter().copied().filter(|k| *k < 2000).collect();
+        let theirs: Vec<u64> = ks.iter().copied().filter(|k| *k >= 2000).collect();
+        assert_eq!(ours, expected, "connection {i}: B's and A's pushes");
+        assert_eq!(
+            theirs, from_b,
+            "connection {i}: B's pushes during the upgrade"
+        );
+    }
+    assert_eq!(a.info_u64("process_id"), u64::from(new_pid));
+    assert_eq!(a.info_u64("connected_clients"), 20);
+}

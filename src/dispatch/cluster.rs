@@ -65,6 +65,11 @@ impl Dispatcher {
         for ev in inbound.drain(..) {
             match ev {
                 Inbound::Message { channel, payload } => {
+                    // Held while an upgrade hands this node over (handover.rs).
+                    let Some((channel, payload)) = self.hold_broker_message(channel, payload)
+                    else {
+                        continue;
+                    };
                     let Some(cluster) = &mut self.cluster else {
                         break;
                     };
@@ -95,7 +100,7 @@ impl Dispatcher {
     }
 
     /// A message from another node, delivered to this node's connections.
-    fn deliver(&mut self, d: Delivery<'_>) {
+    pub(super) fn deliver(&mut self, d: Delivery<'_>) {
         match d {
             Delivery::Room(room, p) => {
                 self.push(Recipients::Room(room), p, true);

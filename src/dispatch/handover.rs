@@ -27,12 +27,16 @@ use super::client::Client;
 use super::Dispatcher;
 use crate::control::resp::{self, Limits, Parser};
 use crate::handover::format::ClientState;
-use crate::link::handover::{ClientsExport, ReactorExport, ToDispatcher};
+use crate::link::handover::{BrokerMessage, ClientsExport, ReactorExport, ToDispatcher};
 use crate::link::ReactorMsg;
 
 /// `Client::waiting` of a client whose UPGRADE is in progress: no reactor request
 /// ever has this id.
 pub(super) const UPGRADE_WAIT: u64 = u64::MAX;
+
+/// Longest a new process in cluster mode keeps control input waiting for its broker
+/// link; then commands run and answer -TRYAGAIN as on any node whose link is down.
+const WARM_UP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How the dispatcher reaches the upgrade's coordinator, and hears from it.
 pub struct UpgradeLink {
@@ -51,9 +55,29 @@ pub(super) enum State {
         reactors: Sender<ReactorExport>,
         clients: Sender<ClientsExport>,
     },
-    /// Exported: clients are not written to until a thaw.
-    Frozen,
+    /// Exported: clients are not written to until a thaw. Broker messages are held
+    /// (`held`), not routed: the new process delivers them (`forward`, once the
+    /// upgrade has committed), or this one does if it thaws.
+    Frozen {
+        held: Vec<BrokerMessage>,
+        forward: Option<Sender<BrokerMessage>>,
+    },
+    /// New process in cluster mode: control input waits (as it did in the old
+    /// process) until the broker link is up and the old process has forwarded what
+    /// it received after its freeze, or `until`; so no command the old process left
+    /// unread is refused with -TRYAGAIN for a link still connecting, and broker
+    /// messages are delivered once, in order. `own` holds this process's own broker
+    /// messages meanwhile.
+    Warming {
+        until: std::time::Instant,
+        own: Vec<BrokerMessage>,
+        linked: Option<Sender<()>>,
+    },
 }
+
+/// Broker messages held on either side of a hand-over, at most (then dropped and
+/// counted like any message a full reactor queue drops).
+const MAX_HELD_MESSAGES: usize = 1 << 20;
 
 impl State {
     pub fn serving(&self) -> bool {
@@ -61,7 +85,7 @@ impl State {
     }
 
     pub fn frozen(&self) -> bool {
-        matches!(self, State::Frozen)
+        matches!(self, State::Frozen { .. })
     }
 }
 
@@ -97,10 +121,45 @@ impl Dispatcher {
                     }
                 }
                 ToDispatcher::Thaw { error } => self.thaw(&error),
+                ToDispatcher::Forward { tx } => {
+                    if let State::Frozen { held, forward } = &mut self.handover {
+                        for m in held.drain(..) {
+                            let _ = tx.send(m);
+                        }
+                        *forward = Some(tx);
+                    }
+                }
+                ToDispatcher::DropBroker { done } => {
+                    // Its subscriptions end with the connections; nothing is sent
+                    // (no Leaving: the node carries on in the new process).
+                    self.cluster = None;
+                    let _ = done.send(());
+                }
+                ToDispatcher::Forwarding { linked: tx } => {
+                    if let State::Warming { linked, .. } = &mut self.handover {
+                        *linked = Some(tx);
+                    }
+                }
+                ToDispatcher::Forwarded(messages) => self.merge_forwarded(messages),
             }
         }
         if matches!(self.handover, State::Quiescing { .. }) && self.quiet() {
             self.freeze();
+        }
+        if let State::Warming { until, linked, .. } = &mut self.handover {
+            let up = self
+                .cluster
+                .as_ref()
+                .is_none_or(|c| c.ready() && c.linked());
+            if up {
+                if let Some(tx) = linked.take() {
+                    let _ = tx.send(());
+                }
+            }
+            if std::time::Instant::now() >= *until {
+                log::warn!("dispatcher: nothing forwarded by the old process in time (broker link up: {up}); serving");
+                self.merge_forwarded(Vec::new());
+            }
         }
     }
 
@@ -129,6 +188,7 @@ impl Dispatcher {
         let mut export = ClientsExport {
             clients: Vec::new(),
             fds: Vec::new(),
+            cluster: self.cluster.as_ref().map(|c| c.identity()),
         };
         for (_, c) in self.clients.iter() {
             if c.closing || c.eof || c.parser.skipping() {
@@ -150,8 +210,97 @@ impl Dispatcher {
             "dispatcher: frozen; exported {} control clients",
             export.clients.len()
         );
-        self.handover = State::Frozen;
+        self.handover = State::Frozen {
+            held: Vec::new(),
+            forward: None,
+        };
         let _ = clients.send(export);
+    }
+
+    /// A broker message, unless a hand-over holds it (see `State`).
+    pub(super) fn hold_broker_message(
+        &mut self,
+        channel: Vec<u8>,
+        payload: Vec<u8>,
+    ) -> Option<(Vec<u8>, Vec<u8>)> {
+        let held = match &mut self.handover {
+            State::Frozen {
+                forward: Some(tx), ..
+            } => {
+                let _ = tx.send((channel, payload));
+                return None;
+            }
+            State::Frozen { held, .. } => held,
+            State::Warming { own, .. } => own,
+            State::Serving | State::Quiescing { .. } => return Some((channel, payload)),
+        };
+        if held.len() < MAX_HELD_MESSAGES {
+            held.push((channel, payload));
+        } else {
+            self.stats.broker_dropped += 1;
+        }
+        None
+    }
+
+    /// Routes broker messages as they came from Redis.
+    fn route_broker(&mut self, messages: Vec<BrokerMessage>) {
+        let now = std::time::Instant::now();
+        for (channel, payload) in messages {
+            let Some(cluster) = &mut self.cluster else {
+                return;
+            };
+            if let Some(d) = cluster.route(&channel, &payload, now) {
+                self.deliver(d);
+            }
+        }
+    }
+
+    /// New process: delivers what the old one received after its freeze, then its
+    /// own broker messages less those it was forwarded. Each sender's messages come
+    /// through one Redis instance in the order it published them (its sequence
+    /// numbers rise), on both processes' subscriptions alike, so a message of this
+    /// process's own that is at or below the last forwarded one of the same sender
+    /// and instance was forwarded already.
+    fn merge_forwarded(&mut self, forwarded: Vec<BrokerMessage>) {
+        let State::Warming { own, .. } = std::mem::take(&mut self.handover) else {
+            return;
+        };
+        let mut last: std::collections::HashMap<(usize, u64), u64> =
+            std::collections::HashMap::new();
+        if let Some(c) = &self.cluster {
+            for (channel, payload) in &forwarded {
+                if let Some((origin, seq)) = crate::dispatch::broker::wire::order_key(payload) {
+                    let e = last
+                        .entry((c.instance_of_channel(channel), origin))
+                        .or_default();
+                    *e = (*e).max(seq);
+                }
+            }
+        }
+        let n = forwarded.len();
+        self.route_broker(forwarded);
+        let fresh: Vec<BrokerMessage> = match &self.cluster {
+            Some(c) => own
+                .into_iter()
+                .filter(|(channel, payload)| {
+                    match crate::dispatch::broker::wire::order_key(payload) {
+                        Some((origin, seq)) => last
+                            .get(&(c.instance_of_channel(channel), origin))
+                            .is_none_or(|&l| seq > l),
+                        None => true,
+                    }
+                })
+                .collect(),
+            None => own,
+        };
+        log::info!(
+            "dispatcher: {n} broker messages forwarded by the old process, {} of its own after them; serving control clients",
+            fresh.len()
+        );
+        self.route_broker(fresh);
+        self.handover = State::Serving;
+        self.ready.extend(self.clients.iter().map(|(k, _)| k));
+        self.accept();
     }
 
     /// The upgrade failed: serve again, and tell those who asked for it.
@@ -159,6 +308,10 @@ impl Dispatcher {
         let was = std::mem::take(&mut self.handover);
         if !was.serving() {
             log::warn!("dispatcher: upgrade failed ({error}); serving again");
+        }
+        // Broker messages that came while frozen, delivered now, in order.
+        if let State::Frozen { held, .. } = was {
+            self.route_broker(held);
         }
         for r in &self.reactors {
             let _ = r.send(ReactorMsg::Thaw);
@@ -175,6 +328,19 @@ impl Dispatcher {
         // Control connections that came meanwhile wait in the backlog, and their
         // edge is gone.
         self.accept();
+    }
+
+    /// New process, before the dispatcher runs: carries on as the cluster node
+    /// instance the old process was.
+    pub fn adopt_cluster_identity(&mut self, identity: [u64; 3]) {
+        if let Some(c) = &mut self.cluster {
+            c.adopt_identity(identity);
+            self.handover = State::Warming {
+                until: std::time::Instant::now() + WARM_UP,
+                own: Vec::new(),
+                linked: None,
+            };
+        }
     }
 
     /// New process, before the dispatcher runs: takes over control clients (one

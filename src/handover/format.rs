@@ -46,6 +46,14 @@ pub enum Kind {
     Taken = 6,
     /// New → old: the state was refused (reason text); nothing was taken.
     Refused = 7,
+    /// Old → new, cluster mode: the node instance's identity (nonce, sequence,
+    /// epoch candidates).
+    Cluster = 8,
+    /// New → old, cluster mode: the new process's broker link is up.
+    Linked = 9,
+    /// Old → new, cluster mode: the broker messages the old process received after
+    /// its freeze (channel, payload), in order.
+    Forward = 10,
 }
 
 impl Kind {
@@ -58,6 +66,9 @@ impl Kind {
             5 => Kind::End,
             6 => Kind::Taken,
             7 => Kind::Refused,
+            8 => Kind::Cluster,
+            9 => Kind::Linked,
+            10 => Kind::Forward,
             _ => return None,
         })
     }
@@ -385,6 +396,27 @@ pub fn encode_totals(t: Totals) -> Vec<u8> {
     w.0
 }
 
+pub fn encode_identity(id: [u64; 3]) -> Vec<u8> {
+    let mut w = W(Vec::new());
+    for v in id {
+        w.u64(v);
+    }
+    w.0
+}
+
+/// A broker message as Redis delivered it: channel, payload.
+pub type Message = (Vec<u8>, Vec<u8>);
+
+pub fn encode_messages(m: &[Message]) -> Vec<u8> {
+    let mut w = W(Vec::new());
+    w.count(m.len());
+    for (c, p) in m {
+        w.bytes(c);
+        w.bytes(p);
+    }
+    w.0
+}
+
 pub fn encode_u32(v: u32) -> Vec<u8> {
     v.to_be_bytes().to_vec()
 }
@@ -673,6 +705,26 @@ pub fn decode_totals(b: &[u8]) -> Result<Totals, FormatError> {
     Ok(t)
 }
 
+pub fn decode_identity(b: &[u8]) -> Result<[u64; 3], FormatError> {
+    let mut r = R(b);
+    let id = [r.u64()?, r.u64()?, r.u64()?];
+    r.end()?;
+    Ok(id)
+}
+
+pub fn decode_messages(b: &[u8]) -> Result<Vec<Message>, FormatError> {
+    let mut r = R(b);
+    let n = r.count(8)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let c = r.bytes()?.to_vec();
+        let p = r.bytes()?.to_vec();
+        out.push((c, p));
+    }
+    r.end()?;
+    Ok(out)
+}
+
 pub fn decode_u32(b: &[u8]) -> Result<u32, FormatError> {
     let mut r = R(b);
     let v = r.u32()?;
@@ -862,6 +914,8 @@ mod tests {
             let _ = decode_clients(&bytes);
             let _ = decode_listeners(&bytes);
             let _ = decode_totals(&bytes);
+            let _ = decode_identity(&bytes);
+            let _ = decode_messages(&bytes);
         }
 
         #[test]

@@ -56,6 +56,11 @@ const ENV_TEST_ABORT: &str = "WSPUSH_TEST_ABORT_HANDOVER_AFTER";
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight work may take to finish before the freeze gives up.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Cluster mode: how long the old process goes on receiving broker messages once
+/// the new one is subscribed (deliveries already on their way to the old one).
+const FORWARD_GRACE: Duration = Duration::from_millis(100);
+/// Forwarded broker messages per frame.
+const FORWARD_CHUNK: usize = 4096;
 
 /// What the old process starts: the binary and its arguments (this process's own).
 #[derive(Clone)]
@@ -159,8 +164,11 @@ fn upgrade(h: &UpgradeHandle, bin: &NewBinary) -> Result<(u32, u32, u32), String
     };
     let pid = child.child.id();
     match hand_over(h, &sock, pid) {
-        Ok(totals) => {
+        Ok((totals, cluster)) => {
             child.committed = true;
+            if cluster {
+                forward(h, &sock);
+            }
             Ok((pid, totals.conns, totals.clients))
         }
         Err(Failure::Closed) => {
@@ -194,7 +202,7 @@ impl From<String> for Failure {
 }
 
 /// The old process's side of the protocol (module comment), up to the commit point.
-fn hand_over(h: &UpgradeHandle, sock: &UnixStream, pid: u32) -> Result<Totals, Failure> {
+fn hand_over(h: &UpgradeHandle, sock: &UnixStream, pid: u32) -> Result<(Totals, bool), Failure> {
     let _ = sock.set_read_timeout(Some(STEP_TIMEOUT));
     let _ = sock.set_write_timeout(Some(STEP_TIMEOUT));
 
@@ -256,11 +264,15 @@ fn hand_over(h: &UpgradeHandle, sock: &UnixStream, pid: u32) -> Result<Totals, F
             send_frame(sock, Kind::Conns, &format::encode_conns(&batch), fds)?;
         }
     }
+    let cluster = clients.cluster;
     let mut states = clients.clients.into_iter();
     for fds in clients.fds.chunks(MAX_FDS) {
         let batch: Vec<_> = states.by_ref().take(fds.len()).collect();
         totals.clients += batch.len() as u32;
         send_frame(sock, Kind::Clients, &format::encode_clients(&batch), fds)?;
+    }
+    if let Some(id) = cluster {
+        send_frame(sock, Kind::Cluster, &format::encode_identity(id), &[])?;
     }
     send_frame(sock, Kind::End, &format::encode_totals(totals), &[])?;
     // 5. The commit point.
@@ -273,7 +285,7 @@ fn hand_over(h: &UpgradeHandle, sock: &UnixStream, pid: u32) -> Result<Totals, F
                 totals.conns,
                 totals.clients
             );
-            Ok(totals)
+            Ok((totals, cluster.is_some()))
         }
         Kind::Refused => Err(format!(
             "the new process refused the state: {}",
@@ -281,6 +293,96 @@ fn hand_over(h: &UpgradeHandle, sock: &UnixStream, pid: u32) -> Result<Totals, F
         )
         .into()),
         other => Err(format!("pid {pid} answered {other:?}").into()),
+    }
+}
+
+/// Old process, cluster mode, after the commit: keeps its Redis subscriptions until
+/// the new process has its own (`Linked`), plus `FORWARD_GRACE` for messages still
+/// on their way here, and hands it every broker message received since the freeze.
+/// The new process delivers those, then its own less the ones it was handed (see
+/// `dispatch::handover`), so a message another node publishes during the hand-over
+/// is delivered once. Best effort past its bounds: a new process whose broker link
+/// does not come up within `STEP_TIMEOUT` gets what arrived until then.
+fn forward(h: &UpgradeHandle, sock: &UnixStream) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    if h.to_dispatcher.send(ToDispatcher::Forward { tx }).is_err() {
+        return;
+    }
+    let _ = h.dispatcher_waker.wake();
+    match recv_frame(sock) {
+        Ok(f) if f.kind == Kind::Linked => {}
+        Ok(f) => warn!("upgrade: expected Linked, got {:?}", f.kind),
+        Err(e) => warn!("upgrade: waiting for the new process's broker link: {e}"),
+    }
+    std::thread::sleep(FORWARD_GRACE);
+    // Unsubscribed only now, and before the new process counts subscribers for a
+    // PUBLISH reply (it serves once it has what is forwarded).
+    let (dtx, drx) = crossbeam_channel::bounded(1);
+    if h.to_dispatcher
+        .send(ToDispatcher::DropBroker { done: dtx })
+        .is_ok()
+    {
+        let _ = h.dispatcher_waker.wake();
+        let _ = drx.recv_timeout(Duration::from_secs(1));
+    }
+    let messages: Vec<_> = rx.try_iter().collect();
+    info!(
+        "upgrade: forwarding {} broker messages received since the freeze",
+        messages.len()
+    );
+    for chunk in messages.chunks(FORWARD_CHUNK) {
+        if send_frame(sock, Kind::Forward, &format::encode_messages(chunk), &[]).is_err() {
+            return;
+        }
+    }
+    let _ = send_frame(sock, Kind::Forward, &format::encode_messages(&[]), &[]);
+}
+
+/// New process, cluster mode: tells the old one when the broker link is up, then
+/// gives the dispatcher what the old one forwards (see `forward`).
+fn receive_forwarded(sock: UnixStream, server: &Server) {
+    let (ltx, lrx) = crossbeam_channel::bounded(1);
+    let to = server.upgrade.to_dispatcher.clone();
+    let waker = server.upgrade.dispatcher_waker.clone();
+    if to.send(ToDispatcher::Forwarding { linked: ltx }).is_err() {
+        return;
+    }
+    let _ = waker.wake();
+    let spawned = std::thread::Builder::new()
+        .name("upgrade-forward".into())
+        .spawn(move || {
+            let mut all = Vec::new();
+            if lrx.recv_timeout(STEP_TIMEOUT).is_ok()
+                && send_frame(&sock, Kind::Linked, &[], &[]).is_ok()
+            {
+                loop {
+                    match recv_frame(&sock) {
+                        Ok(f) if f.kind == Kind::Forward => {
+                            match format::decode_messages(&f.payload) {
+                                Ok(m) if m.is_empty() => break,
+                                Ok(m) => all.extend(m),
+                                Err(e) => {
+                                    warn!("upgrade: forwarded messages refused: {e}");
+                                    break;
+                                }
+                            }
+                        }
+                        Ok(f) => {
+                            warn!("upgrade: expected Forward, got {:?}", f.kind);
+                            break;
+                        }
+                        Err(e) => {
+                            warn!("upgrade: forwarded messages: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = to.send(ToDispatcher::Forwarded(all));
+            let _ = waker.wake();
+        });
+    if let Err(e) = spawned {
+        warn!("upgrade: cannot start the forwarding thread: {e}");
     }
 }
 
@@ -399,6 +501,7 @@ pub fn take_over(
         .ok()
         .and_then(|v| v.parse().ok());
     let mut taken = Totals::default();
+    let mut cluster = false;
     let mut import = |reactors: &mut [crate::reactor::Reactor],
                       dispatcher: &mut crate::dispatch::Dispatcher|
      -> Result<(), String> {
@@ -424,6 +527,12 @@ pub fn take_over(
                     taken.clients += dispatcher
                         .import_clients(clients, f.fds)
                         .map_err(|e| refuse(&sock, e))? as u32;
+                }
+                Kind::Cluster => {
+                    let id = format::decode_identity(&f.payload)
+                        .map_err(|e| refuse(&sock, e.to_string()))?;
+                    dispatcher.adopt_cluster_identity(id);
+                    cluster = true;
                 }
                 Kind::End => {
                     let want = format::decode_totals(&f.payload)
@@ -451,7 +560,7 @@ pub fn take_over(
             }
         }
     };
-    Server::start_with(
+    let server = Server::start_with(
         cfg,
         max_connections,
         max_handshakes,
@@ -460,5 +569,9 @@ pub fn take_over(
             control,
             import: &mut import,
         }),
-    )
+    )?;
+    if cluster {
+        receive_forwarded(sock, &server);
+    }
+    Ok(server)
 }

@@ -24,6 +24,9 @@ pub struct ReactorExport {
 pub struct ClientsExport {
     pub clients: Vec<ClientState>,
     pub fds: Vec<RawFd>,
+    /// Cluster mode: the node instance's identity (nonce, publish sequence, epoch
+    /// candidates), which the new process carries on.
+    pub cluster: Option<[u64; 3]>,
 }
 
 /// The coordinator's messages to the dispatcher.
@@ -37,7 +40,21 @@ pub enum ToDispatcher {
     /// The upgrade failed: go on as before (reactors too) and answer the clients
     /// that asked for it with this error.
     Thaw { error: String },
+    /// Old process, cluster mode, after the commit: hand the broker messages held
+    /// since the freeze, and those still arriving, to `tx` (for the new process).
+    Forward { tx: Sender<BrokerMessage> },
+    /// Old process, cluster mode, forwarding: close the broker connections (the new
+    /// process is subscribed), then say so on `done`.
+    DropBroker { done: Sender<()> },
+    /// New process, cluster mode: say on `linked` once the broker link is up.
+    Forwarding { linked: Sender<()> },
+    /// New process, cluster mode: what the old process received from the broker
+    /// after its freeze; delivered, then this process's own, without repeats.
+    Forwarded(Vec<BrokerMessage>),
 }
+
+/// A broker message as Redis delivered it: channel, payload.
+pub type BrokerMessage = (Vec<u8>, Vec<u8>);
 
 /// Upgrade counters for INFO. Process-wide statics: one process runs at most one
 /// hand-over at a time, and they describe this process only.

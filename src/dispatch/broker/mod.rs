@@ -665,6 +665,30 @@ impl Cluster {
         }
     }
 
+    /// The broker instance that carries `channel`.
+    pub fn instance_of_channel(&self, channel: &[u8]) -> usize {
+        self.engine.instance_of(channel)
+    }
+
+    /// This node's instance identity — nonce, publish sequence, epoch candidates —
+    /// for the process an upgrade hands the node to.
+    pub fn identity(&self) -> [u64; 3] {
+        [self.nonce, self.seq, self.epochs]
+    }
+
+    /// Carries on as the node instance `identity` names (the process this one took
+    /// over from): other nodes see one node go on, and its messages echoed back are
+    /// recognised as this node's own. The counters jump ahead, so nothing the old
+    /// process sent after it was read (a heartbeat) shares a number with what this
+    /// one sends.
+    pub fn adopt_identity(&mut self, [nonce, seq, epochs]: [u64; 3]) {
+        const AHEAD: u64 = 1 << 20;
+        self.nonce = nonce;
+        self.field = format!("{nonce:016x}").into_bytes();
+        self.seq = seq.saturating_add(AHEAD);
+        self.epochs = epochs.saturating_add(AHEAD);
+    }
+
     fn next_seq(&mut self) -> u64 {
         self.seq += 1;
         self.seq
