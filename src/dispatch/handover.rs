@@ -26,7 +26,7 @@ use mio::{Interest, Token};
 use super::client::Client;
 use super::Dispatcher;
 use crate::control::resp::{self, Limits, Parser};
-use crate::handover::format::ClientState;
+use crate::handover::format::{ClientState, HistoryRoom};
 use crate::link::handover::{BrokerMessage, ClientsExport, ReactorExport, ToDispatcher};
 use crate::link::ReactorMsg;
 
@@ -189,6 +189,21 @@ impl Dispatcher {
             clients: Vec::new(),
             fds: Vec::new(),
             cluster: self.cluster.as_ref().map(|c| c.identity()),
+            // In cluster mode positions and history live in Redis.
+            history: if self.cluster.is_none() {
+                self.history
+                    .export()
+                    .into_iter()
+                    .map(|(name, pos, entries)| HistoryRoom {
+                        name: name.to_string(),
+                        epoch: pos.epoch.to_string(),
+                        offset: pos.offset,
+                        entries: entries.into_iter().map(|(o, p)| (o, p.to_vec())).collect(),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
         };
         for (_, c) in self.clients.iter() {
             if c.closing || c.eof || c.parser.skipping() {
@@ -328,6 +343,25 @@ impl Dispatcher {
         // Control connections that came meanwhile wait in the backlog, and their
         // edge is gone.
         self.accept();
+    }
+
+    /// New process, before the dispatcher runs: takes over rooms' positions and
+    /// retained messages, so `wspush.v1` clients' positions stay valid.
+    pub fn import_history(&mut self, rooms: Vec<HistoryRoom>) -> Result<usize, String> {
+        let now = std::time::Instant::now();
+        let n = rooms.len();
+        for r in rooms {
+            if !crate::names::is_valid_name(r.name.as_bytes()) {
+                return Err("invalid room name in history".into());
+            }
+            let position = crate::history::Position {
+                epoch: r.epoch.into(),
+                offset: r.offset,
+            };
+            let entries = r.entries.into_iter().map(|(o, p)| (o, p.into())).collect();
+            self.history.adopt(&r.name, position, entries, now);
+        }
+        Ok(n)
     }
 
     /// New process, before the dispatcher runs: carries on as the cluster node

@@ -54,6 +54,8 @@ pub enum Kind {
     /// Old → new, cluster mode: the broker messages the old process received after
     /// its freeze (channel, payload), in order.
     Forward = 10,
+    /// Old → new, standalone: rooms' positions and retained messages.
+    History = 11,
 }
 
 impl Kind {
@@ -69,6 +71,7 @@ impl Kind {
             8 => Kind::Cluster,
             9 => Kind::Linked,
             10 => Kind::Forward,
+            11 => Kind::History,
             _ => return None,
         })
     }
@@ -406,6 +409,57 @@ pub fn encode_identity(id: [u64; 3]) -> Vec<u8> {
 
 /// A broker message as Redis delivered it: channel, payload.
 pub type Message = (Vec<u8>, Vec<u8>);
+
+/// One room's position and retained messages (standalone history).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryRoom {
+    pub name: String,
+    pub epoch: String,
+    pub offset: u64,
+    /// (offset, payload), oldest first.
+    pub entries: Vec<(u64, Vec<u8>)>,
+}
+
+pub fn encode_history(rooms: &[HistoryRoom]) -> Vec<u8> {
+    let mut w = W(Vec::new());
+    w.count(rooms.len());
+    for r in rooms {
+        w.bytes(r.name.as_bytes());
+        w.bytes(r.epoch.as_bytes());
+        w.u64(r.offset);
+        w.count(r.entries.len());
+        for (o, p) in &r.entries {
+            w.u64(*o);
+            w.bytes(p);
+        }
+    }
+    w.0
+}
+
+pub fn decode_history(b: &[u8]) -> Result<Vec<HistoryRoom>, FormatError> {
+    let mut r = R(b);
+    let n = r.count(20)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let name = r.name("history room")?;
+        let epoch = r.name("epoch")?;
+        let offset = r.u64()?;
+        let m = r.count(12)?;
+        let mut entries = Vec::with_capacity(m);
+        for _ in 0..m {
+            let o = r.u64()?;
+            entries.push((o, r.bytes()?.to_vec()));
+        }
+        out.push(HistoryRoom {
+            name,
+            epoch,
+            offset,
+            entries,
+        });
+    }
+    r.end()?;
+    Ok(out)
+}
 
 pub fn encode_messages(m: &[Message]) -> Vec<u8> {
     let mut w = W(Vec::new());
@@ -808,6 +862,20 @@ mod tests {
     }
 
     #[test]
+    fn history_and_forwarded_messages_round_trip() {
+        let h = vec![HistoryRoom {
+            name: "news".into(),
+            epoch: "00ab".into(),
+            offset: 42,
+            entries: vec![(41, b"a".to_vec()), (42, b"b".to_vec())],
+        }];
+        assert_eq!(decode_history(&encode_history(&h)), Ok(h));
+        let m = vec![(b"p:room:news".to_vec(), b"\x01\x02".to_vec())];
+        assert_eq!(decode_messages(&encode_messages(&m)), Ok(m));
+        assert_eq!(decode_identity(&encode_identity([1, 2, 3])), Ok([1, 2, 3]));
+    }
+
+    #[test]
     fn refuses_a_version_it_does_not_understand() {
         let mut h = encode_header(Kind::Conns, 2, 10);
         assert_eq!(
@@ -916,6 +984,7 @@ mod tests {
             let _ = decode_totals(&bytes);
             let _ = decode_identity(&bytes);
             let _ = decode_messages(&bytes);
+            let _ = decode_history(&bytes);
         }
 
         #[test]

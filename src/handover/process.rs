@@ -8,10 +8,16 @@
 //!  Hello, Listeners (every listening socket)  ◀── (accepts nothing yet)
 //!  freeze: control input unread, in-flight
 //!  work finished, reactors export
-//!  Conns × (≤ 253 per frame), Clients, End ─▶ rebuilds every connection and client
+//!  Conns × (≤ 253 per frame), History,
+//!  Clients, Cluster, End ─────────────────▶   rebuilds every connection and client
 //!                                        ◀──  Taken            ← the commit point
-//!  MAINPID=new to systemd, exit 0             starts its threads: reads, writes,
-//!                                             accepts, runs the commands that waited
+//!  cluster mode only:                         starts its threads, subscribes; holds
+//!   stays subscribed, keeps broker messages   control input and broker messages
+//!                                        ◀──  Linked (its broker link is up)
+//!   +100 ms, closes its Redis connections,
+//!   Forward × n, Forward (empty) ─────────▶   delivers those, then its own less
+//!                                             repeats; runs the commands that waited
+//!  MAINPID=new to systemd, exit 0             (standalone: at once after Taken)
 //! ```
 //!
 //! The commit point is the new process's `Taken`: it sends it only once every
@@ -61,6 +67,8 @@ const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 const FORWARD_GRACE: Duration = Duration::from_millis(100);
 /// Forwarded broker messages per frame.
 const FORWARD_CHUNK: usize = 4096;
+/// Rooms of history per frame.
+const HISTORY_CHUNK: usize = 1024;
 
 /// What the old process starts: the binary and its arguments (this process's own).
 #[derive(Clone)]
@@ -265,6 +273,9 @@ fn hand_over(h: &UpgradeHandle, sock: &UnixStream, pid: u32) -> Result<(Totals, 
         }
     }
     let cluster = clients.cluster;
+    for rooms in clients.history.chunks(HISTORY_CHUNK) {
+        send_frame(sock, Kind::History, &format::encode_history(rooms), &[])?;
+    }
     let mut states = clients.clients.into_iter();
     for fds in clients.fds.chunks(MAX_FDS) {
         let batch: Vec<_> = states.by_ref().take(fds.len()).collect();
@@ -527,6 +538,13 @@ pub fn take_over(
                     taken.clients += dispatcher
                         .import_clients(clients, f.fds)
                         .map_err(|e| refuse(&sock, e))? as u32;
+                }
+                Kind::History => {
+                    let rooms = format::decode_history(&f.payload)
+                        .map_err(|e| refuse(&sock, e.to_string()))?;
+                    dispatcher
+                        .import_history(rooms)
+                        .map_err(|e| refuse(&sock, e))?;
                 }
                 Kind::Cluster => {
                     let id = format::decode_identity(&f.payload)

@@ -278,6 +278,48 @@ impl History {
         Recovery::Recovered { position, missed }
     }
 
+    /// Every room's state, least recently active first: name, position and retained
+    /// messages (for the process an upgrade hands this one's rooms to).
+    pub fn export(&self) -> Vec<(Arc<str>, Position, Vec<Entry>)> {
+        self.ledger
+            .activity
+            .iter()
+            .filter_map(|slot| {
+                let state = self.rooms.get(&*slot.room)?;
+                (state.stamp == slot.stamp).then(|| {
+                    let entries = state.ring.iter().cloned().collect();
+                    (slot.room.clone(), state.position(), entries)
+                })
+            })
+            .collect()
+    }
+
+    /// Takes over a room's state from the process this one upgrades: its epoch and
+    /// offset, so the positions clients hold stay valid, and its retained messages as
+    /// far as this history's limits keep them. Messages that are not the contiguous
+    /// run ending at the offset (they always are, from `export`) are not kept.
+    pub fn adopt(&mut self, room: &str, position: Position, entries: Vec<Entry>, now: Instant) {
+        let contiguous = entries
+            .iter()
+            .zip(entries.iter().skip(1))
+            .all(|(a, b)| b.0 == a.0.wrapping_add(1))
+            && entries.last().is_none_or(|(o, _)| *o == position.offset);
+        let first = match entries.first() {
+            Some((o, _)) if contiguous => o.saturating_sub(1),
+            _ => position.offset,
+        };
+        {
+            let (_, state) = self.ledger.enter(&mut self.rooms, room, now);
+            state.epoch = position.epoch.clone();
+            state.offset = first;
+        }
+        if contiguous {
+            for (_, payload) in entries {
+                self.append(room, payload, now);
+            }
+        }
+    }
+
     /// The newest `count` retained messages (all if None), oldest first.
     pub fn range(&self, room: &str, count: Option<usize>) -> Option<(Position, Vec<Entry>)> {
         let state = self.rooms.get(room)?;

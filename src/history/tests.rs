@@ -695,3 +695,45 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_adopted_history_keeps_epochs_offsets_and_messages() {
+    let t0 = Instant::now();
+    let mut old = History::new(limits(10, 300, 1 << 20), 1);
+    for i in 0..15 {
+        old.append("news", payload(&format!("m{i}")), t0);
+    }
+    old.position("quiet", t0);
+    let mut new = History::new(limits(10, 300, 1 << 20), 2);
+    for (room, pos, entries) in old.export() {
+        new.adopt(&room, pos, entries, t0);
+    }
+    assert_eq!(new.range("news", None), old.range("news", None));
+    assert_eq!(new.range("quiet", None), old.range("quiet", None));
+    let (pos, _) = old.range("news", None).unwrap();
+    // Recovery from a position the old process gave works on the new one.
+    match new.recover("news", &pos.epoch, 12, 300, t0) {
+        Recovery::Recovered { missed, .. } => assert_eq!(offsets(&missed), vec![13, 14, 15]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(new.append("news", payload("next"), t0).offset, 16);
+}
+
+#[test]
+fn an_adopted_history_that_is_not_contiguous_keeps_only_its_position() {
+    let t0 = Instant::now();
+    let mut h = History::new(limits(10, 300, 1 << 20), 1);
+    let pos = Position {
+        epoch: "00000000000000aa".into(),
+        offset: 9,
+    };
+    h.adopt(
+        "r",
+        pos.clone(),
+        vec![(3, payload("a")), (5, payload("b"))],
+        t0,
+    );
+    let (got, entries) = h.range("r", None).unwrap();
+    assert_eq!(got, pos);
+    assert!(entries.is_empty());
+}

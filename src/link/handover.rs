@@ -27,6 +27,8 @@ pub struct ClientsExport {
     /// Cluster mode: the node instance's identity (nonce, publish sequence, epoch
     /// candidates), which the new process carries on.
     pub cluster: Option<[u64; 3]>,
+    /// Standalone: every room's position and retained messages.
+    pub history: Vec<crate::handover::format::HistoryRoom>,
 }
 
 /// The coordinator's messages to the dispatcher.

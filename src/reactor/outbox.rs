@@ -903,4 +903,32 @@ mod tests {
             prop_assert_eq!([sock.out, rest].concat(), expected);
         }
     }
+
+    #[test]
+    fn a_restored_write_queue_owes_what_the_first_one_did() {
+        let mut q = WriteQueue::default();
+        q.push(Chunk::Push(Arc::from(&b"hello"[..])));
+        q.push(Chunk::Owned(b"!!".to_vec().into_boxed_slice()));
+        q.offset = 2;
+        q.bytes -= 2;
+        let (offset, chunks) = q.parts();
+        let chunks: Vec<(bool, Vec<u8>)> = chunks.map(|(p, b)| (p, b.to_vec())).collect();
+        assert_eq!(offset, 2);
+        assert_eq!(
+            chunks,
+            vec![(true, b"hello".to_vec()), (false, b"!!".to_vec())]
+        );
+        let r = WriteQueue::restore(
+            offset,
+            chunks.into_iter().map(|(p, b)| {
+                if p {
+                    Chunk::Push(Arc::from(b))
+                } else {
+                    Chunk::Owned(b.into_boxed_slice())
+                }
+            }),
+        );
+        assert_eq!(r.bytes(), q.bytes());
+        assert_eq!(r.bytes(), 5);
+    }
 }

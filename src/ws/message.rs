@@ -509,4 +509,73 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_restored_assembler_finishes_what_the_first_one_began() {
+        // A text message in two fragments, the second cut in the middle; the first
+        // assembler stops, the second (restored from its parts) finishes.
+        let mut bytes = frame(false, 1, "hél".as_bytes());
+        bytes.extend(frame(true, 0, "lo wörld".as_bytes()));
+        let cut = bytes.len() - 4;
+        let mut a = Assembler::default();
+        let mut buf = bytes[..cut].to_vec();
+        let (used, item) = a.next(&mut buf, MAX).unwrap();
+        assert!(item.is_none());
+        let mut rest = buf[used..].to_vec();
+        let (used2, item) = a.next(&mut rest, MAX).unwrap();
+        assert!(item.is_none());
+        let mut kept = rest[used2..].to_vec();
+        let parts = a.parts();
+        assert!(parts.scanned > 0 && parts.message == 1);
+        let mut b = Assembler::restore(parts, &kept).unwrap();
+        kept.extend_from_slice(&bytes[cut..]);
+        let (_, item) = b.next(&mut kept, MAX).unwrap();
+        assert_eq!(
+            item.map(|i| describe(&i)),
+            Some("text:hél".to_string() + "lo wörld")
+        );
+    }
+
+    #[test]
+    fn parts_that_do_not_fit_their_bytes_are_refused() {
+        let f = frame(true, 1, b"hello");
+        let bad_scan = AssemblerParts {
+            scanned: 9,
+            message: 0,
+            data: vec![],
+            utf8: vec![],
+        };
+        assert!(Assembler::restore(bad_scan, &f[..5]).is_err());
+        let bad_utf8 = AssemblerParts {
+            scanned: 0,
+            message: 1,
+            data: vec![],
+            utf8: vec![0x80],
+        };
+        assert!(Assembler::restore(bad_utf8, &[]).is_err());
+        let data_without_message = AssemblerParts {
+            scanned: 0,
+            message: 0,
+            data: vec![1],
+            utf8: vec![],
+        };
+        assert!(Assembler::restore(data_without_message, &[]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn restoring_arbitrary_parts_never_panics(
+            scanned in 0usize..64,
+            message in 0u8..4,
+            data in proptest::collection::vec(any::<u8>(), 0..8),
+            utf8 in proptest::collection::vec(any::<u8>(), 0..4),
+            buf in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let parts = AssemblerParts { scanned, message, data, utf8 };
+            if let Ok(mut a) = Assembler::restore(parts, &buf) {
+                let mut b = buf.clone();
+                let _ = a.next(&mut b, MAX);
+            }
+        }
+    }
 }

@@ -359,4 +359,14 @@ mod tests {
             prop_assert_eq!(first_failing_byte(&bytes), expected);
         }
     }
+
+    #[test]
+    fn a_carried_character_start_survives_a_hand_over() {
+        let mut v = Utf8Validator::new();
+        v.feed(&[b'a', 0xe2, 0x82]).unwrap();
+        let mut w = Utf8Validator::with_carry(v.carried()).unwrap();
+        assert!(w.feed(&[0xac]).is_ok() && w.finish().is_ok());
+        assert!(Utf8Validator::with_carry(&[0x80]).is_err());
+        assert!(Utf8Validator::with_carry(b"ab").is_err());
+    }
 }
