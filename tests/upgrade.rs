@@ -894,10 +894,14 @@ fn positions_and_history_survive_an_upgrade() {
     let mut p = Proc::start(&["--threads", "2", "--history-size", "100"], &[]);
     let old_pid = p.pid();
     let mut v1 = Client::connect(p.ws, "?user=v&rooms=news", true, false);
+    // Anonymous connections in no room: the smallest records there are.
+    let mut bare: Vec<Client> = (0..300)
+        .map(|_| Client::connect(p.ws, "", false, false))
+        .collect();
     let mut ctl = Resp::connect(p.control);
     assert!(wait_until(Duration::from_secs(10), || p
         .info_u64("connected_clients")
-        == 1));
+        == 301));
     for k in 0..5 {
         let payload = format!("#news:{k}#");
         assert_eq!(ctl.int(&["PUBLISH", "news", payload.as_str()]), 1);
@@ -950,4 +954,12 @@ fn positions_and_history_survive_an_upgrade() {
     let ks: Vec<u64> = late.got.iter().map(|(_, k)| *k).collect();
     assert_eq!(ks, vec![2, 3, 4, 5, 6, 7]);
     assert_eq!(v1.ended, None);
+    assert_eq!(ctl.int(&["BROADCAST", "#all:0#"]), 302);
+    assert!(wait_until(Duration::from_secs(10), || {
+        bare.iter_mut().all(|c| {
+            c.poll();
+            !c.got.is_empty() || c.ended.is_some()
+        })
+    }));
+    assert!(bare.iter().all(|c| c.ended.is_none()));
 }

@@ -718,8 +718,8 @@ fn read_client(r: &mut R<'_>) -> Result<ClientState, FormatError> {
 pub fn decode_conns(b: &[u8]) -> Result<ConnBatch, FormatError> {
     let mut r = R(b);
     let reactor = r.u16()?;
-    // The smallest record is 26 bytes.
-    let n = r.count(26)?;
+    // The smallest record (no user, room, input or output) is 24 bytes.
+    let n = r.count(24)?;
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
         conns.push(read_conn(&mut r)?);
@@ -839,6 +839,13 @@ mod tests {
         let b = ConnBatch {
             reactor: 3,
             conns: vec![sample(), ConnState::default()],
+        };
+        assert_eq!(decode_conns(&encode_conns(&b)), Ok(b));
+        // A batch of the smallest records (anonymous, idle) is not mistaken for a
+        // truncated one.
+        let b = ConnBatch {
+            reactor: 0,
+            conns: vec![ConnState::default(); 253],
         };
         assert_eq!(decode_conns(&encode_conns(&b)), Ok(b));
     }
