@@ -58,6 +58,8 @@ pub struct UpgradeHandle {
     pub to_dispatcher: crossbeam_channel::Sender<crate::link::handover::ToDispatcher>,
     pub dispatcher_waker: Arc<mio::Waker>,
     pub reactors: usize,
+    /// Set once a coordinator serves `requests` (see `handover::process`).
+    pub available: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Sockets inherited from the process being upgraded, and how to take over its
@@ -479,9 +481,11 @@ impl Server {
             },
         )
         .map_err(StartError::resource("the dispatcher"))?;
+        let upgrade_available = Arc::new(std::sync::atomic::AtomicBool::new(false));
         dispatcher.set_upgrade(crate::dispatch::UpgradeLink {
             requests: upgrade_requests.0.clone(),
             inbox,
+            available: upgrade_available.clone(),
         });
         if let Some(import) = import.as_mut() {
             import(&mut built, &mut dispatcher).map_err(|e| StartError::Resource {
@@ -519,6 +523,7 @@ impl Server {
                 to_dispatcher,
                 dispatcher_waker,
                 reactors: threads,
+                available: upgrade_available,
             },
         })
     }

@@ -457,12 +457,42 @@ fn an_upgrade_keeps_every_connection_and_delivers_every_push_exactly_once_in_ord
         wait_until(Duration::from_secs(10), || p.info_u64("pending_bytes") > 0),
         "no bytes are queued for the slow consumers: the test would not test them"
     );
+    // Half an HTTP upgrade request, finished after the upgrade.
+    let late_token = token(&format!(r#"{{"sub":"late","exp":{exp}}}"#));
+    let late_query = format!("?token={late_token}&rooms=rlate");
+    let mut half: Vec<(TcpStream, Vec<u8>)> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(p.ws).expect("connect");
+            let req = format!(
+                "GET /ws{late_query} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .into_bytes();
+            let cut = req.len() / 2;
+            s.write_all(&req[..cut]).unwrap();
+            (s, req[cut..].to_vec())
+        })
+        .collect();
     let before = p.info();
 
-    // Readers and the publisher run across the upgrade.
+    // Readers and the publisher run across the upgrade, and new clients keep
+    // connecting: none may be refused.
     let stop_pub = Arc::new(AtomicBool::new(false));
     let stop_read = Arc::new(AtomicBool::new(false));
     let publisher = publisher(p.control, rooms.clone(), stop_pub.clone());
+    let connector = {
+        let stop = stop_pub.clone();
+        let (ws, query) = (p.ws, late_query.clone());
+        thread::spawn(move || {
+            let mut late = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                // Client::connect panics unless the answer is a 101.
+                late.push(Client::connect(ws, &query, false, false));
+                thread::sleep(Duration::from_millis(20));
+            }
+            late
+        })
+    };
     let per = clients.len().div_ceil(4);
     let mut readers = Vec::new();
     while !clients.is_empty() {
@@ -486,10 +516,25 @@ fn an_upgrade_keeps_every_connection_and_delivers_every_push_exactly_once_in_ord
     thread::sleep(Duration::from_secs(1));
     stop_pub.store(true, Ordering::SeqCst);
     let sent = publisher.join().expect("publisher");
+    let mut late = connector.join().expect("a connection attempt was refused");
+    assert!(!late.is_empty());
 
     // The half-sent frames are finished on the new process, which answers them.
     for (c, rest) in &mut partial {
         c.send(rest);
+    }
+    // So is the half-sent upgrade request.
+    for (s, rest) in &mut half {
+        s.write_all(rest).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut b).expect("the 101"), 1, "closed before the 101");
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     }
     let mut expected: HashMap<&str, Vec<u64>> = HashMap::new();
     for (room, k, reply) in &sent {
@@ -571,19 +616,31 @@ fn an_upgrade_keeps_every_connection_and_delivers_every_push_exactly_once_in_ord
     for (i, (c, _)) in partial.iter().enumerate() {
         assert_eq!(c.ended, None, "mid-message connection {i} ended");
     }
-    // The counts the old process had, and what the new one says it took.
+    for (i, c) in late.iter_mut().enumerate() {
+        c.poll();
+        assert_eq!(
+            c.ended, None,
+            "connection {i} made during the upgrade ended"
+        );
+    }
+    // The counts the old process had, plus those who connected meanwhile (one user,
+    // one room), and what the new one says it took.
+    let extra = (late.len() + half.len()) as u64;
     let after = p.info();
-    for key in [
-        "connected_clients",
-        "users",
-        "rooms",
-        "room_memberships",
-        "established_slots",
+    let num = |m: &HashMap<String, String>, k: &str| -> u64 { m[k].parse().unwrap() };
+    for (key, more) in [
+        ("connected_clients", extra),
+        ("users", 1),
+        ("rooms", 1),
+        ("room_memberships", extra),
+        ("established_slots", extra),
     ] {
-        assert_eq!(after.get(key), before.get(key), "INFO {key}");
+        assert_eq!(num(&after, key), num(&before, key) + more, "INFO {key}");
     }
     assert_eq!(after["process_id"], new_pid.to_string());
-    assert_eq!(after["upgrade_taken_connections"], total.to_string());
+    // Everything there was at the freeze: at least what was open before, and the
+    // two half-finished upgrade requests.
+    assert!(num(&after, "upgrade_taken_connections") >= (total + half.len()) as u64);
     // The publisher's and this connection were handed over, and still work.
     assert_eq!(ctl.cmd(&["PING"]), Reply::Simple("PONG".into()));
     assert_eq!(after["upgrade_taken_control_clients"], "2");

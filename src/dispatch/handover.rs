@@ -43,6 +43,9 @@ pub struct UpgradeLink {
     /// An upgrade is asked for (`UPGRADE`).
     pub requests: Sender<()>,
     pub inbox: Receiver<ToDispatcher>,
+    /// A coordinator runs (a server started in-process has none: `UPGRADE` is refused
+    /// rather than left waiting).
+    pub available: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Where the dispatcher is in a hand-over.
@@ -98,10 +101,9 @@ impl Dispatcher {
     /// `UPGRADE`: the reply comes when the upgrade ends: `+OK` from the new process,
     /// or `-ERR` from this one.
     pub(super) fn request_upgrade(&mut self, key: usize) {
-        let asked = self
-            .upgrade
-            .as_ref()
-            .is_some_and(|u| u.requests.send(()).is_ok());
+        let asked = self.upgrade.as_ref().is_some_and(|u| {
+            u.available.load(std::sync::atomic::Ordering::SeqCst) && u.requests.send(()).is_ok()
+        });
         let c = &mut self.clients[key];
         if asked {
             c.waiting = Some(UPGRADE_WAIT);

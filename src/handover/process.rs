@@ -94,6 +94,9 @@ impl NewBinary {
 
 /// Runs the coordinator: one upgrade at a time, each time an upgrade is asked for.
 pub fn spawn_coordinator(handle: UpgradeHandle, binary: NewBinary) -> io::Result<()> {
+    handle
+        .available
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     std::thread::Builder::new()
         .name("upgrade".into())
         .spawn(move || {
