@@ -254,6 +254,29 @@ pub struct Config {
     /// client's modules under `/client/`).
     #[arg(long)]
     pub demo: bool,
+
+    /// Log one line per closed WebSocket connection at `info` (target
+    /// `wspush::access`): address, user, rooms, duration, bytes, close code and reason.
+    #[arg(long, help_heading = "Logs and probes")]
+    pub access_log: bool,
+
+    /// `text`: env_logger's lines; `json`: every log line as one JSON object
+    /// (`ts`, `level`, `target`, `msg`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, help_heading = "Logs and probes")]
+    pub log_format: LogFormat,
+
+    /// On SIGTERM/SIGINT, answer `/readyz` with 503 "draining" for this long while
+    /// serving as usual, so balancers stop sending clients before the 1001 closes
+    /// start (0 = close at once).
+    #[arg(long, default_value = "0s", value_parser = parse_duration, help_heading = "Logs and probes")]
+    pub drain_delay: Duration,
+}
+
+/// See [`Config::log_format`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// See [`Config::cluster_order`].

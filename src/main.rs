@@ -11,14 +11,14 @@ use log::{error, info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use wspush::config::Config;
+use wspush::config::{Config, LogFormat};
 use wspush::limits::{self, DescriptorBudget};
 use wspush::reactor::listener::BACKLOG;
 use wspush::server::{Server, StartError};
 
 fn main() -> ExitCode {
     let cfg = Config::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    init_logging(cfg.log_format);
     match run(&cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -79,6 +79,14 @@ fn run(cfg: &Config) -> Result<(), StartError> {
     );
     let _ = std::io::stdout().flush();
     wait_for_signal(signals, &server);
+    if !cfg.drain_delay.is_zero() {
+        server.drain();
+        info!(
+            "draining: /readyz answers 503 for {:?}, then connections are closed (a second signal stops at once)",
+            cfg.drain_delay
+        );
+        std::thread::sleep(cfg.drain_delay);
+    }
     info!(
         "shutting down: closing connections with 1001 (grace {:?})",
         cfg.shutdown_grace
@@ -86,6 +94,24 @@ fn run(cfg: &Config) -> Result<(), StartError> {
     server.shutdown();
     info!("stopped");
     Ok(())
+}
+
+/// env_logger on stderr (`RUST_LOG`, default `info`); with `--log-format json` each
+/// record is one JSON object on one line, its strings escaped by serde_json.
+fn init_logging(format: LogFormat) {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if format == LogFormat::Json {
+        b.format(|buf, record| {
+            let line = serde_json::json!({
+                "ts": buf.timestamp_millis().to_string(),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    b.init();
 }
 
 /// Blocks until SIGINT/SIGTERM. A second signal during the grace period exits at once;

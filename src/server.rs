@@ -39,6 +39,7 @@ pub struct Server {
     pub max_connections: usize,
     reactors: Vec<(ReactorHandle, JoinHandle<()>)>,
     dispatcher: (DispatcherHandle, JoinHandle<()>),
+    liveness: Arc<Liveness>,
 }
 
 /// Why the server did not start. Each variant is one line for the operator.
@@ -331,6 +332,7 @@ impl Server {
 
         let capacity = Arc::new(Capacity::new(max_connections, max_handshakes));
         let liveness = Arc::new(Liveness::new(threads));
+        let server_liveness = liveness.clone();
         let limits = Limits {
             max_conns_per_ip: cfg.max_conns_per_ip,
             rate_per_ip: cfg.handshake_rate_per_ip,
@@ -370,6 +372,7 @@ impl Server {
                 trusted_proxies: cfg.trusted_proxy.clone(),
                 ipv6_prefix: cfg.ipv6_prefix,
                 per_address_limits,
+                access_log: cfg.access_log,
             },
             capacity: capacity.clone(),
             liveness: liveness.clone(),
@@ -436,7 +439,14 @@ impl Server {
             max_connections,
             reactors,
             dispatcher: (dhandle, djoin),
+            liveness: server_liveness,
         })
+    }
+
+    /// The first step of stopping: `/readyz` answers 503 "draining" from now on,
+    /// while everything else goes on serving.
+    pub fn drain(&self) {
+        self.liveness.set_draining();
     }
 
     /// True if a server thread has exited on its own (it should never).

@@ -244,6 +244,10 @@ pub struct Dispatcher {
     history: crate::history::History,
     /// Open `wspush.v1` connections per reactor: with none, no envelope is made.
     v1_online: Vec<u64>,
+    /// When this turn's poll returned: what the commands read in it were received at.
+    turn_started: Instant,
+    /// Per reactor: this turn's batch already carries a latency sample.
+    sampled: Vec<bool>,
 }
 
 impl Dispatcher {
@@ -317,6 +321,8 @@ impl Dispatcher {
                 inbound: Vec::new(),
                 recovering: HashMap::new(),
                 v1_online: vec![0; n],
+                turn_started: Instant::now(),
+                sampled: vec![false; n],
                 history: crate::history::History::new(history_limits, cluster::nonce()),
             },
             handle,
@@ -338,6 +344,7 @@ impl Dispatcher {
             .census
             .liveness
             .guard(self.census.liveness.dispatcher_slot());
+        hold_start_for_tests(&self.stop);
         while !self.stop.load(Ordering::SeqCst) {
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
@@ -350,6 +357,7 @@ impl Dispatcher {
                 .liveness
                 .beat(self.census.liveness.dispatcher_slot());
             let now = Instant::now();
+            self.turn_started = now;
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
@@ -946,6 +954,13 @@ impl Dispatcher {
 
     fn add_to_batch(&mut self, reactor: usize, cmd: link::Command) {
         if let Some(b) = self.batches.get_mut(reactor) {
+            // The first push of a batch carries the push latency sample.
+            if matches!(cmd, link::Command::Push { .. }) && !self.sampled[reactor] {
+                self.sampled[reactor] = true;
+                b.push(link::Command::Sample {
+                    received: self.turn_started,
+                });
+            }
             b.push(cmd);
             self.batch_started.get_or_insert_with(Instant::now);
         }
@@ -964,6 +979,7 @@ impl Dispatcher {
                     continue;
                 }
                 let cmds = std::mem::take(batch);
+                self.sampled[r] = false;
                 let reqs: SmallVec<[u64; 4]> =
                     cmds.iter().filter_map(link::Command::request).collect();
                 self.stats.batches += 1;
@@ -1070,6 +1086,19 @@ impl Dispatcher {
     /// Room memberships over all rooms.
     fn rooms_memberships(&self) -> u64 {
         self.rooms.sum_totals()
+    }
+}
+
+/// Tests only (README, "Operating it"): with `WSPUSH_TEST_HOLD_START=PATH`, the
+/// dispatcher makes its first turn only once PATH does not exist, so a test can see
+/// `/readyz` say "starting" for as long as it needs, with no timing involved.
+fn hold_start_for_tests(stop: &AtomicBool) {
+    let Some(path) = std::env::var_os("WSPUSH_TEST_HOLD_START") else {
+        return;
+    };
+    let path = std::path::Path::new(&path);
+    while path.exists() && !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -1227,7 +1256,9 @@ mod tests {
                     link::Command::Join { req, .. }
                     | link::Command::Leave { req, .. }
                     | link::Command::Kick { req, .. } => Some(*req),
-                    link::Command::Push { .. } | link::Command::Position { .. } => None,
+                    link::Command::Push { .. }
+                    | link::Command::Position { .. }
+                    | link::Command::Sample { .. } => None,
                 }));
             }
             reqs
@@ -1275,10 +1306,19 @@ mod tests {
             rig.d.batches[0].is_empty(),
             "nothing queued for the full reactor"
         );
-        assert_eq!(rig.d.batches[1].len(), 1);
+        let pushes = |b: &Vec<link::Command>| {
+            b.iter()
+                .filter(|c| matches!(c, link::Command::Push { .. }))
+                .count()
+        };
+        assert_eq!(pushes(&rig.d.batches[1]), 1);
         assert_eq!(rig.d.stats.broker_dropped, 1);
         rig.d.push(Recipients::Room("news"), b"y", false);
-        assert_eq!(rig.d.batches[0].len(), 1, "a local push is never dropped");
+        assert_eq!(
+            pushes(&rig.d.batches[0]),
+            1,
+            "a local push is never dropped"
+        );
         assert_eq!(rig.d.stats.broker_dropped, 1);
         assert!(info::render(&rig.d, Some("cluster")).contains("cluster_enabled:0"));
     }
@@ -1300,7 +1340,9 @@ mod tests {
             rig.d.end_turn();
             match rig.reactors[0].try_recv() {
                 Ok(ReactorMsg::Batch(cmds)) => match &cmds[..] {
-                    [link::Command::Push { envelope, .. }] => envelope.is_some(),
+                    [link::Command::Sample { .. }, link::Command::Push { envelope, .. }] => {
+                        envelope.is_some()
+                    }
                     other => panic!("{other:?}"),
                 },
                 other => panic!("{other:?}"),
@@ -1317,6 +1359,34 @@ mod tests {
         rig.d.apply_events();
         rig.d.push(Recipients::Room("news"), b"y", false);
         assert!(envelope_of(&mut rig), "a v1 connection is open");
+    }
+
+    /// Push latency is sampled once per batch: however many pushes a turn sends a
+    /// reactor, its batch carries one `Sample`, ahead of the first push.
+    #[test]
+    fn a_batch_carries_one_latency_sample_ahead_of_its_first_push() {
+        let mut rig = Rig::new(1);
+        rig.events
+            .send(vec![Event::Room {
+                reactor: 0,
+                room: "news".into(),
+                delta: 1,
+            }])
+            .unwrap();
+        rig.d.apply_events();
+        for _ in 0..2 {
+            rig.serve(b"PUBLISH news a\r\nPUBLISH news b\r\nPUBLISH news c\r\n");
+            match rig.reactors[0].try_recv() {
+                Ok(ReactorMsg::Batch(cmds)) => {
+                    assert!(matches!(cmds[0], link::Command::Sample { .. }));
+                    assert_eq!(cmds.len(), 4, "one sample, three pushes");
+                    assert!(cmds[1..]
+                        .iter()
+                        .all(|c| matches!(c, link::Command::Push { .. })));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -1339,7 +1409,7 @@ mod tests {
         assert_eq!(rig.reply_line(), ":1\r\n");
         match rig.reactors[0].try_recv() {
             Ok(ReactorMsg::Batch(cmds)) => assert!(
-                matches!(&cmds[..], [link::Command::Push { target: Target::Room(r), .. }] if &**r == "news")
+                matches!(&cmds[..], [link::Command::Sample { .. }, link::Command::Push { target: Target::Room(r), .. }] if &**r == "news")
             ),
             other => panic!("the push was not sent to the reactor: {other:?}"),
         }

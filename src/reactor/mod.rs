@@ -16,11 +16,18 @@
 //! output      before sleeping: events to the dispatcher, then one writev per dirty
 //!             connection (Redis's beforeSleep), slow consumers
 //! closing     Close frames (one per connection, ever), shutdown, dropping sockets
+//! access      --access-log: one line per closed connection (state only when on)
 //! ```
+//!
+//! Each turn also feeds three histograms (`ReactorStats`): its own busy time, the
+//! push latency of at most one sampled push per dispatcher batch, and the handshake
+//! duration of the connections it upgraded; all observed once the turn's writes are
+//! done, with one clock read.
 //!
 //! A reactor never imports the dispatcher: both speak through `crate::link`.
 
 mod accept;
+mod access;
 pub mod client_msg;
 mod closing;
 mod commands;
@@ -115,6 +122,13 @@ pub struct Reactor {
     positions: positions::Positions,
     /// Open `wspush.v1` connections here.
     v1_conns: u32,
+    /// `--access-log`'s side table; `None` with the flag off.
+    access: Option<access::AccessLog>,
+    /// When the oldest sampled push applied this turn was received by the dispatcher.
+    push_sample: Option<Instant>,
+    /// Accept times of the connections upgraded this turn (their 101 is written at
+    /// the turn's end).
+    upgraded: Vec<Instant>,
 }
 
 impl Reactor {
@@ -134,6 +148,7 @@ impl Reactor {
         let stats = Arc::new(ReactorStats::default());
         let gauges = Arc::new(Gauges::default());
         let timeouts = Timeouts::new(&shared.settings);
+        let access = shared.settings.access_log.then(access::AccessLog::default);
         let handle = ReactorHandle {
             tx,
             waker,
@@ -172,6 +187,9 @@ impl Reactor {
             positions: positions::Positions::default(),
             v1_conns: 0,
             expired: Vec::new(),
+            access,
+            push_sample: None,
+            upgraded: Vec::new(),
         };
         Ok((reactor, handle))
     }
@@ -216,7 +234,8 @@ impl Reactor {
                 return false;
             }
         }
-        self.now = self.clock.now();
+        let started = Instant::now();
+        self.now = self.clock.at(started);
         self.shared.liveness.beat(self.id);
         for ev in events.iter() {
             match ev.token() {
@@ -234,9 +253,25 @@ impl Reactor {
         self.accept_waiting();
         self.run_timers();
         self.before_sleep();
+        self.observe_turn(started);
         match self.shutdown_at {
             Some(deadline) => !(self.conns.is_empty() || self.now >= deadline),
             None => true,
+        }
+    }
+
+    /// Observes the turn's histograms once its writes are done: the turn's own busy
+    /// time, the sampled push, the upgrades.
+    fn observe_turn(&mut self, started: Instant) {
+        let end = Instant::now();
+        let s = &self.stats;
+        s.turn_duration.observe(end - started);
+        if let Some(t) = self.push_sample.take() {
+            s.push_latency.observe(end.saturating_duration_since(t));
+        }
+        for t in self.upgraded.drain(..) {
+            s.handshake_duration
+                .observe(end.saturating_duration_since(t));
         }
     }
 
