@@ -27,7 +27,9 @@ mod client;
 mod cluster;
 pub mod counts;
 mod info;
+mod metrics;
 mod positions;
+mod prom;
 mod setup;
 
 use std::collections::{HashMap, VecDeque};
