@@ -15,6 +15,9 @@ install_debian_package() {
     sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1"
   fi
 }
+if ! command -v curl >/dev/null 2>&1; then
+  install_debian_package curl "tests/http_api.rs drives the HTTP API with curl"
+fi
 if ! command -v redis-cli >/dev/null 2>&1; then
   install_debian_package redis-tools "redis-cli is used by the control-port tests"
 fi

@@ -44,6 +44,16 @@ pub struct Config {
     #[arg(long, default_value = "127.0.0.1:7379")]
     pub control: SocketAddr,
 
+    /// Address of the HTTP listener: the JSON API, /metrics and the dashboard (off
+    /// unless given, e.g. 127.0.0.1:9090). Off loopback it requires --api-key.
+    #[arg(long, env = "WSPUSH_HTTP")]
+    pub http: Option<SocketAddr>,
+
+    /// Key every HTTP API and /metrics request must bear (`Authorization: Bearer
+    /// KEY`).
+    #[arg(long, env = "WSPUSH_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
     /// Password the control port requires (AUTH) before any other command.
     #[arg(long, env = "WSPUSH_CONTROL_PASSWORD", hide_env_values = true)]
     pub control_password: Option<String>,
@@ -347,6 +357,21 @@ impl Config {
         }
         if self.jwt_secret.as_deref() == Some("") {
             return err("--jwt-secret must not be empty");
+        }
+        if self.api_key.as_deref() == Some("") {
+            return err("--api-key must not be empty");
+        }
+        if let Some(a) = self.http {
+            if !a.ip().is_loopback() && self.api_key.is_none() {
+                return Err(ConfigError(format!(
+                    "--http {a} is not a loopback address: set --api-key (or WSPUSH_API_KEY) so that not anyone who reaches it can push"
+                )));
+            }
+            if a.port() != 0 && (a == self.listen || a == self.control) {
+                return Err(ConfigError(format!(
+                    "--http {a} is the address of another listener"
+                )));
+            }
         }
         if self.max_handshakes == Some(0) {
             return err("--max-handshakes must be at least 1");

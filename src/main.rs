@@ -72,10 +72,20 @@ fn run(cfg: &Config) -> Result<(), StartError> {
         "listening: WebSocket ws://{}{} ({} reactors), control port {}; open-file limit {} → up to {} connections",
         server.ws_addr, cfg.path, server.threads, server.control_addr, nofile.soft, server.max_connections
     );
+    if let Some(a) = server.http_addr {
+        info!("HTTP API, /metrics and dashboard on http://{a}/");
+    }
     // One machine-readable line for scripts and tests.
     println!(
-        "wspush ready: ws={} control={} threads={} max_connections={}",
-        server.ws_addr, server.control_addr, server.threads, server.max_connections
+        "wspush ready: ws={} control={} threads={} max_connections={}{}",
+        server.ws_addr,
+        server.control_addr,
+        server.threads,
+        server.max_connections,
+        server
+            .http_addr
+            .map(|a| format!(" http={a}"))
+            .unwrap_or_default()
     );
     let _ = std::io::stdout().flush();
     wait_for_signal(signals, &server);

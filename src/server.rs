@@ -33,6 +33,8 @@ pub struct Server {
     pub ws_addr: SocketAddr,
     /// Where the control port listens.
     pub control_addr: SocketAddr,
+    /// Where the HTTP API listens (`--http`), if it does.
+    pub http_addr: Option<SocketAddr>,
     /// Reactor threads.
     pub threads: usize,
     /// Connections accepted before HTTP 503.
@@ -326,6 +328,21 @@ impl Server {
         let control = std::net::TcpListener::bind(cfg.control).map_err(control_err)?;
         control.set_nonblocking(true).map_err(control_err)?;
         let control_addr = control.local_addr().map_err(control_err)?;
+        let http = match cfg.http {
+            None => None,
+            Some(addr) => {
+                let http_err = |err| StartError::Listen {
+                    flag: "--http",
+                    addr,
+                    err,
+                };
+                let l = std::net::TcpListener::bind(addr).map_err(http_err)?;
+                l.set_nonblocking(true).map_err(http_err)?;
+                let a = l.local_addr().map_err(http_err)?;
+                Some((l, a))
+            }
+        };
+        let http_addr = http.as_ref().map(|(_, a)| *a);
 
         let node_id = node_id(cfg, ws_addr.port())?;
         let cluster = cluster_settings(cfg, &node_id)?;
@@ -401,7 +418,7 @@ impl Server {
         }
         drop(ev_tx);
         let (dispatcher, dhandle) = Dispatcher::new(
-            control,
+            (control, http.map(|(l, _)| l)),
             handles,
             ev_rx,
             (dpoll, dwaker),
@@ -420,6 +437,8 @@ impl Server {
                     memory: cfg.history_memory,
                 },
                 max_recover: cfg.max_recover,
+                http: http_addr,
+                api_key: cfg.api_key.clone(),
             },
             Census {
                 capacity,
@@ -435,6 +454,7 @@ impl Server {
         Ok(Server {
             ws_addr,
             control_addr,
+            http_addr,
             threads,
             max_connections,
             reactors,

@@ -41,6 +41,10 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
         line(&mut out, "reactors", &d.reactors.len());
         line(&mut out, "websocket_listen", &d.settings.listen);
         line(&mut out, "control_listen", &d.settings.control);
+        match d.settings.http {
+            Some(a) => line(&mut out, "http_listen", &a),
+            None => line(&mut out, "http_listen", &"off"),
+        }
         line(&mut out, "max_message", &d.settings.max_message);
         out.push_str("\r\n");
     }
@@ -144,6 +148,14 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
             "control_connections_received",
             &d.stats.control_connections,
         );
+        line(
+            &mut out,
+            "http_connections_received",
+            &d.stats.http_connections,
+        );
+        line(&mut out, "http_requests", &d.stats.http_requests);
+        line(&mut out, "http_errors", &d.stats.http_errors);
+        line(&mut out, "http_unauthorized", &d.stats.http_unauthorized);
         line(&mut out, "reactor_batches", &d.stats.batches);
         line(&mut out, "deliveries", &sum(|s| s.deliveries.load(Relaxed)));
         line(

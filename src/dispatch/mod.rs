@@ -26,6 +26,7 @@ pub mod broker;
 mod client;
 mod cluster;
 pub mod counts;
+pub mod http;
 mod info;
 mod metrics;
 mod positions;
@@ -56,6 +57,7 @@ use client::{Client, MAX_HELD_REPLIES};
 use counts::CountTable;
 
 const LISTENER: Token = Token(usize::MAX - 1);
+const HTTP_LISTENER: Token = Token(usize::MAX - 2);
 const WAKER: Token = Token(usize::MAX);
 /// Stop executing a client's commands while this many reply bytes wait unread.
 const OUTPUT_SOFT_LIMIT: usize = 1 << 20;
@@ -90,6 +92,10 @@ pub struct DispatchSettings {
     pub history: crate::history::Limits,
     /// Most messages replayed per room on recovery (`--max-recover`).
     pub max_recover: usize,
+    /// The HTTP listener's address (`--http`), if any.
+    pub http: Option<SocketAddr>,
+    /// `--api-key`: what HTTP API requests must bear.
+    pub api_key: Option<String>,
 }
 
 /// What cluster mode is started with.
@@ -196,6 +202,22 @@ struct DispatchStats {
     recovery_failures: u64,
     /// Messages replayed to recovering connections.
     replayed: u64,
+    http_connections: u64,
+    http_requests: u64,
+    /// Requests answered with a 4xx or 5xx status.
+    http_errors: u64,
+    /// Requests refused for a missing or wrong API key.
+    http_unauthorized: u64,
+}
+
+/// Where a client's stashed command stands (see `Client::stashed`).
+enum Stash {
+    /// Nothing stashed.
+    None,
+    /// It ran.
+    Ran,
+    /// It must wait (for the broker, a fence, or room in the reactors' queues).
+    Waiting,
 }
 
 /// Token of the first broker connection; the engine owns a few from here.
@@ -204,7 +226,11 @@ const BROKER_BASE: usize = usize::MAX / 2;
 pub struct Dispatcher {
     poll: Poll,
     listener: TcpListener,
+    /// `--http`: the API, metrics and dashboard listener.
+    http_listener: Option<TcpListener>,
     clients: Slab<Client>,
+    /// The HTTP side of the clients that came through `http_listener`, by slab key.
+    http: HashMap<usize, http::HttpConn>,
     next_client_id: u64,
     reactors: Vec<ReactorHandle>,
     events: Receiver<Vec<Event>>,
@@ -254,7 +280,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub fn new(
-        listener: std::net::TcpListener,
+        (listener, http_listener): (std::net::TcpListener, Option<std::net::TcpListener>),
         reactors: Vec<ReactorHandle>,
         events: Receiver<Vec<Event>>,
         (poll, waker): (Poll, Arc<Waker>),
@@ -264,6 +290,15 @@ impl Dispatcher {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let http_listener = match http_listener {
+            Some(l) => {
+                let mut l = TcpListener::from_std(l);
+                poll.registry()
+                    .register(&mut l, HTTP_LISTENER, Interest::READABLE)?;
+                Some(l)
+            }
+            None => None,
+        };
         let n = reactors.len();
         let cluster = settings.cluster.as_ref().map(|c| {
             let nonce = cluster::nonce();
@@ -296,7 +331,9 @@ impl Dispatcher {
             Dispatcher {
                 poll,
                 listener,
+                http_listener,
                 clients: Slab::new(),
+                http: HashMap::new(),
                 next_client_id: 0,
                 reactors,
                 events,
@@ -363,6 +400,7 @@ impl Dispatcher {
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
+                    HTTP_LISTENER => self.accept_http(),
                     WAKER => {}
                     t if t.0 >= BROKER_BASE => {
                         if let Some(c) = &mut self.cluster {
@@ -573,8 +611,40 @@ impl Dispatcher {
         }
     }
 
+    /// Runs client `key`'s stashed command if it may run now.
+    fn run_stashed(&mut self, key: usize) -> Stash {
+        let Some(c) = self.clients.get_mut(key) else {
+            return Stash::Waiting;
+        };
+        if c.stashed.is_none() {
+            return Stash::None;
+        }
+        if c.broker_inflight > 0 {
+            // Resumed when the broker has answered them all.
+            return Stash::Waiting;
+        }
+        if !c.fenced {
+            self.fence(key);
+            return Stash::Waiting;
+        }
+        if self.congested {
+            self.ready.push(key);
+            return Stash::Waiting;
+        }
+        match self.clients[key].stashed.take() {
+            Some(cmd) => {
+                self.execute(key, cmd);
+                Stash::Ran
+            }
+            None => Stash::None,
+        }
+    }
+
     /// Reads what the client sent and runs its commands, unless it must wait.
     fn serve(&mut self, key: usize) {
+        if self.http.contains_key(&key) {
+            return self.serve_http(key);
+        }
         let mut budget = COMMANDS_PER_TURN;
         // Parsed bytes are dropped from the input once, at the end, not per command.
         let mut parsed_upto = 0;
@@ -594,22 +664,14 @@ impl Dispatcher {
                 break;
             }
             if c.stashed.is_some() {
-                if c.broker_inflight > 0 {
-                    // Resumed when the broker has answered them all.
-                    break;
-                }
-                if !c.fenced {
-                    self.fence(key);
-                    break;
-                }
-                if self.congested || budget == 0 {
+                if budget == 0 {
                     self.ready.push(key);
                     break;
                 }
-                let c = &mut self.clients[key];
-                if let Some(cmd) = c.stashed.take() {
-                    budget -= 1;
-                    self.execute(key, cmd);
+                match self.run_stashed(key) {
+                    Stash::Ran => budget -= 1,
+                    Stash::Waiting => break,
+                    Stash::None => {}
                 }
                 continue;
             }
@@ -1007,8 +1069,12 @@ impl Dispatcher {
         keys.extend(
             self.clients
                 .iter()
-                .filter(|(_, c)| {
-                    !c.output.is_empty() || c.closing || c.eof || c.stalled_since.is_some()
+                .filter(|(k, c)| {
+                    !c.output.is_empty()
+                        || c.closing
+                        || c.eof
+                        || c.stalled_since.is_some()
+                        || self.http.get(k).is_some_and(|h| !h.wire.is_empty())
                 })
                 .map(|(k, _)| k),
         );
@@ -1020,6 +1086,9 @@ impl Dispatcher {
     }
 
     fn flush_client(&mut self, key: usize) {
+        if self.http.contains_key(&key) {
+            return self.flush_http(key);
+        }
         let Some(c) = self.clients.get_mut(key) else {
             return;
         };
@@ -1057,6 +1126,7 @@ impl Dispatcher {
     }
 
     fn drop_client(&mut self, key: usize) {
+        self.http.remove(&key);
         if self.clients.contains(key) {
             let c = self.clients.remove(key);
             debug!("control: client {} disconnected", c.id);
@@ -1066,7 +1136,9 @@ impl Dispatcher {
     fn housekeeping(&mut self) {
         if std::mem::take(&mut self.accept_retry) {
             self.accept();
+            self.accept_http();
         }
+        self.http_housekeeping();
         self.expire_history();
         let stalled: Vec<usize> = self
             .clients
@@ -1168,7 +1240,7 @@ mod tests {
             let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
             let (poll, waker) = Dispatcher::poll_and_waker().unwrap();
             let (mut d, _handle) = Dispatcher::new(
-                listener,
+                (listener, None),
                 handles,
                 ev_rx,
                 (poll, waker),
@@ -1187,6 +1259,8 @@ mod tests {
                         memory: 1 << 20,
                     },
                     max_recover: 300,
+                    http: None,
+                    api_key: None,
                 },
                 Census {
                     capacity: Arc::new(crate::link::capacity::Capacity::new(100, 100)),

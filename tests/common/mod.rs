@@ -4,6 +4,7 @@
 //! malformed input.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod redis;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,6 +20,8 @@ pub struct Server {
     child: Option<Child>,
     pub ws: SocketAddr,
     pub control: SocketAddr,
+    /// The HTTP API's address, when started with `--http`.
+    pub http: Option<SocketAddr>,
     pub pid: u32,
 }
 
@@ -58,9 +61,14 @@ impl Server {
                 .expect("address")
         };
         let pid = child.id();
+        let http = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http="))
+            .map(|a| a.parse().expect("http address"));
         Server {
             ws: field("ws="),
             control: field("control="),
+            http,
             child: Some(child),
             pid,
         }
