@@ -384,6 +384,9 @@ impl Dispatcher {
             .liveness
             .guard(self.census.liveness.dispatcher_slot());
         hold_start_for_tests(&self.stop);
+        self.census
+            .liveness
+            .beat(self.census.liveness.dispatcher_slot());
         while !self.stop.load(Ordering::SeqCst) {
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {

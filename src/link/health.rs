@@ -8,8 +8,8 @@
 //! stops sending clients to a process with a dead or stuck thread. A thread that has
 //! not made its first turn yet counts as alive for `STALE_AFTER` after start-up.
 //!
-//! `/readyz` is stricter: also 503 while starting (some thread has not made its first
-//! turn), while draining (after SIGTERM, `--drain-delay`), and while a cluster node's
+//! `/readyz` is stricter: also 503 while starting (some thread has not entered its
+//! loop yet), while draining (after SIGTERM, `--drain-delay`), and while a cluster node's
 //! broker link is down.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};

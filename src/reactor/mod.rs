@@ -198,6 +198,9 @@ impl Reactor {
     pub fn run(mut self) {
         // Marks this reactor dead for /healthz when the loop ends, even by a panic.
         let _alive = self.shared.liveness.guard(self.id);
+        // Up and entering its loop: /readyz stops saying "starting" for it now, not
+        // after its first poll (an idle reactor's first poll can sleep a second).
+        self.shared.liveness.beat(self.id);
         let mut events = Events::with_capacity(1024);
         while self.turn(&mut events) {}
         let left = self.conns.len();
