@@ -42,6 +42,18 @@ fi
 # pinned in tests/clients/package-lock.json; redis-py comes with scripts/pyvenv.sh.
 (cd tests/clients && npm ci --no-audit --no-fund --silent)
 
+# tests/metrics.rs checks /metrics with promtool from Debian's prometheus package: only
+# the binary is extracted under target/ (the package's service is never installed or
+# started). WSPUSH_TEST_PROMTOOL may name another promtool.
+if [ -z "${WSPUSH_TEST_PROMTOOL:-}" ] && [ ! -x target/promtool/usr/bin/promtool ] \
+    && ! command -v promtool >/dev/null 2>&1; then
+  echo "test.sh: extracting promtool from Debian's prometheus package into target/promtool"
+  rm -rf target/promtool && mkdir -p target/promtool
+  (cd target/promtool && { apt-get download prometheus >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get download prometheus; }; } \
+    && dpkg-deb -x prometheus_*.deb . && rm -f prometheus_*.deb)
+fi
+
 # Tokens in the authentication tests are minted by an independent implementation:
 # PyJWT (with `cryptography` for RS256/ES256), in a venv kept under target/.
 WSPUSH_TEST_PYTHON=$(./scripts/pyvenv.sh)

@@ -343,7 +343,27 @@ impl Dispatcher {
             "Connected control-port clients.",
             self.clients.len() as u64,
         );
-        let counters: [(&str, &str, u64); 6] = [
+        let counters: [(&str, &str, u64); 10] = [
+            (
+                "wspush_http_connections_total",
+                "HTTP API connections accepted (--http).",
+                self.stats.http_connections,
+            ),
+            (
+                "wspush_http_requests_total",
+                "HTTP API requests received.",
+                self.stats.http_requests,
+            ),
+            (
+                "wspush_http_errors_total",
+                "HTTP API requests answered with a 4xx or 5xx status.",
+                self.stats.http_errors,
+            ),
+            (
+                "wspush_http_unauthorized_total",
+                "HTTP API requests refused for a missing or wrong API key.",
+                self.stats.http_unauthorized,
+            ),
             (
                 "wspush_control_connections_total",
                 "Control-port connections accepted.",
@@ -447,7 +467,7 @@ impl Dispatcher {
             (
                 "wspush_cluster_subscribed_channels",
                 "Redis channels subscribed.",
-                st.subscribed as u64,
+                st.subscribed,
             ),
             (
                 "wspush_cluster_pending_commands",

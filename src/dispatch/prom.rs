@@ -238,10 +238,11 @@ mod tests {
         /// reads back as the original.
         #[test]
         fn any_label_value_stays_on_one_line_and_reads_back(v in any::<String>()) {
+            const END: &str = "\"} 1\n";
             let t = text(|w| w.sample("m", &[("l", &v)], 1));
-            prop_assert!(t.ends_with("\"} 1\n"));
+            prop_assert!(t.ends_with(END), "{}", t);
             prop_assert_eq!(t.matches('\n').count(), 1);
-            let inner = &t["m{l=\"".len()..t.len() - "\"} 1\n".len()];
+            let inner = &t["m{l=\"".len()..t.len() - END.len()];
             prop_assert_eq!(unescape(inner), Some(v));
         }
 
