@@ -451,6 +451,13 @@ impl Server {
             .name("dispatcher".into())
             .spawn(move || dispatcher.run())
             .map_err(StartError::resource("the dispatcher thread"))?;
+        // A started server has its reactors in their loops, so /readyz does not say
+        // "starting" for a thread the scheduler has not run yet (bounded: a reactor
+        // that never starts is what /healthz reports).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !server_liveness.reactors_started() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         Ok(Server {
             ws_addr,
             control_addr,

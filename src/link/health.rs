@@ -100,6 +100,12 @@ impl Liveness {
         self.draining.store(true, Relaxed);
     }
 
+    /// Every reactor has entered its loop (the dispatcher may not have yet).
+    pub fn reactors_started(&self) -> bool {
+        let last = self.dispatcher_slot();
+        self.beats[..last].iter().all(|b| b.load(Relaxed) != NEVER)
+    }
+
     /// Ok if `/readyz` may say 200; else the first reason it may not.
     pub fn ready(&self) -> Result<(), NotReady> {
         self.check().map_err(NotReady::Unhealthy)?;
@@ -216,7 +222,9 @@ mod tests {
     fn ready_only_once_every_thread_has_turned_and_not_while_draining() {
         let l = Liveness::new(1);
         assert_eq!(l.ready(), Err(NotReady::Starting));
+        assert!(!l.reactors_started());
         l.beat(0);
+        assert!(l.reactors_started());
         assert_eq!(l.ready(), Err(NotReady::Starting), "the dispatcher has not");
         l.beat(l.dispatcher_slot());
         assert_eq!(l.ready(), Ok(()));
