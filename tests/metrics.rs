@@ -270,6 +270,11 @@ fn metrics_count_real_load_and_parse_with_prometheus_client_and_promtool() {
     }
     assert!(closed, "the slow consumer was never closed");
 
+    // A protocol error: an unmasked client frame is closed with 1002.
+    let mut bad = raw_upgrade(server.ws, "");
+    bad.write_all(&[0x81, 0x02, b'h', b'i']).unwrap();
+    assert_eq!(read_close_code(&mut bad), Some(1002));
+
     // A kick, and a client's own close.
     assert_eq!(c.int(&["KICK", "carol", "bye"]), 1);
     assert_eq!(read_close(&mut carol).0, 4000);
@@ -286,6 +291,7 @@ fn metrics_count_real_load_and_parse_with_prometheus_client_and_promtool() {
             && closes.value("wspush_closes_total", &[("reason", "client")]) == 1.0
             && closes.value("wspush_closes_total", &[("reason", "kicked")]) == 1.0
             && closes.value("wspush_closes_total", &[("reason", "slow_consumer")]) == 1.0
+            && closes.value("wspush_closes_total", &[("reason", "protocol_error")]) == 1.0
     });
     assert!(ok, "metrics never matched the load:\n{text}");
     let m = parse(&text);
@@ -305,7 +311,7 @@ fn metrics_count_real_load_and_parse_with_prometheus_client_and_promtool() {
     let hs = family(&m, "wspush_handshakes", "counter");
     assert_eq!(
         hs.value("wspush_handshakes_total", &[("result", "upgraded")]),
-        4.0
+        5.0
     );
     assert_eq!(
         hs.value("wspush_handshakes_total", &[("result", "version")]),
@@ -336,8 +342,8 @@ fn metrics_count_real_load_and_parse_with_prometheus_client_and_promtool() {
     let closes = family(&m, "wspush_closes", "counter");
     assert_eq!(
         closes.sum("wspush_closes_total"),
-        3.0,
-        "client + kicked + slow"
+        4.0,
+        "client + kicked + slow + protocol"
     );
     // A push the dispatcher counted for the slow consumer may reach its reactor
     // after the close began: then it is not delivered.
@@ -354,7 +360,7 @@ fn metrics_count_real_load_and_parse_with_prometheus_client_and_promtool() {
 
     assert_eq!(
         check_histogram(&m, "wspush_handshake_duration_seconds"),
-        4.0,
+        5.0,
         "one per upgraded connection"
     );
     let sampled = check_histogram(&m, "wspush_push_latency_seconds");
