@@ -327,7 +327,10 @@ mod tests {
         let long = vec![b'a'; 2000];
         assert_eq!(parse(&long, LIMITS).map_err(RequestError::status), Err(431));
         let garbage = b"\x16\x03\x01 hello\r\n\r\n";
-        assert_eq!(parse(garbage, LIMITS).map_err(RequestError::status), Err(400));
+        assert_eq!(
+            parse(garbage, LIMITS).map_err(RequestError::status),
+            Err(400)
+        );
         let mut head = b"GET / HTTP/1.1\r\nX: ".to_vec();
         head.extend(vec![b'a'; 2000]);
         assert_eq!(parse(&head, LIMITS).map_err(RequestError::status), Err(431));
