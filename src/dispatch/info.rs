@@ -89,7 +89,12 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
             .map(|r| r.gauges.pending_bytes.load(Relaxed))
             .sum();
         line(&mut out, "pending_bytes", &pending);
-        line(&mut out, "control_clients", &d.clients.len());
+        line(
+            &mut out,
+            "control_clients",
+            &(d.clients.len().saturating_sub(d.http.len())),
+        );
+        line(&mut out, "http_clients", &d.http.len());
         line(&mut out, "users", &d.users.len());
         let grant_sets: u64 = d
             .reactors

@@ -569,6 +569,32 @@ mod tests {
         assert_eq!(render(Shape::Online, &Reply::Simple(b"OK".to_vec())).0, 500);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_requests_never_panic(
+            path in proptest::sample::select(vec![
+                "/", "/metrics", "/api/info", "/api/online", "/api/nodes", "/api/history",
+                "/api/rooms", "/api/publish", "/api/broadcast", "/api/send", "/api/join",
+                "/api/leave", "/api/kick", "/x",
+            ]),
+            method in proptest::sample::select(vec![Method::Get, Method::Head, Method::Post, Method::Other]),
+            json in proptest::bool::ANY,
+            query in proptest::collection::vec(("[a-z]{1,6}", ".{0,8}"), 0..4),
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let r = Request { method, path: path.into(), query, keep_alive: true, authorization: None, json, body };
+            let _ = route(&r, 16);
+        }
+
+        #[test]
+        fn arbitrary_json_bodies_never_panic(body in "\\{(\"(room|user|data|reason|x)\":(\"[a-z]{0,4}\"|[0-9]{1,3}|null|\\[\\]|\\{\\}),?){0,4}\\}") {
+            for path in ["/api/publish", "/api/send", "/api/broadcast", "/api/join", "/api/kick"] {
+                let r = req(Method::Post, path, true, &body);
+                let _ = route(&r, 16);
+            }
+        }
+    }
+
     #[test]
     fn info_text_becomes_sections_of_typed_values() {
         let v = info_json("# Server\r\nreactors:2\r\nname:x\r\n\r\n# Clients\r\nreactor_0:connections=1,sockets=2\r\nratio:0.5\r\n");

@@ -40,7 +40,8 @@ const MAX_HEAD: usize = 16 * 1024;
 const JSON_SLACK: usize = 64 * 1024;
 /// Time to send a whole request once its first byte arrived.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection with no request for this long is closed.
+/// A connection with no request, and no response bytes taken, for this long is
+/// closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What an HTTP connection holds beside its `Client`.
@@ -445,6 +446,7 @@ impl Dispatcher {
                 Ok(0) => break,
                 Ok(n) => {
                     h.wire.drain(..n);
+                    h.last_active = Instant::now();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.writable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -481,7 +483,8 @@ impl Dispatcher {
             }
             if h.started.is_some_and(|t| t.elapsed() >= REQUEST_TIMEOUT) {
                 late.push((key, true));
-            } else if h.wire.is_empty() && h.last_active.elapsed() >= IDLE_TIMEOUT {
+            } else if h.last_active.elapsed() >= IDLE_TIMEOUT {
+                // Idle, or not reading its responses (nothing written for as long).
                 late.push((key, false));
             }
         }
