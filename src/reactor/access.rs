@@ -6,8 +6,10 @@
 //! (one `Entry` per slab slot up to the slab's high-water mark), so `Conn` stays as
 //! small as it is and a server without the flag pays nothing but a `None` check on
 //! the read and write paths. The line is written when the socket is dropped, so it
-//! holds every byte exchanged, the close handshake included. Never blocks (logging
-//! goes to stderr through `log`), never keeps a token or a payload.
+//! holds every byte exchanged, the close handshake included. Its only I/O is the log
+//! record itself, written to stderr by env_logger like every other line (so stderr
+//! must go somewhere that keeps up: a file, journald). Never keeps a token or a
+//! payload.
 
 use std::fmt::Write;
 use std::net::IpAddr;
