@@ -239,7 +239,8 @@ fn readyz_says_starting_until_every_thread_has_turned() {
 
 #[test]
 fn readyz_says_draining_after_sigterm_while_everything_else_goes_on() {
-    let mut server = Server::start(&["--drain-delay", "60s"]);
+    let mut server = Server::start(&["--drain-delay", "60s", "--http", "127.0.0.1:0"]);
+    let mut api = common::http::Http::connect(server.http.expect("--http"));
     // Ready once every thread has made its first turn.
     assert!(wait_until(Duration::from_secs(10), || probe(
         &server, "/readyz"
@@ -260,6 +261,14 @@ fn readyz_says_draining_after_sigterm_while_everything_else_goes_on() {
     );
     assert_eq!(last.1, "not ready: draining\n");
     assert_eq!(probe(&server, "/healthz").0, 200, "alive while draining");
+    // The HTTP listener answers the same probes (without the API key's protection).
+    let r = api.get("/readyz");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (503, "not ready: draining\n")
+    );
+    let r = api.get("/healthz");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
     // Pushes still flow to open connections, and new clients still get in.
     let mut late = ws_connect(&server.url("?rooms=news"));
     let mut c = server.control();

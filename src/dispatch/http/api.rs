@@ -29,6 +29,9 @@ pub enum Route {
     Metrics,
     /// `GET /`: the dashboard page.
     Dashboard,
+    /// `GET /healthz` (liveness) or `/readyz` (readiness, when true), as on the
+    /// WebSocket port.
+    Probe { ready: bool },
 }
 
 /// How a command's reply reads in JSON.
@@ -78,8 +81,9 @@ impl ApiError {
 
 /// Whether the path is one `--api-key` protects: everything but the dashboard
 /// page itself (which asks for the key and sends it with its own calls).
+/// The probes are not protected either: orchestrators call them without secrets.
 pub fn needs_key(path: &str) -> bool {
-    path != "/" && path != "/dashboard"
+    !matches!(path, "/" | "/dashboard" | "/healthz" | "/readyz")
 }
 
 /// Builds a route from a request whose method fits the path.
@@ -92,6 +96,8 @@ pub fn route(req: &Request, max_message: usize) -> Result<Route, ApiError> {
     let (allow, route): (&'static str, Handler) = match path {
         "/" | "/dashboard" => ("GET, HEAD", |_, _| Ok(Route::Dashboard)),
         "/metrics" => ("GET, HEAD", |_, _| Ok(Route::Metrics)),
+        "/healthz" => ("GET, HEAD", |_, _| Ok(Route::Probe { ready: false })),
+        "/readyz" => ("GET, HEAD", |_, _| Ok(Route::Probe { ready: true })),
         "/api/info" => ("GET", |r, _| Ok(Route::Info(param(r, "section")))),
         "/api/online" => ("GET", |r, _| {
             let mut args = vec![b"ONLINE".to_vec()];

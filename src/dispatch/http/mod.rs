@@ -314,6 +314,26 @@ impl Dispatcher {
                 }
                 return;
             }
+            Ok(Route::Probe { ready }) => {
+                let liveness = &self.census.liveness;
+                let verdict = if ready {
+                    liveness.ready().map_err(|why| why.to_string())
+                } else {
+                    liveness.check().map_err(|why| format!("unhealthy: {why}"))
+                };
+                match verdict {
+                    Ok(()) => (
+                        200,
+                        "text/plain",
+                        if ready {
+                            b"ready\n".to_vec()
+                        } else {
+                            b"ok\n".to_vec()
+                        },
+                    ),
+                    Err(why) => (503, "text/plain", format!("{why}\n").into_bytes()),
+                }
+            }
             Ok(Route::Dashboard) => (
                 200,
                 "text/html; charset=utf-8",
