@@ -15,6 +15,9 @@ install_debian_package() {
     sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1"
   fi
 }
+if ! command -v curl >/dev/null 2>&1; then
+  install_debian_package curl "tests/http_api.rs drives the HTTP API with curl"
+fi
 if ! command -v redis-cli >/dev/null 2>&1; then
   install_debian_package redis-tools "redis-cli is used by the control-port tests"
 fi
@@ -38,6 +41,18 @@ fi
 # Mainstream Redis client libraries (tests/redis_clients.rs): ioredis and node-redis,
 # pinned in tests/clients/package-lock.json; redis-py comes with scripts/pyvenv.sh.
 (cd tests/clients && npm ci --no-audit --no-fund --silent)
+
+# tests/metrics.rs checks /metrics with promtool from Debian's prometheus package: only
+# the binary is extracted under target/ (the package's service is never installed or
+# started). WSPUSH_TEST_PROMTOOL may name another promtool.
+if [ -z "${WSPUSH_TEST_PROMTOOL:-}" ] && [ ! -x target/promtool/usr/bin/promtool ] \
+    && ! command -v promtool >/dev/null 2>&1; then
+  echo "test.sh: extracting promtool from Debian's prometheus package into target/promtool"
+  rm -rf target/promtool && mkdir -p target/promtool
+  (cd target/promtool && { apt-get download prometheus >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get download prometheus; }; } \
+    && dpkg-deb -x prometheus_*.deb . && rm -f prometheus_*.deb)
+fi
 
 # Tokens in the authentication tests are minted by an independent implementation:
 # PyJWT (with `cryptography` for RS256/ES256), in a venv kept under target/.

@@ -49,6 +49,16 @@ pub struct Config {
     #[arg(long, default_value = "127.0.0.1:7379")]
     pub control: SocketAddr,
 
+    /// Address of the HTTP listener: the JSON API, /metrics and the dashboard (off
+    /// unless given, e.g. 127.0.0.1:9090). Off loopback it requires --api-key.
+    #[arg(long, env = "WSPUSH_HTTP")]
+    pub http: Option<SocketAddr>,
+
+    /// Key every HTTP API and /metrics request must bear (`Authorization: Bearer
+    /// KEY`).
+    #[arg(long, env = "WSPUSH_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
     /// Password the control port requires (AUTH) before any other command.
     #[arg(long, env = "WSPUSH_CONTROL_PASSWORD", hide_env_values = true)]
     pub control_password: Option<String>,
@@ -259,6 +269,29 @@ pub struct Config {
     /// client's modules under `/client/`).
     #[arg(long)]
     pub demo: bool,
+
+    /// Log one line per closed WebSocket connection at `info` (target
+    /// `wspush::access`): address, user, rooms, duration, bytes, close code and reason.
+    #[arg(long, help_heading = "Logs and probes")]
+    pub access_log: bool,
+
+    /// `text`: env_logger's lines; `json`: every log line as one JSON object
+    /// (`ts`, `level`, `target`, `msg`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, help_heading = "Logs and probes")]
+    pub log_format: LogFormat,
+
+    /// On SIGTERM/SIGINT, answer `/readyz` with 503 "draining" for this long while
+    /// serving as usual, so balancers stop sending clients before the 1001 closes
+    /// start (0 = close at once).
+    #[arg(long, default_value = "0s", value_parser = parse_duration, help_heading = "Logs and probes")]
+    pub drain_delay: Duration,
+}
+
+/// See [`Config::log_format`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// See [`Config::cluster_order`].
@@ -329,6 +362,21 @@ impl Config {
         }
         if self.jwt_secret.as_deref() == Some("") {
             return err("--jwt-secret must not be empty");
+        }
+        if self.api_key.as_deref() == Some("") {
+            return err("--api-key must not be empty");
+        }
+        if let Some(a) = self.http {
+            if !a.ip().is_loopback() && self.api_key.is_none() {
+                return Err(ConfigError(format!(
+                    "--http {a} is not a loopback address: set --api-key (or WSPUSH_API_KEY) so that not anyone who reaches it can push"
+                )));
+            }
+            if a.port() != 0 && (a == self.listen || a == self.control) {
+                return Err(ConfigError(format!(
+                    "--http {a} is the address of another listener"
+                )));
+            }
         }
         if self.max_handshakes == Some(0) {
             return err("--max-handshakes must be at least 1");

@@ -11,7 +11,7 @@ use log::{error, info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR2};
 use signal_hook::iterator::Signals;
 
-use wspush::config::Config;
+use wspush::config::{Config, LogFormat};
 use wspush::handover::process::{self as handover, NewBinary};
 use wspush::limits::{self, DescriptorBudget};
 use wspush::reactor::listener::BACKLOG;
@@ -19,7 +19,7 @@ use wspush::server::{Server, StartError};
 
 fn main() -> ExitCode {
     let cfg = Config::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    init_logging(cfg.log_format);
     match run(&cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -95,14 +95,32 @@ fn run(cfg: &Config) -> Result<(), StartError> {
         "listening: WebSocket ws://{}{} ({} reactors), control port {}; open-file limit {} → up to {} connections",
         server.ws_addr, cfg.path, server.threads, server.control_addr, nofile.soft, server.max_connections
     );
+    if let Some(a) = server.http_addr {
+        info!("HTTP API, /metrics and dashboard on http://{a}/");
+    }
     // One machine-readable line for scripts and tests.
     println!(
-        "wspush ready: ws={} control={} threads={} max_connections={}",
-        server.ws_addr, server.control_addr, server.threads, server.max_connections
+        "wspush ready: ws={} control={} threads={} max_connections={}{}",
+        server.ws_addr,
+        server.control_addr,
+        server.threads,
+        server.max_connections,
+        server
+            .http_addr
+            .map(|a| format!(" http={a}"))
+            .unwrap_or_default()
     );
     let _ = std::io::stdout().flush();
     handover::notify("READY=1");
     wait_for_signal(signals, &server, &upgrade_requests);
+    if !cfg.drain_delay.is_zero() {
+        server.drain();
+        info!(
+            "draining: /readyz answers 503 for {:?}, then connections are closed (a second signal stops at once)",
+            cfg.drain_delay
+        );
+        std::thread::sleep(cfg.drain_delay);
+    }
     info!(
         "shutting down: closing connections with 1001 (grace {:?})",
         cfg.shutdown_grace
@@ -110,6 +128,24 @@ fn run(cfg: &Config) -> Result<(), StartError> {
     server.shutdown();
     info!("stopped");
     Ok(())
+}
+
+/// env_logger on stderr (`RUST_LOG`, default `info`); with `--log-format json` each
+/// record is one JSON object on one line, its strings escaped by serde_json.
+fn init_logging(format: LogFormat) {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if format == LogFormat::Json {
+        b.format(|buf, record| {
+            let line = serde_json::json!({
+                "ts": buf.timestamp_millis().to_string(),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    b.init();
 }
 
 /// Blocks until SIGINT/SIGTERM; SIGUSR2 asks for an upgrade. A second signal during

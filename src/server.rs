@@ -33,6 +33,8 @@ pub struct Server {
     pub ws_addr: SocketAddr,
     /// Where the control port listens.
     pub control_addr: SocketAddr,
+    /// Where the HTTP API listens (`--http`), if it does.
+    pub http_addr: Option<SocketAddr>,
     /// Reactor threads.
     pub threads: usize,
     /// Connections accepted before HTTP 503.
@@ -41,6 +43,7 @@ pub struct Server {
     dispatcher: (DispatcherHandle, JoinHandle<()>),
     /// What an upgrade's coordinator needs of this server.
     pub upgrade: UpgradeHandle,
+    liveness: Arc<Liveness>,
 }
 
 /// How an upgrade reaches a running server: its sockets (borrowed: the reactors and
@@ -50,6 +53,8 @@ pub struct UpgradeHandle {
     /// The WebSocket listening sockets, one per reactor, and the control listener.
     pub ws_fds: Vec<std::os::fd::RawFd>,
     pub control_fd: std::os::fd::RawFd,
+    /// `--http`'s listening socket, if any.
+    pub http_fd: Option<std::os::fd::RawFd>,
     /// Upgrades asked for (SIGUSR2 sends here too; `UPGRADE` from the dispatcher).
     pub requests: (
         crossbeam_channel::Sender<()>,
@@ -69,6 +74,8 @@ pub struct Inherited<'a> {
     pub control: std::net::TcpListener,
     #[allow(clippy::type_complexity)]
     pub import: &'a mut dyn FnMut(&mut [Reactor], &mut Dispatcher) -> Result<(), String>,
+    /// `--http`'s listener, if the old process had one.
+    pub http: Option<std::net::TcpListener>,
 }
 
 /// Why the server did not start. Each variant is one line for the operator.
@@ -356,10 +363,11 @@ impl Server {
             addr: cfg.listen,
             err,
         };
-        let (listeners, control, mut import) = match inherited {
-            Some(i) => (i.ws, Some(i.control), Some(i.import)),
+        let (listeners, control, mut inherited_http, mut import) = match inherited {
+            Some(i) => (i.ws, Some(i.control), i.http, Some(i.import)),
             None => (
                 bind_listeners(cfg.listen, threads, cfg.handshake_timeout).map_err(listen_err)?,
+                None,
                 None,
                 None,
             ),
@@ -382,12 +390,32 @@ impl Server {
         let ws_fds: Vec<_> = listeners.iter().map(|l| l.as_raw_fd()).collect();
         let control_fd = control.as_raw_fd();
         let control_addr = control.local_addr().map_err(control_err)?;
+        let http = match cfg.http {
+            None => None,
+            Some(addr) => {
+                let http_err = |err| StartError::Listen {
+                    flag: "--http",
+                    addr,
+                    err,
+                };
+                let l = match inherited_http.take() {
+                    Some(l) => l,
+                    None => std::net::TcpListener::bind(addr).map_err(http_err)?,
+                };
+                l.set_nonblocking(true).map_err(http_err)?;
+                let a = l.local_addr().map_err(http_err)?;
+                Some((l, a))
+            }
+        };
+        let http_addr = http.as_ref().map(|(_, a)| *a);
+        let http_fd = http.as_ref().map(|(l, _)| l.as_raw_fd());
 
         let node_id = node_id(cfg, ws_addr.port())?;
         let cluster = cluster_settings(cfg, &node_id)?;
 
         let capacity = Arc::new(Capacity::new(max_connections, max_handshakes));
         let liveness = Arc::new(Liveness::new(threads));
+        let server_liveness = liveness.clone();
         let limits = Limits {
             max_conns_per_ip: cfg.max_conns_per_ip,
             rate_per_ip: cfg.handshake_rate_per_ip,
@@ -427,6 +455,7 @@ impl Server {
                 trusted_proxies: cfg.trusted_proxy.clone(),
                 ipv6_prefix: cfg.ipv6_prefix,
                 per_address_limits,
+                access_log: cfg.access_log,
             },
             capacity: capacity.clone(),
             liveness: liveness.clone(),
@@ -454,7 +483,7 @@ impl Server {
         let (to_dispatcher, inbox) = crossbeam_channel::unbounded();
         let dispatcher_waker = dwaker.clone();
         let (mut dispatcher, dhandle) = Dispatcher::new(
-            control,
+            (control, http.map(|(l, _)| l)),
             handles.clone(),
             ev_rx,
             (dpoll, dwaker),
@@ -473,6 +502,8 @@ impl Server {
                     memory: cfg.history_memory,
                 },
                 max_recover: cfg.max_recover,
+                http: http_addr,
+                api_key: cfg.api_key.clone(),
             },
             Census {
                 capacity,
@@ -509,9 +540,17 @@ impl Server {
             .name("dispatcher".into())
             .spawn(move || dispatcher.run())
             .map_err(StartError::resource("the dispatcher thread"))?;
+        // A started server has its reactors in their loops, so /readyz does not say
+        // "starting" for a thread the scheduler has not run yet (bounded: a reactor
+        // that never starts is what /healthz reports).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !server_liveness.reactors_started() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         Ok(Server {
             ws_addr,
             control_addr,
+            http_addr,
             threads,
             max_connections,
             reactors,
@@ -524,8 +563,16 @@ impl Server {
                 dispatcher_waker,
                 reactors: threads,
                 available: upgrade_available,
+                http_fd,
             },
+            liveness: server_liveness,
         })
+    }
+
+    /// The first step of stopping: `/readyz` answers 503 "draining" from now on,
+    /// while everything else goes on serving.
+    pub fn drain(&self) {
+        self.liveness.set_draining();
     }
 
     /// True if a server thread has exited on its own (it should never).

@@ -157,3 +157,44 @@ fn the_demo_page_in_chromium_recovers_after_its_cluster_node_is_killed_and_resta
         "the rejoin missed messages published while B was down"
     );
 }
+
+/// The dashboard (`GET /` on `--http`) in Chromium while a load runs:
+/// `clients/js/e2e/dashboard.mjs` opens 60 WebSocket connections and pushes through
+/// the HTTP API, checks that the page's charts fill and that, once the load stops, the
+/// numbers it shows are /api/info's, and takes a screenshot, which this test keeps in
+/// `target/artifacts/dashboard.png`.
+#[test]
+fn the_dashboard_in_chromium_charts_a_live_load_and_matches_the_api() {
+    assert_browser_installed();
+    let _turn = CHROMIUM.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start(&["--http", "127.0.0.1:0"]);
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/artifacts");
+    std::fs::create_dir_all(&artifacts).expect("create target/artifacts");
+    let shot = artifacts.join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = Command::new("node")
+        .arg("clients/js/e2e/dashboard.mjs")
+        .arg(server.http.expect("--http").to_string())
+        .arg(server.ws.to_string())
+        .arg(&shot)
+        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let v: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("a JSON summary");
+    assert_eq!(v["consoleErrors"], serde_json::json!([]), "{v}");
+    assert_eq!(v["mismatches"], serde_json::json!([]), "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["shown"]["connections"], "60", "{v}");
+    assert_eq!(
+        v["shown"]["roomRows"][0],
+        serde_json::json!(["hot", 30]),
+        "{v}"
+    );
+    assert!(v["published"].as_u64().is_some_and(|n| n > 0), "{v}");
+    let png = std::fs::read(&shot).expect("the screenshot was written");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+}

@@ -1189,3 +1189,41 @@ fn recovery_across_nodes_racing_publishes_has_no_gap_and_no_duplicate() {
         last = o;
     }
 }
+
+/// The HTTP API runs the control port's commands, so in cluster mode it gets the
+/// same cluster-wide counts, the same delivery to other nodes, and the same
+/// `TRYAGAIN` (as 503 with Retry-After) while Redis is down.
+#[test]
+fn the_http_api_publishes_across_nodes_and_answers_503_without_redis() {
+    let mut cluster = Cluster::start("httpapi", 2, 1, &["--http", "127.0.0.1:0"]);
+    let mut on_b = ws_connect(&cluster.nodes[1].url("?user=bob&rooms=news"));
+    cluster.wait_subscribers(&cluster.room_channel("news"), 1);
+    let mut h = common::http::Http::connect(cluster.nodes[0].http.expect("--http"));
+    let r = h.post_json(
+        "/api/publish",
+        &serde_json::json!({"room": "news", "data": "from node-a"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), serde_json::json!({"recipients": 1}));
+    assert_eq!(read_text(&mut on_b), Ok("from node-a".to_string()));
+    let online = wait_until(Duration::from_secs(10), || {
+        h.get("/api/online").json() == serde_json::json!({"online": 1})
+    });
+    assert!(online, "ONLINE over HTTP counts node-b's connection");
+    let nodes = h.get("/api/nodes").json();
+    assert_eq!(nodes["nodes"].as_array().map(Vec::len), Some(2), "{nodes}");
+
+    cluster.redis[0].kill();
+    let down = wait_until(Duration::from_secs(10), || {
+        cluster.nodes[0].info_u64("cluster_broker_up") == 0
+    });
+    assert!(down);
+    let r = h.post_json(
+        "/api/publish",
+        &serde_json::json!({"room": "news", "data": "nowhere"}),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let e = r.json()["error"].as_str().unwrap_or_default().to_string();
+    assert!(e.starts_with("TRYAGAIN broker unavailable"), "{e}");
+}

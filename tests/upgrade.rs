@@ -36,6 +36,8 @@ struct Proc {
     _lines: mpsc::Receiver<String>,
     ws: SocketAddr,
     control: SocketAddr,
+    /// `--http`'s address, if it was asked for.
+    http: Option<SocketAddr>,
     /// Processes to SIGTERM at the end (the upgraded-to one is not our child).
     pids: Arc<Mutex<Vec<u32>>>,
 }
@@ -76,9 +78,14 @@ impl Proc {
                 .expect("address")
         };
         let pids = Arc::new(Mutex::new(vec![child.id()]));
+        let http = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http="))
+            .and_then(|a| a.parse().ok());
         Proc {
             ws: field("ws="),
             control: field("control="),
+            http,
             child: Some(child),
             _lines: lines,
             pids,
@@ -947,8 +954,19 @@ fn json_field(text: &str, key: &str) -> Option<String> {
 }
 
 #[test]
-fn positions_and_history_survive_an_upgrade() {
-    let mut p = Proc::start(&["--threads", "2", "--history-size", "100"], &[]);
+fn positions_history_and_http_clients_survive_an_upgrade() {
+    let mut p = Proc::start(
+        &[
+            "--threads",
+            "2",
+            "--history-size",
+            "100",
+            "--http",
+            "127.0.0.1:0",
+            "--access-log",
+        ],
+        &[],
+    );
     let old_pid = p.pid();
     let mut v1 = Client::connect(p.ws, "?user=v&rooms=news", true, false);
     // Anonymous connections in no room: the smallest records there are.
@@ -975,9 +993,27 @@ fn positions_and_history_survive_an_upgrade() {
     };
     // The `joined` reply: the room's epoch, offset 0.
     let (epoch, _) = envelopes(&v1).first().cloned().expect("joined");
+    // A keep-alive HTTP API connection, used before and after.
+    let mut api = common::http::Http::connect(p.http.expect("http= in the ready line"));
+    let r = api.post_json(
+        "/api/publish",
+        &serde_json::json!({"room": "news", "data": "#news:5#"}),
+    );
+    assert_eq!(
+        (r.status, r.json()),
+        (200, serde_json::json!({"recipients": 1}))
+    );
     assert_eq!(ctl.cmd(&["UPGRADE"]), Reply::Simple("OK".into()));
     wait_for_new_process(&mut p, old_pid);
-    for k in 5..8 {
+    let r = api.post_json(
+        "/api/publish",
+        &serde_json::json!({"room": "news", "data": "#news:6#"}),
+    );
+    assert_eq!(
+        (r.status, r.json()),
+        (200, serde_json::json!({"recipients": 1}))
+    );
+    for k in 7..8 {
         let payload = format!("#news:{k}#");
         assert_eq!(ctl.int(&["PUBLISH", "news", payload.as_str()]), 1);
     }

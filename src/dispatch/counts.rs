@@ -107,6 +107,11 @@ impl CountTable {
         self.table.get(id).map(|(n, c)| (n, c.total()))
     }
 
+    /// Every name with its total.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.table.iter().map(|(n, c)| (&**n, c.total()))
+    }
+
     /// Every name with a count.
     pub fn names(&self) -> impl Iterator<Item = &Arc<str>> {
         self.table.iter().map(|(n, _)| n)

@@ -26,7 +26,7 @@ use mio::{Interest, Token};
 use super::client::Client;
 use super::Dispatcher;
 use crate::control::resp::{self, Limits, Parser};
-use crate::handover::format::{ClientState, HistoryRoom};
+use crate::handover::format::{ClientState, HistoryRoom, CLIENT_HTTP};
 use crate::link::handover::{BrokerMessage, ClientsExport, ReactorExport, ToDispatcher};
 use crate::link::ReactorMsg;
 
@@ -170,6 +170,7 @@ impl Dispatcher {
         self.pending.is_empty()
             && self.broker_waits.is_empty()
             && self.batch_started.is_none()
+            && self.http.values().all(|h| h.idle())
             && self.clients.iter().all(|(_, c)| {
                 c.closing
                     || c.eof
@@ -207,9 +208,17 @@ impl Dispatcher {
                 Vec::new()
             },
         };
-        for (_, c) in self.clients.iter() {
-            if c.closing || c.eof || c.parser.skipping() {
+        for (key, c) in self.clients.iter() {
+            let http = self.http.get(&key);
+            if c.closing || c.eof || (http.is_none() && c.parser.skipping()) {
                 continue;
+            }
+            let mut extra = Vec::new();
+            if let Some(h) = http {
+                let (wire, continued) = h.handover_parts();
+                let mut b = vec![u8::from(continued)];
+                b.extend_from_slice(wire);
+                extra.push((CLIENT_HTTP, b));
             }
             export.clients.push(ClientState {
                 authed: c.authed,
@@ -219,7 +228,7 @@ impl Dispatcher {
                 input: c.input.clone(),
                 output: c.output.clone(),
                 answer_upgrade: c.waiting == Some(UPGRADE_WAIT),
-                extra: Vec::new(),
+                extra,
             });
             export.fds.push(c.stream.as_raw_fd());
         }
@@ -318,6 +327,7 @@ impl Dispatcher {
         self.handover = State::Serving;
         self.ready.extend(self.clients.iter().map(|(k, _)| k));
         self.accept();
+        self.accept_http();
     }
 
     /// The upgrade failed: serve again, and tell those who asked for it.
@@ -342,9 +352,10 @@ impl Dispatcher {
             }
             self.ready.push(key);
         }
-        // Control connections that came meanwhile wait in the backlog, and their
-        // edge is gone.
+        // Control and HTTP connections that came meanwhile wait in the backlog, and
+        // their edge is gone.
         self.accept();
+        self.accept_http();
     }
 
     /// New process, before the dispatcher runs: takes over rooms' positions and
@@ -431,6 +442,20 @@ impl Dispatcher {
             c.output = s.output;
             if s.answer_upgrade {
                 resp::write_simple(c.out(), "OK");
+            }
+            if let Some((_, b)) = s.extra.iter().find(|(t, _)| *t == CLIENT_HTTP) {
+                // An HTTP connection: its `Client` carries no RESP parser limits.
+                c.parser = Parser::new(Limits {
+                    max_bulk: 0,
+                    max_args: 0,
+                });
+                let continued = b.first().is_some_and(|&f| f == 1);
+                let partial = !c.input.is_empty();
+                let wire = b.get(1..).unwrap_or_default().to_vec();
+                self.http.insert(
+                    key,
+                    super::http::HttpConn::adopted(wire, continued, partial),
+                );
             }
             entry.insert(c);
             // Commands read by the old process and not run yet are run first.

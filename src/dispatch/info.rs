@@ -41,6 +41,10 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
         line(&mut out, "reactors", &d.reactors.len());
         line(&mut out, "websocket_listen", &d.settings.listen);
         line(&mut out, "control_listen", &d.settings.control);
+        match d.settings.http {
+            Some(a) => line(&mut out, "http_listen", &a),
+            None => line(&mut out, "http_listen", &"off"),
+        }
         line(&mut out, "max_message", &d.settings.max_message);
         let [started, failed, conns, clients] = crate::link::handover::UPGRADES.snapshot();
         line(&mut out, "upgrades_started", &started);
@@ -90,7 +94,12 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
             .map(|r| r.gauges.pending_bytes.load(Relaxed))
             .sum();
         line(&mut out, "pending_bytes", &pending);
-        line(&mut out, "control_clients", &d.clients.len());
+        line(
+            &mut out,
+            "control_clients",
+            &(d.clients.len().saturating_sub(d.http.len())),
+        );
+        line(&mut out, "http_clients", &d.http.len());
         line(&mut out, "users", &d.users.len());
         let grant_sets: u64 = d
             .reactors
@@ -149,6 +158,14 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
             "control_connections_received",
             &d.stats.control_connections,
         );
+        line(
+            &mut out,
+            "http_connections_received",
+            &d.stats.http_connections,
+        );
+        line(&mut out, "http_requests", &d.stats.http_requests);
+        line(&mut out, "http_errors", &d.stats.http_errors);
+        line(&mut out, "http_unauthorized", &d.stats.http_unauthorized);
         line(&mut out, "reactor_batches", &d.stats.batches);
         line(&mut out, "deliveries", &sum(|s| s.deliveries.load(Relaxed)));
         line(

@@ -27,8 +27,11 @@ mod client;
 mod cluster;
 pub mod counts;
 mod handover;
+pub mod http;
 mod info;
+mod metrics;
 mod positions;
+mod prom;
 mod setup;
 
 use std::collections::{HashMap, VecDeque};
@@ -56,6 +59,7 @@ use counts::CountTable;
 pub use handover::UpgradeLink;
 
 const LISTENER: Token = Token(usize::MAX - 1);
+const HTTP_LISTENER: Token = Token(usize::MAX - 2);
 const WAKER: Token = Token(usize::MAX);
 /// Stop executing a client's commands while this many reply bytes wait unread.
 const OUTPUT_SOFT_LIMIT: usize = 1 << 20;
@@ -90,6 +94,10 @@ pub struct DispatchSettings {
     pub history: crate::history::Limits,
     /// Most messages replayed per room on recovery (`--max-recover`).
     pub max_recover: usize,
+    /// The HTTP listener's address (`--http`), if any.
+    pub http: Option<SocketAddr>,
+    /// `--api-key`: what HTTP API requests must bear.
+    pub api_key: Option<String>,
 }
 
 /// What cluster mode is started with.
@@ -196,6 +204,22 @@ struct DispatchStats {
     recovery_failures: u64,
     /// Messages replayed to recovering connections.
     replayed: u64,
+    http_connections: u64,
+    http_requests: u64,
+    /// Requests answered with a 4xx or 5xx status.
+    http_errors: u64,
+    /// Requests refused for a missing or wrong API key.
+    http_unauthorized: u64,
+}
+
+/// Where a client's stashed command stands (see `Client::stashed`).
+enum Stash {
+    /// Nothing stashed.
+    None,
+    /// It ran.
+    Ran,
+    /// It must wait (for the broker, a fence, or room in the reactors' queues).
+    Waiting,
 }
 
 /// Token of the first broker connection; the engine owns a few from here.
@@ -204,7 +228,11 @@ const BROKER_BASE: usize = usize::MAX / 2;
 pub struct Dispatcher {
     poll: Poll,
     listener: TcpListener,
+    /// `--http`: the API, metrics and dashboard listener.
+    http_listener: Option<TcpListener>,
     clients: Slab<Client>,
+    /// The HTTP side of the clients that came through `http_listener`, by slab key.
+    http: HashMap<usize, http::HttpConn>,
     next_client_id: u64,
     reactors: Vec<ReactorHandle>,
     events: Receiver<Vec<Event>>,
@@ -250,11 +278,15 @@ pub struct Dispatcher {
     upgrade: Option<UpgradeLink>,
     /// Where the dispatcher is in an upgrade's hand-over.
     handover: handover::State,
+    /// When this turn's poll returned: what the commands read in it were received at.
+    turn_started: Instant,
+    /// Per reactor: this turn's batch already carries a latency sample.
+    sampled: Vec<bool>,
 }
 
 impl Dispatcher {
     pub fn new(
-        listener: std::net::TcpListener,
+        (listener, http_listener): (std::net::TcpListener, Option<std::net::TcpListener>),
         reactors: Vec<ReactorHandle>,
         events: Receiver<Vec<Event>>,
         (poll, waker): (Poll, Arc<Waker>),
@@ -264,6 +296,15 @@ impl Dispatcher {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let http_listener = match http_listener {
+            Some(l) => {
+                let mut l = TcpListener::from_std(l);
+                poll.registry()
+                    .register(&mut l, HTTP_LISTENER, Interest::READABLE)?;
+                Some(l)
+            }
+            None => None,
+        };
         let n = reactors.len();
         let cluster = settings.cluster.as_ref().map(|c| {
             let nonce = cluster::nonce();
@@ -296,7 +337,9 @@ impl Dispatcher {
             Dispatcher {
                 poll,
                 listener,
+                http_listener,
                 clients: Slab::new(),
+                http: HashMap::new(),
                 next_client_id: 0,
                 reactors,
                 events,
@@ -325,6 +368,8 @@ impl Dispatcher {
                 v1_online: vec![0; n],
                 upgrade: None,
                 handover: handover::State::default(),
+                turn_started: Instant::now(),
+                sampled: vec![false; n],
                 history: crate::history::History::new(history_limits, cluster::nonce()),
             },
             handle,
@@ -346,6 +391,10 @@ impl Dispatcher {
             .census
             .liveness
             .guard(self.census.liveness.dispatcher_slot());
+        hold_start_for_tests(&self.stop);
+        self.census
+            .liveness
+            .beat(self.census.liveness.dispatcher_slot());
         while !self.stop.load(Ordering::SeqCst) {
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
@@ -358,11 +407,14 @@ impl Dispatcher {
                 .liveness
                 .beat(self.census.liveness.dispatcher_slot());
             let now = Instant::now();
+            self.turn_started = now;
             for ev in events.iter() {
                 match ev.token() {
                     // Frozen for an upgrade: new clients wait in the backlog.
                     LISTENER if !self.handover.serving() => {}
                     LISTENER => self.accept(),
+                    HTTP_LISTENER if !self.handover.serving() => {}
+                    HTTP_LISTENER => self.accept_http(),
                     WAKER => {}
                     t if t.0 >= BROKER_BASE => {
                         if let Some(c) = &mut self.cluster {
@@ -581,8 +633,40 @@ impl Dispatcher {
         }
     }
 
+    /// Runs client `key`'s stashed command if it may run now.
+    fn run_stashed(&mut self, key: usize) -> Stash {
+        let Some(c) = self.clients.get_mut(key) else {
+            return Stash::Waiting;
+        };
+        if c.stashed.is_none() {
+            return Stash::None;
+        }
+        if c.broker_inflight > 0 {
+            // Resumed when the broker has answered them all.
+            return Stash::Waiting;
+        }
+        if !c.fenced {
+            self.fence(key);
+            return Stash::Waiting;
+        }
+        if self.congested {
+            self.ready.push(key);
+            return Stash::Waiting;
+        }
+        match self.clients[key].stashed.take() {
+            Some(cmd) => {
+                self.execute(key, cmd);
+                Stash::Ran
+            }
+            None => Stash::None,
+        }
+    }
+
     /// Reads what the client sent and runs its commands, unless it must wait.
     fn serve(&mut self, key: usize) {
+        if self.http.contains_key(&key) {
+            return self.serve_http(key);
+        }
         let mut budget = COMMANDS_PER_TURN;
         // Parsed bytes are dropped from the input once, at the end, not per command.
         let mut parsed_upto = 0;
@@ -602,22 +686,14 @@ impl Dispatcher {
                 break;
             }
             if c.stashed.is_some() {
-                if c.broker_inflight > 0 {
-                    // Resumed when the broker has answered them all.
-                    break;
-                }
-                if !c.fenced {
-                    self.fence(key);
-                    break;
-                }
-                if self.congested || budget == 0 {
+                if budget == 0 {
                     self.ready.push(key);
                     break;
                 }
-                let c = &mut self.clients[key];
-                if let Some(cmd) = c.stashed.take() {
-                    budget -= 1;
-                    self.execute(key, cmd);
+                match self.run_stashed(key) {
+                    Stash::Ran => budget -= 1,
+                    Stash::Waiting => break,
+                    Stash::None => {}
                 }
                 continue;
             }
@@ -965,6 +1041,13 @@ impl Dispatcher {
 
     fn add_to_batch(&mut self, reactor: usize, cmd: link::Command) {
         if let Some(b) = self.batches.get_mut(reactor) {
+            // The first push of a batch carries the push latency sample.
+            if matches!(cmd, link::Command::Push { .. }) && !self.sampled[reactor] {
+                self.sampled[reactor] = true;
+                b.push(link::Command::Sample {
+                    received: self.turn_started,
+                });
+            }
             b.push(cmd);
             self.batch_started.get_or_insert_with(Instant::now);
         }
@@ -983,6 +1066,7 @@ impl Dispatcher {
                     continue;
                 }
                 let cmds = std::mem::take(batch);
+                self.sampled[r] = false;
                 let reqs: SmallVec<[u64; 4]> =
                     cmds.iter().filter_map(link::Command::request).collect();
                 self.stats.batches += 1;
@@ -1012,8 +1096,12 @@ impl Dispatcher {
         keys.extend(
             self.clients
                 .iter()
-                .filter(|(_, c)| {
-                    !c.output.is_empty() || c.closing || c.eof || c.stalled_since.is_some()
+                .filter(|(k, c)| {
+                    !c.output.is_empty()
+                        || c.closing
+                        || c.eof
+                        || c.stalled_since.is_some()
+                        || self.http.get(k).is_some_and(|h| !h.wire.is_empty())
                 })
                 .map(|(k, _)| k),
         );
@@ -1025,6 +1113,9 @@ impl Dispatcher {
     }
 
     fn flush_client(&mut self, key: usize) {
+        if self.http.contains_key(&key) {
+            return self.flush_http(key);
+        }
         let Some(c) = self.clients.get_mut(key) else {
             return;
         };
@@ -1062,6 +1153,7 @@ impl Dispatcher {
     }
 
     fn drop_client(&mut self, key: usize) {
+        self.http.remove(&key);
         if self.clients.contains(key) {
             let c = self.clients.remove(key);
             debug!("control: client {} disconnected", c.id);
@@ -1071,7 +1163,9 @@ impl Dispatcher {
     fn housekeeping(&mut self) {
         if std::mem::take(&mut self.accept_retry) {
             self.accept();
+            self.accept_http();
         }
+        self.http_housekeeping();
         self.expire_history();
         let stalled: Vec<usize> = self
             .clients
@@ -1093,6 +1187,19 @@ impl Dispatcher {
     /// Room memberships over all rooms.
     fn rooms_memberships(&self) -> u64 {
         self.rooms.sum_totals()
+    }
+}
+
+/// Tests only (README, "Operating it"): with `WSPUSH_TEST_HOLD_START=PATH`, the
+/// dispatcher makes its first turn only once PATH does not exist, so a test can see
+/// `/readyz` say "starting" for as long as it needs, with no timing involved.
+fn hold_start_for_tests(stop: &AtomicBool) {
+    let Some(path) = std::env::var_os("WSPUSH_TEST_HOLD_START") else {
+        return;
+    };
+    let path = std::path::Path::new(&path);
+    while path.exists() && !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -1160,7 +1267,7 @@ mod tests {
             let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
             let (poll, waker) = Dispatcher::poll_and_waker().unwrap();
             let (mut d, _handle) = Dispatcher::new(
-                listener,
+                (listener, None),
                 handles,
                 ev_rx,
                 (poll, waker),
@@ -1179,6 +1286,8 @@ mod tests {
                         memory: 1 << 20,
                     },
                     max_recover: 300,
+                    http: None,
+                    api_key: None,
                 },
                 Census {
                     capacity: Arc::new(crate::link::capacity::Capacity::new(100, 100)),
@@ -1250,7 +1359,9 @@ mod tests {
                     link::Command::Join { req, .. }
                     | link::Command::Leave { req, .. }
                     | link::Command::Kick { req, .. } => Some(*req),
-                    link::Command::Push { .. } | link::Command::Position { .. } => None,
+                    link::Command::Push { .. }
+                    | link::Command::Position { .. }
+                    | link::Command::Sample { .. } => None,
                 }));
             }
             reqs
@@ -1298,10 +1409,19 @@ mod tests {
             rig.d.batches[0].is_empty(),
             "nothing queued for the full reactor"
         );
-        assert_eq!(rig.d.batches[1].len(), 1);
+        let pushes = |b: &Vec<link::Command>| {
+            b.iter()
+                .filter(|c| matches!(c, link::Command::Push { .. }))
+                .count()
+        };
+        assert_eq!(pushes(&rig.d.batches[1]), 1);
         assert_eq!(rig.d.stats.broker_dropped, 1);
         rig.d.push(Recipients::Room("news"), b"y", false);
-        assert_eq!(rig.d.batches[0].len(), 1, "a local push is never dropped");
+        assert_eq!(
+            pushes(&rig.d.batches[0]),
+            1,
+            "a local push is never dropped"
+        );
         assert_eq!(rig.d.stats.broker_dropped, 1);
         assert!(info::render(&rig.d, Some("cluster")).contains("cluster_enabled:0"));
     }
@@ -1323,7 +1443,9 @@ mod tests {
             rig.d.end_turn();
             match rig.reactors[0].try_recv() {
                 Ok(ReactorMsg::Batch(cmds)) => match &cmds[..] {
-                    [link::Command::Push { envelope, .. }] => envelope.is_some(),
+                    [link::Command::Sample { .. }, link::Command::Push { envelope, .. }] => {
+                        envelope.is_some()
+                    }
                     other => panic!("{other:?}"),
                 },
                 other => panic!("{other:?}"),
@@ -1340,6 +1462,34 @@ mod tests {
         rig.d.apply_events();
         rig.d.push(Recipients::Room("news"), b"y", false);
         assert!(envelope_of(&mut rig), "a v1 connection is open");
+    }
+
+    /// Push latency is sampled once per batch: however many pushes a turn sends a
+    /// reactor, its batch carries one `Sample`, ahead of the first push.
+    #[test]
+    fn a_batch_carries_one_latency_sample_ahead_of_its_first_push() {
+        let mut rig = Rig::new(1);
+        rig.events
+            .send(vec![Event::Room {
+                reactor: 0,
+                room: "news".into(),
+                delta: 1,
+            }])
+            .unwrap();
+        rig.d.apply_events();
+        for _ in 0..2 {
+            rig.serve(b"PUBLISH news a\r\nPUBLISH news b\r\nPUBLISH news c\r\n");
+            match rig.reactors[0].try_recv() {
+                Ok(ReactorMsg::Batch(cmds)) => {
+                    assert!(matches!(cmds[0], link::Command::Sample { .. }));
+                    assert_eq!(cmds.len(), 4, "one sample, three pushes");
+                    assert!(cmds[1..]
+                        .iter()
+                        .all(|c| matches!(c, link::Command::Push { .. })));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -1362,7 +1512,7 @@ mod tests {
         assert_eq!(rig.reply_line(), ":1\r\n");
         match rig.reactors[0].try_recv() {
             Ok(ReactorMsg::Batch(cmds)) => assert!(
-                matches!(&cmds[..], [link::Command::Push { target: Target::Room(r), .. }] if &**r == "news")
+                matches!(&cmds[..], [link::Command::Sample { .. }, link::Command::Push { target: Target::Room(r), .. }] if &**r == "news")
             ),
             other => panic!("the push was not sent to the reactor: {other:?}"),
         }

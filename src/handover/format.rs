@@ -28,6 +28,57 @@ pub const HEADER_LEN: usize = 4 + 2 + 1 + 2 + 4;
 pub const MAX_PAYLOAD: usize = 1 << 30;
 /// An `extra` tag with this bit set must be understood by the receiver.
 pub const MUST_UNDERSTAND: u16 = 0x8000;
+/// Client field: the client came through `--http` (an HTTP connection, not RESP):
+/// `continued` (1 byte) then its unwritten response bytes.
+pub const CLIENT_HTTP: u16 = MUST_UNDERSTAND | 1;
+/// Connection field: `--access-log`'s record (see `AccessState`); skippable.
+pub const CONN_ACCESS: u16 = 1;
+
+/// The optional fields this build knows, which a record may carry even when marked
+/// must-understand.
+const KNOWN: [u16; 2] = [CLIENT_HTTP, CONN_ACCESS];
+
+/// `--access-log`'s record of a connection, carried in `CONN_ACCESS`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccessState {
+    /// Milliseconds since the socket was accepted.
+    pub age_ms: u64,
+    pub opened: bool,
+    pub addr: Option<IpAddr>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub code: u16,
+    pub reason: Option<String>,
+}
+
+impl AccessState {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = W(Vec::new());
+        w.u64(self.age_ms);
+        w.u8(u8::from(self.opened));
+        w.opt(&self.addr, |w, a| w.ip(a));
+        w.u64(self.bytes_in);
+        w.u64(self.bytes_out);
+        w.u16(self.code);
+        w.opt(&self.reason, |w, r| w.bytes(r.as_bytes()));
+        w.0
+    }
+
+    pub fn decode(b: &[u8]) -> Result<AccessState, FormatError> {
+        let mut r = R(b);
+        let s = AccessState {
+            age_ms: r.u64()?,
+            opened: r.bool("opened")?,
+            addr: r.opt("addr", |r| r.ip())?,
+            bytes_in: r.u64()?,
+            bytes_out: r.u64()?,
+            code: r.u16()?,
+            reason: r.opt("reason", |r| r.name("close reason"))?,
+        };
+        r.end()?;
+        Ok(s)
+    }
+}
 
 /// What a frame is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -387,9 +438,12 @@ pub fn encode_clients(clients: &[ClientState]) -> Vec<u8> {
 }
 
 /// `Listeners`: how many of its descriptors are WebSocket listeners (the control
-/// listener follows them).
-pub fn encode_listeners(ws: u16) -> Vec<u8> {
-    ws.to_be_bytes().to_vec()
+/// listener follows them, then `--http`'s if `http`).
+pub fn encode_listeners(ws: u16, http: bool) -> Vec<u8> {
+    let mut w = W(Vec::new());
+    w.u16(ws);
+    w.u8(u8::from(http));
+    w.0
 }
 
 pub fn encode_totals(t: Totals) -> Vec<u8> {
@@ -667,7 +721,10 @@ fn read_conn(r: &mut R<'_>) -> Result<ConnState, FormatError> {
         Ok(OutputState { offset, chunks })
     })?;
     let extra = r.extra()?;
-    if let Some(&(tag, _)) = extra.iter().find(|(t, _)| t & MUST_UNDERSTAND != 0) {
+    if let Some(&(tag, _)) = extra
+        .iter()
+        .find(|(t, _)| t & MUST_UNDERSTAND != 0 && !KNOWN.contains(t))
+    {
         return Err(FormatError::UnknownRequired(tag));
     }
     Ok(ConnState {
@@ -700,7 +757,10 @@ fn read_client(r: &mut R<'_>) -> Result<ClientState, FormatError> {
     let output = r.bytes()?.to_vec();
     let answer_upgrade = r.bool("answer_upgrade")?;
     let extra = r.extra()?;
-    if let Some(&(tag, _)) = extra.iter().find(|(t, _)| t & MUST_UNDERSTAND != 0) {
+    if let Some(&(tag, _)) = extra
+        .iter()
+        .find(|(t, _)| t & MUST_UNDERSTAND != 0 && !KNOWN.contains(t))
+    {
         return Err(FormatError::UnknownRequired(tag));
     }
     Ok(ClientState {
@@ -739,14 +799,15 @@ pub fn decode_clients(b: &[u8]) -> Result<Vec<ClientState>, FormatError> {
     Ok(out)
 }
 
-pub fn decode_listeners(b: &[u8]) -> Result<u16, FormatError> {
+pub fn decode_listeners(b: &[u8]) -> Result<(u16, bool), FormatError> {
     let mut r = R(b);
     let n = r.u16()?;
+    let http = r.bool("http listener")?;
     r.end()?;
     if n == 0 {
         return Err(FormatError::Invalid("listener count"));
     }
-    Ok(n)
+    Ok((n, http))
 }
 
 pub fn decode_totals(b: &[u8]) -> Result<Totals, FormatError> {
@@ -992,6 +1053,7 @@ mod tests {
             let _ = decode_identity(&bytes);
             let _ = decode_messages(&bytes);
             let _ = decode_history(&bytes);
+            let _ = AccessState::decode(&bytes);
         }
 
         #[test]

@@ -232,10 +232,11 @@ fn hand_over(h: &UpgradeHandle, sock: &UnixStream, pid: u32) -> Result<(Totals, 
     //    connection attempt is refused at any moment.
     let mut lfds: Vec<RawFd> = h.ws_fds.clone();
     lfds.push(h.control_fd);
+    lfds.extend(h.http_fd);
     send_frame(
         sock,
         Kind::Listeners,
-        &format::encode_listeners(h.ws_fds.len() as u16),
+        &format::encode_listeners(h.ws_fds.len() as u16, h.http_fd.is_some()),
         &lfds,
     )?;
     // 3. Freeze and export.
@@ -493,9 +494,10 @@ pub fn take_over(
     };
     expect(&sock, Kind::Hello).map_err(fail)?;
     let listeners = expect(&sock, Kind::Listeners).map_err(fail)?;
-    let ws_count = format::decode_listeners(&listeners.payload)
-        .map_err(|e| fail(refuse(&sock, e.to_string())))? as usize;
-    if listeners.fds.len() != ws_count + 1 {
+    let (ws_count, has_http) = format::decode_listeners(&listeners.payload)
+        .map_err(|e| fail(refuse(&sock, e.to_string())))?;
+    let ws_count = ws_count as usize;
+    if listeners.fds.len() != ws_count + 1 + usize::from(has_http) {
         return Err(fail(refuse(
             &sock,
             "listener descriptors do not match".into(),
@@ -511,6 +513,7 @@ pub fn take_over(
         .next()
         .map(std::net::TcpListener::from)
         .ok_or_else(|| fail("no control listener".into()))?;
+    let http = fds.next().map(std::net::TcpListener::from);
     let abort_after: Option<usize> = std::env::var(ENV_TEST_ABORT)
         .ok()
         .and_then(|v| v.parse().ok());
@@ -589,6 +592,7 @@ pub fn take_over(
             ws,
             control,
             import: &mut import,
+            http,
         }),
     )?;
     if cluster {

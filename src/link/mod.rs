@@ -3,14 +3,16 @@
 //!
 //! `reactor` and `dispatch` never import each other: both import this module. It holds
 //! the commands the dispatcher sends (`ReactorMsg`), the events reactors send back
-//! (`Event`), the handles each side uses to reach the other, the counters reactors
-//! publish for INFO (`stats`), the process-wide admission counts (`capacity`) and the
-//! threads' heartbeats behind `/healthz` (`health`), and the per-address limits
-//! (`peers`). No I/O here, and no lock but the handshake-time shard locks of `peers`.
+//! (`Event`), the handles each side uses to reach the other, the counters and
+//! histograms reactors publish for INFO and `/metrics` (`stats`, `histogram`), the
+//! process-wide admission counts (`capacity`), the threads' heartbeats behind
+//! `/healthz` and `/readyz` (`health`), and the per-address limits (`peers`). No I/O
+//! here, and no lock but the handshake-time shard locks of `peers`.
 
 pub mod capacity;
 pub mod handover;
 pub mod health;
+pub mod histogram;
 pub mod peers;
 pub mod stats;
 
@@ -76,6 +78,10 @@ pub enum Command {
         user: Arc<str>,
         frame: Arc<[u8]>,
     },
+    /// The pushes after this in the batch were received by the dispatcher at
+    /// `received`: the reactor observes the push latency from it once their frames
+    /// are written. At most one per batch, so sampling costs nothing per delivery.
+    Sample { received: std::time::Instant },
 }
 
 impl Command {
@@ -85,7 +91,7 @@ impl Command {
             Command::Join { req, .. } | Command::Leave { req, .. } | Command::Kick { req, .. } => {
                 Some(*req)
             }
-            Command::Push { .. } | Command::Position { .. } => None,
+            Command::Push { .. } | Command::Position { .. } | Command::Sample { .. } => None,
         }
     }
 }

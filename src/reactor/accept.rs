@@ -6,6 +6,9 @@
 //! Per connection this costs `accept4`, one `read` (the listener defers accept until
 //! the request is there, so it is read at once) and one `epoll_ctl`; no
 //! `setsockopt` (TCP_NODELAY is inherited from the listener) and no extra poll round.
+//! A handshaking connection owns its `Input` box from accept on: it holds the accept
+//! time (for the handshake duration histogram) and is freed at the upgrade, so an
+//! open, idle connection still owns no heap.
 //!
 //! A socket over the handshake budget is refused at once: a 503 with `Retry-After`,
 //! whatever it has sent is read and discarded (so closing sends FIN, not a reset that
@@ -19,7 +22,7 @@ use log::{debug, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::conn::{Conn, Phase};
+use super::conn::{Conn, Input, Phase};
 use super::outbox;
 use super::timers::{stamp, ticks};
 use super::Reactor;
@@ -101,9 +104,18 @@ impl Reactor {
         } else {
             Phase::Handshake
         };
-        let key = self.conns.insert(Conn::new(stream, stamp(self.now), phase)) as u32;
+        let mut conn = Conn::new(stream, stamp(self.now), phase);
+        let accepted = Instant::now();
+        conn.input = Some(Box::new(Input {
+            accepted: Some(accepted),
+            ..Input::default()
+        }));
+        let key = self.conns.insert(conn) as u32;
         debug_assert!(key < outbox::NIL);
         self.local.accepted += 1;
+        if let Some(log) = self.access.as_mut() {
+            log.accepted(key, accepted);
+        }
         // The listener defers accept until the request has arrived (TCP_DEFER_ACCEPT):
         // read it now rather than a poll round later. Reading before registering
         // means registration finds the socket drained and raises no event for bytes

@@ -6,7 +6,8 @@
 //! nothing unless the connection is still open. Closing leaves every room at once;
 //! what is queued is still written, then the write side is shut down and the socket is
 //! dropped on the peer's EOF or after the close timeout. Dropping a socket gives its
-//! admission slot back.
+//! admission slot back. Each open connection's end is counted once, by why
+//! (`CloseReason`), where it starts: here.
 
 use std::sync::Arc;
 
@@ -14,44 +15,75 @@ use super::conn::{flag, Phase};
 use super::outbox::Chunk;
 use super::timers::{stamp, ticks};
 use super::Reactor;
+use crate::link::stats::CloseReason;
 use crate::ws::close::{parse_close_payload, CloseCode};
 use crate::ws::frame::{encode_close, encode_frame, OpCode};
 
 impl Reactor {
     /// Queues `frame` (a Close frame) and starts closing, if the connection is open.
     /// Returns whether it was.
-    pub(super) fn close_with(&mut self, key: u32, frame: Chunk) -> bool {
-        if self.conns.get(key as usize).map(|c| c.phase) != Some(Phase::Open) {
+    pub(super) fn close_with(&mut self, key: u32, frame: Chunk, why: CloseReason) -> bool {
+        let Some(conn) = self.conns.get(key as usize) else {
             return false;
+        };
+        if conn.phase != Phase::Open {
+            return false;
+        }
+        self.local.closes[why.index()] += 1;
+        if let Some(log) = self.access.as_mut() {
+            log.closing(key, conn.rooms.len(), why, frame.bytes());
         }
         self.queue(key, frame);
         self.begin_closing(key);
         true
     }
 
-    pub(super) fn close_with_reason(&mut self, key: u32, code: CloseCode, reason: &str) -> bool {
+    pub(super) fn close_with_reason(
+        &mut self,
+        key: u32,
+        code: CloseCode,
+        reason: &str,
+        why: CloseReason,
+    ) -> bool {
         let frame = encode_close(code, reason).into_boxed_slice();
-        self.close_with(key, Chunk::Owned(frame))
+        self.close_with(key, Chunk::Owned(frame), why)
     }
 
     /// Fails the connection (RFC 6455 §7.1.7): a Close frame with `code`, then close.
     pub(super) fn fail(&mut self, key: u32, code: CloseCode, reason: &str) {
-        if self.close_with_reason(key, code, reason) {
+        if self.close_with_reason(key, code, reason, CloseReason::Protocol) {
             self.local.protocol_closes += 1;
         }
     }
 
     /// The client's Close: echo its code (§5.5.1), or 1002 for an invalid one.
     pub(super) fn on_close_frame(&mut self, key: u32, payload: &[u8]) {
-        let reply = match parse_close_payload(payload) {
-            Ok(Some((code, _reason))) => encode_close(code, ""),
-            Ok(None) => encode_frame(OpCode::Close, &[]),
+        let (reply, why, theirs) = match parse_close_payload(payload) {
+            Ok(Some((code, reason))) => (
+                encode_close(code, ""),
+                CloseReason::Client,
+                Some((code.0, reason)),
+            ),
+            // 1005: "no status code was present" (RFC 6455 §7.4.1).
+            Ok(None) => (
+                encode_frame(OpCode::Close, &[]),
+                CloseReason::Client,
+                Some((1005, "")),
+            ),
             Err(code) => {
                 self.local.protocol_closes += 1;
-                encode_close(code, "invalid close frame")
+                (
+                    encode_close(code, "invalid close frame"),
+                    CloseReason::Protocol,
+                    None,
+                )
             }
         };
-        self.close_with(key, Chunk::Owned(reply.into_boxed_slice()));
+        let closed = self.close_with(key, Chunk::Owned(reply.into_boxed_slice()), why);
+        if let (true, Some(log), Some((code, reason))) = (closed, self.access.as_mut(), theirs) {
+            // The client's own code and reason, not our echo of it.
+            log.set_close(key, code, reason);
+        }
     }
 
     /// Stops treating the connection as open; what is queued is still written, then
@@ -89,7 +121,14 @@ impl Reactor {
             return;
         };
         if conn.phase == Phase::Open {
+            self.local.closes[CloseReason::Abnormal.index()] += 1;
+            if let Some(log) = self.access.as_mut() {
+                log.abnormal(key, conn.rooms.len());
+            }
             self.leave_all(key);
+        }
+        if let Some(log) = self.access.as_mut() {
+            log.finish(key);
         }
         self.positions.forget_conn(key);
         if !self.peer_slots.is_empty() {
@@ -121,7 +160,7 @@ impl Reactor {
         for (key, phase) in keys {
             match phase {
                 Phase::Open => {
-                    self.close_with(key, Chunk::Shared(frame.clone()));
+                    self.close_with(key, Chunk::Shared(frame.clone()), CloseReason::Shutdown);
                 }
                 Phase::Proxy | Phase::Handshake => self.close_now(key),
                 Phase::Closing => {}

@@ -14,6 +14,7 @@ use crossbeam_channel::TryRecvError;
 use super::conn::{flag, Conn, Phase};
 use super::outbox::Chunk;
 use super::Reactor;
+use crate::link::stats::CloseReason;
 use crate::link::{Command, Event, ReactorMsg, Target};
 
 impl Reactor {
@@ -73,11 +74,15 @@ impl Reactor {
                 let affected = self.leave_user(&user, &room);
                 self.ack(req, affected);
             }
+            Command::Sample { received } => {
+                // The oldest sample of the turn: it waited longest.
+                self.push_sample.get_or_insert(received);
+            }
             Command::Kick { req, user, frame } => {
                 let keys = self.user_conns(&user);
                 let mut affected = 0;
                 for key in keys {
-                    if self.close_with(key, Chunk::Shared(frame.clone())) {
+                    if self.close_with(key, Chunk::Shared(frame.clone()), CloseReason::Kicked) {
                         affected += 1;
                     }
                 }

@@ -68,12 +68,14 @@ pub struct Input {
     pub asm: Assembler,
     /// The client's address from a PROXY header, kept until the upgrade.
     pub peer: Option<std::net::IpAddr>,
+    /// When the socket was accepted, kept until the upgrade (handshake duration).
+    pub accepted: Option<std::time::Instant>,
 }
 
 impl Input {
     /// True when nothing is in progress and the box can be freed.
     pub fn is_idle(&self) -> bool {
-        self.buf.is_empty() && self.asm.is_idle() && self.peer.is_none()
+        self.buf.is_empty() && self.asm.is_idle() && self.peer.is_none() && self.accepted.is_none()
     }
 }
 

@@ -26,12 +26,13 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 use mio::{Interest, Token};
 
-use super::conn::{flag, Conn, Input, Joined, Phase};
+use super::conn::{flag, Conn, Input, Phase};
 use super::outbox::{Chunk, WriteQueue};
 use super::Reactor;
 use crate::auth::{Grants, RoomPattern};
 use crate::handover::format::{
-    ChunkKind, ConnBatch, ConnState, GrantState, InputState, OutputState, RoomState,
+    AccessState, ChunkKind, ConnBatch, ConnState, GrantState, InputState, OutputState, RoomState,
+    CONN_ACCESS,
 };
 use crate::link::handover::ReactorExport;
 use crate::link::peers::PeerSlot;
@@ -171,6 +172,12 @@ impl Reactor {
                     .collect(),
             }
         });
+        let extra = self
+            .access
+            .as_ref()
+            .and_then(|a| a.export(key, std::time::Instant::now()))
+            .map(|s| vec![(CONN_ACCESS, s.encode())])
+            .unwrap_or_default();
         ConnState {
             phase: phase_code(conn.phase),
             flags: conn.flags & !flag::DIRTY,
@@ -184,7 +191,7 @@ impl Reactor {
             peer_slot: self.peer_slots.get(&key).map(PeerSlot::to_bytes),
             input,
             output,
-            extra: Vec::new(),
+            extra,
         }
     }
 
@@ -277,10 +284,17 @@ impl Reactor {
                     },
                     &i.buf,
                 )?;
+                // The handshake duration runs from the accept (its age, here).
+                let accepted = matches!(phase, Phase::Proxy | Phase::Handshake).then(|| {
+                    let age = super::timers::TICK * s.age;
+                    let now = std::time::Instant::now();
+                    now.checked_sub(age).unwrap_or(now)
+                });
                 Some(Box::new(Input {
                     buf: i.buf,
                     asm,
                     peer: i.proxied,
+                    accepted,
                 }))
             }
         };
@@ -373,10 +387,20 @@ impl Reactor {
                 }
             }
         }
-        debug_assert!(self.conns[key as usize]
-            .rooms
-            .iter()
-            .all(|j: &Joined| !j.m.is_none()));
+        if let Some(log) = self.access.as_mut() {
+            // A record the old process kept goes on; one it could not (the flag was
+            // off there) starts now. Unreadable, it is only the log line's loss.
+            let record = s
+                .extra
+                .iter()
+                .find(|(t, _)| *t == CONN_ACCESS)
+                .and_then(|(_, b)| AccessState::decode(b).ok());
+            let user = self.conns[key as usize].user;
+            let name = (!user.is_none())
+                .then(|| self.users.name(user.group).cloned())
+                .flatten();
+            log.adopt(key, record, name, std::time::Instant::now());
+        }
         // Bytes that arrived while the old process was frozen raised their edge there.
         self.read_again.push(key);
         if self.conns[key as usize].output.is_some() {

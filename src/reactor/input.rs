@@ -100,6 +100,9 @@ impl Reactor {
                 conn.clear(flag::PINGED);
             }
             self.local.bytes_received += n as u64;
+            if let Some(log) = self.access.as_mut() {
+                log.bytes_in(key, n);
+            }
             if conn.phase != Phase::Closing {
                 self.on_bytes(key, n);
             }

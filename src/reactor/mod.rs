@@ -16,11 +16,18 @@
 //! output      before sleeping: events to the dispatcher, then one writev per dirty
 //!             connection (Redis's beforeSleep), slow consumers
 //! closing     Close frames (one per connection, ever), shutdown, dropping sockets
+//! access      --access-log: one line per closed connection (state only when on)
 //! ```
+//!
+//! Each turn also feeds three histograms (`ReactorStats`): its own busy time, the
+//! push latency of at most one sampled push per dispatcher batch, and the handshake
+//! duration of the connections it upgraded; all observed once the turn's writes are
+//! done, with one clock read.
 //!
 //! A reactor never imports the dispatcher: both speak through `crate::link`.
 
 mod accept;
+mod access;
 pub mod client_msg;
 mod closing;
 mod commands;
@@ -118,6 +125,13 @@ pub struct Reactor {
     v1_conns: u32,
     /// Where this reactor is in an upgrade's hand-over.
     handover: handover::State,
+    /// `--access-log`'s side table; `None` with the flag off.
+    access: Option<access::AccessLog>,
+    /// When the oldest sampled push applied this turn was received by the dispatcher.
+    push_sample: Option<Instant>,
+    /// Accept times of the connections upgraded this turn (their 101 is written at
+    /// the turn's end).
+    upgraded: Vec<Instant>,
 }
 
 impl Reactor {
@@ -137,6 +151,7 @@ impl Reactor {
         let stats = Arc::new(ReactorStats::default());
         let gauges = Arc::new(Gauges::default());
         let timeouts = Timeouts::new(&shared.settings);
+        let access = shared.settings.access_log.then(access::AccessLog::default);
         let handle = ReactorHandle {
             tx,
             waker,
@@ -176,6 +191,9 @@ impl Reactor {
             v1_conns: 0,
             expired: Vec::new(),
             handover: handover::State::default(),
+            access,
+            push_sample: None,
+            upgraded: Vec::new(),
         };
         Ok((reactor, handle))
     }
@@ -184,6 +202,9 @@ impl Reactor {
     pub fn run(mut self) {
         // Marks this reactor dead for /healthz when the loop ends, even by a panic.
         let _alive = self.shared.liveness.guard(self.id);
+        // Up and entering its loop: /readyz stops saying "starting" for it now, not
+        // after its first poll (an idle reactor's first poll can sleep a second).
+        self.shared.liveness.beat(self.id);
         let mut events = Events::with_capacity(1024);
         while self.turn(&mut events) {}
         let left = self.conns.len();
@@ -220,7 +241,8 @@ impl Reactor {
                 return false;
             }
         }
-        self.now = self.clock.now();
+        let started = Instant::now();
+        self.now = self.clock.at(started);
         self.shared.liveness.beat(self.id);
         if self.handover.exported() {
             return self.exported_turn();
@@ -246,9 +268,25 @@ impl Reactor {
         }
         self.before_sleep();
         self.export_when_idle();
+        self.observe_turn(started);
         match self.shutdown_at {
             Some(deadline) => !(self.conns.is_empty() || self.now >= deadline),
             None => true,
+        }
+    }
+
+    /// Observes the turn's histograms once its writes are done: the turn's own busy
+    /// time, the sampled push, the upgrades.
+    fn observe_turn(&mut self, started: Instant) {
+        let end = Instant::now();
+        let s = &self.stats;
+        s.turn_duration.observe(end - started);
+        if let Some(t) = self.push_sample.take() {
+            s.push_latency.observe(end.saturating_duration_since(t));
+        }
+        for t in self.upgraded.drain(..) {
+            s.handshake_duration
+                .observe(end.saturating_duration_since(t));
         }
     }
 

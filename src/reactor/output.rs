@@ -12,6 +12,7 @@ use super::conn::{flag, Phase};
 use super::outbox::{self, Chunk};
 use super::settings::SlowPolicy;
 use super::Reactor;
+use crate::link::stats::CloseReason;
 use crate::ws::close::CloseCode;
 
 /// While writing, look for newly arrived pushes after this many connections.
@@ -124,6 +125,9 @@ impl Reactor {
                 }
             };
             self.local.bytes_written += o.written as u64;
+            if let Some(log) = self.access.as_mut() {
+                log.bytes_out(key, o.written);
+            }
             self.local.writev_calls += u64::from(o.writes);
             self.local.slow_drops += u64::from(o.dropped);
             if o.blocked {
@@ -186,6 +190,11 @@ impl Reactor {
             self.local.slow_close_discards += u64::from(q.keep_partial_front());
         }
         self.local.slow_closes += 1;
-        self.close_with_reason(key, CloseCode::POLICY_VIOLATION, "slow consumer");
+        self.close_with_reason(
+            key,
+            CloseCode::POLICY_VIOLATION,
+            "slow consumer",
+            CloseReason::SlowConsumer,
+        );
     }
 }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use super::conn::{flag, Phase};
 use super::outbox::Chunk;
 use super::Reactor;
+use crate::link::stats::CloseReason;
 use crate::link::Event;
 use crate::ws::close::CloseCode;
 use crate::ws::frame::encode_close;
@@ -152,7 +153,11 @@ impl Reactor {
         }
         if fail {
             let close = encode_close(CloseCode::RECOVERY_FAILED, "recovery failed");
-            self.close_with(key, Chunk::Owned(close.into_boxed_slice()));
+            self.close_with(
+                key,
+                Chunk::Owned(close.into_boxed_slice()),
+                CloseReason::RecoveryFailed,
+            );
             return;
         }
         self.queue(key, Chunk::Shared(joined));

@@ -14,6 +14,7 @@ use super::conn::flag;
 use super::outbox::Chunk;
 use super::Reactor;
 use crate::auth::verify;
+use crate::link::stats::CloseReason;
 use crate::ws::close::CloseCode;
 use crate::ws::frame::{encode_frame, OpCode};
 
@@ -163,6 +164,7 @@ impl Reactor {
                 key,
                 CloseCode::POLICY_VIOLATION,
                 "too many refused refreshes",
+                CloseReason::RefreshRefused,
             );
             return String::new();
         }

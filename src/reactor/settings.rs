@@ -48,6 +48,8 @@ pub struct Settings {
     pub ipv6_prefix: u8,
     /// Per-address limits are configured (the peer table tracks addresses).
     pub per_address_limits: bool,
+    /// `--access-log`: one line per closed connection.
+    pub access_log: bool,
 }
 
 impl Settings {

@@ -32,6 +32,7 @@ fn settings() -> Settings {
         trusted_proxies: Vec::new(),
         ipv6_prefix: 64,
         per_address_limits: false,
+        access_log: false,
     }
 }
 

@@ -14,7 +14,7 @@ use super::conn::{flag, Phase};
 use super::outbox::Chunk;
 use super::settings::Settings;
 use super::Reactor;
-use crate::link::stats::HANDSHAKE_TIMEOUT;
+use crate::link::stats::{CloseReason, HANDSHAKE_TIMEOUT};
 use crate::ws::close::CloseCode;
 
 /// One reactor clock tick.
@@ -45,7 +45,13 @@ impl Clock {
     }
 
     pub fn now(&self) -> u64 {
-        self.offset.saturating_add(ticks(self.started.elapsed()))
+        self.at(Instant::now())
+    }
+
+    /// The tick of `t` (an instant the caller already read).
+    pub fn at(&self, t: Instant) -> u64 {
+        self.offset
+            .saturating_add(ticks(t.saturating_duration_since(self.started)))
     }
 }
 
@@ -181,12 +187,22 @@ impl Reactor {
                 }
                 Expiry::Idle => {
                     self.local.idle_closes += 1;
-                    self.close_with_reason(key, CloseCode::GOING_AWAY, "idle timeout");
+                    self.close_with_reason(
+                        key,
+                        CloseCode::GOING_AWAY,
+                        "idle timeout",
+                        CloseReason::Idle,
+                    );
                 }
                 Expiry::Closing => self.close_now(key),
                 Expiry::Token => {
                     self.local.token_expired_closes += 1;
-                    self.close_with_reason(key, CloseCode::TOKEN_EXPIRED, "token expired");
+                    self.close_with_reason(
+                        key,
+                        CloseCode::TOKEN_EXPIRED,
+                        "token expired",
+                        CloseReason::TokenExpired,
+                    );
                 }
             }
         }

@@ -21,7 +21,6 @@ use super::conn::{flag, Phase};
 use super::outbox::Chunk;
 use super::Reactor;
 use crate::auth::{verify, AuthError, Grants};
-use crate::link::health::Broker;
 use crate::link::peers::{AddrKey, PeerSlot};
 use crate::link::stats::{auth_failure_index, failure_index};
 use crate::link::Event;
@@ -57,7 +56,8 @@ impl Reactor {
                 data.len()
             }
             Ok(Some((Request::Upgrade(up), head_len))) => {
-                if !self.open(key, up, state.peer.take()) {
+                let accepted = state.accepted.take();
+                if !self.open(key, up, state.peer.take(), accepted) {
                     return data.len();
                 }
                 head_len + self.consume_frames(key, &mut data[head_len..], &mut state.asm)
@@ -73,18 +73,14 @@ impl Reactor {
     }
 
     /// 200 while every server thread runs; 503 naming the one that does not. For
-    /// `/readyz` (`ready`), also 503 while a cluster node's broker link is down.
+    /// `/readyz` (`ready`), also 503 while starting, draining, or while a cluster
+    /// node's broker link is down.
     fn answer_health(&mut self, key: u32, ready: bool) {
-        let verdict = self
-            .shared
-            .liveness
-            .check()
-            .map_err(|why| format!("unhealthy: {why}"));
-        let verdict = match verdict {
-            Ok(()) if ready && self.shared.liveness.broker() == Broker::Down => {
-                Err("not ready: broker unavailable".to_string())
-            }
-            other => other,
+        let liveness = &self.shared.liveness;
+        let verdict = if ready {
+            liveness.ready().map_err(|why| why.to_string())
+        } else {
+            liveness.check().map_err(|why| format!("unhealthy: {why}"))
         };
         let chunk = match verdict {
             Ok(()) if ready => Chunk::Static(ready_response()),
@@ -240,8 +236,15 @@ impl Reactor {
 
     /// Completes the upgrade: admission (token, rooms), an established slot, then
     /// memberships (events reach the dispatcher before the 101 is written), then the
-    /// 101. False if the connection was refused instead.
-    fn open(&mut self, key: u32, up: Upgrade, proxied: Option<IpAddr>) -> bool {
+    /// 101. False if the connection was refused instead. `accepted`: when the socket
+    /// was accepted, for the handshake duration.
+    fn open(
+        &mut self,
+        key: u32,
+        up: Upgrade,
+        proxied: Option<IpAddr>,
+        accepted: Option<std::time::Instant>,
+    ) -> bool {
         if !self.conns.contains(key as usize) {
             return false;
         }
@@ -286,6 +289,15 @@ impl Reactor {
             conn.user = m;
             name
         });
+        if self.access.is_some() {
+            let addr = self.client_ip(key, &up, proxied);
+            if let Some(log) = self.access.as_mut() {
+                log.opened(key, addr, user.clone());
+            }
+        }
+        if let Some(t) = accepted {
+            self.upgraded.push(t);
+        }
         self.events.push(Event::Conn {
             reactor: self.id,
             user,

@@ -4,6 +4,7 @@
 //! malformed input.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod redis;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,6 +20,8 @@ pub struct Server {
     child: Option<Child>,
     pub ws: SocketAddr,
     pub control: SocketAddr,
+    /// The HTTP API's address, when started with `--http`.
+    pub http: Option<SocketAddr>,
     pub pid: u32,
 }
 
@@ -31,14 +34,51 @@ impl Server {
     /// Like `start`, with the child's RLIMIT_NOFILE (soft and hard) set to `nofile`.
     pub fn start_with_nofile(args: &[&str], nofile: Option<u64>) -> Server {
         let mut cmd = command(args, nofile);
-        cmd.stdout(Stdio::piped()).env(
+        cmd.env(
             "RUST_LOG",
             std::env::var("WSPUSH_TEST_LOG").unwrap_or_else(|_| "error".into()),
         );
         if std::env::var_os("WSPUSH_TEST_LOG").is_none() {
             cmd.stderr(Stdio::null());
         }
+        Self::spawn(cmd)
+    }
+
+    /// Like `start`, with `RUST_LOG=rust_log` and `env` set, and every line the
+    /// server writes on stderr (its log) handed to the returned receiver.
+    pub fn start_logged(
+        args: &[&str],
+        rust_log: &str,
+        env: &[(&str, &str)],
+    ) -> (Server, mpsc::Receiver<String>) {
+        let mut cmd = command(args, None);
+        cmd.env("RUST_LOG", rust_log).envs(env.iter().copied());
+        cmd.stderr(Stdio::piped());
+        let mut server = Self::spawn_with(cmd, |child| {
+            let stderr = child.stderr.take().expect("stderr");
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Some(Ok(line)) = lines.next() {
+                    let _ = tx.send(line);
+                }
+            });
+            rx
+        });
+        let rx = server.1.take().expect("stderr lines");
+        (server.0, rx)
+    }
+
+    fn spawn(cmd: Command) -> Server {
+        Self::spawn_with(cmd, |_| ()).0
+    }
+
+    /// Spawns `cmd`, lets `take` take the child's other pipes, and waits for the
+    /// ready line.
+    fn spawn_with<T>(mut cmd: Command, take: impl FnOnce(&mut Child) -> T) -> (Server, Option<T>) {
+        cmd.stdout(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn wspush");
+        let taken = take(&mut child);
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -58,12 +98,18 @@ impl Server {
                 .expect("address")
         };
         let pid = child.id();
-        Server {
+        let http = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http="))
+            .map(|a| a.parse().expect("http address"));
+        let server = Server {
             ws: field("ws="),
             control: field("control="),
+            http,
             child: Some(child),
             pid,
-        }
+        };
+        (server, Some(taken))
     }
 
     /// `ws://addr/ws` + `suffix` (e.g. `?user=bob&rooms=a,b`).
