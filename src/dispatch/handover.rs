@@ -145,8 +145,21 @@ impl Dispatcher {
                 ToDispatcher::Forwarded(messages) => self.merge_forwarded(messages),
             }
         }
-        if matches!(self.handover, State::Quiescing { .. }) && self.quiet() {
-            self.freeze();
+        if matches!(self.handover, State::Quiescing { .. }) {
+            // A command stashed until the broker answered earlier ones is in flight
+            // too (it was read): it runs here, where `serve` would have run it.
+            let stashed: Vec<usize> = self
+                .clients
+                .iter()
+                .filter(|(_, c)| c.stashed.is_some())
+                .map(|(k, _)| k)
+                .collect();
+            for key in stashed {
+                self.run_stashed(key);
+            }
+            if self.quiet() {
+                self.freeze();
+            }
         }
         if let State::Warming { until, linked, .. } = &mut self.handover {
             let up = self
