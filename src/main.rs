@@ -74,6 +74,7 @@ fn run(cfg: &Config) -> Result<(), StartError> {
         what: "the path of this binary (for upgrades)".into(),
         err,
     })?;
+    let upgraded = std::env::var_os(handover::ENV_FD).is_some();
     let server = match handover::inherited_socket() {
         None => Server::start(cfg, max_connections, max_handshakes)?,
         Some(Err(e)) => {
@@ -111,7 +112,10 @@ fn run(cfg: &Config) -> Result<(), StartError> {
             .unwrap_or_default()
     );
     let _ = std::io::stdout().flush();
-    handover::notify("READY=1");
+    if !upgraded {
+        // After an upgrade the old process tells systemd (MAINPID= this one).
+        handover::notify("READY=1");
+    }
     wait_for_signal(signals, &server, &upgrade_requests);
     if !cfg.drain_delay.is_zero() {
         server.drain();

@@ -1056,3 +1056,96 @@ fn positions_history_and_http_clients_survive_an_upgrade() {
     }));
     assert!(bare.iter().all(|c| c.ended.is_none()));
 }
+
+#[test]
+fn systemd_is_told_ready_and_then_the_new_main_pid_on_sigusr2() {
+    let path = std::env::temp_dir().join(format!("wspush-notify-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind NOTIFY_SOCKET");
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let path_s = path.to_string_lossy().into_owned();
+    let mut p = Proc::start(&["--threads", "2"], &[("NOTIFY_SOCKET", &path_s)]);
+    let old_pid = p.pid();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 at start-up");
+    assert_eq!(&buf[..n], b"READY=1");
+    let mut c = Client::connect(p.ws, "?user=a&rooms=news", false, false);
+    assert!(wait_until(Duration::from_secs(10), || p
+        .info_u64("connected_clients")
+        == 1));
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(old_pid as i32, libc::SIGUSR2);
+    }
+    let n = sock.recv(&mut buf).expect("MAINPID= after the upgrade");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let new_pid = wait_for_new_process(&mut p, old_pid);
+    assert_eq!(msg, format!("MAINPID={new_pid}\nREADY=1"));
+    assert!(wait_until(Duration::from_secs(10), || p.exited().is_some()));
+    assert!(p.exited().expect("exited").success());
+    let mut ctl = Resp::connect(p.control);
+    assert_eq!(ctl.int(&["PUBLISH", "news", "#news:0#"]), 1);
+    assert!(wait_until(Duration::from_secs(10), || {
+        c.poll();
+        !c.got.is_empty()
+    }));
+    // Nothing else: the new process does not claim readiness itself.
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(sock.recv(&mut buf).is_err(), "an unexpected notification");
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn a_new_process_that_cannot_take_the_descriptors_refuses_and_the_old_one_goes_on() {
+    // A lower open-file limit than the old process's: the new one cannot receive the
+    // connections' descriptors, refuses the state, and nothing is lost.
+    let bin = script(
+        "nofile",
+        &format!(
+            "ulimit -n 60 && exec {} \"$@\"",
+            env!("CARGO_BIN_EXE_wspush")
+        ),
+    );
+    let bin_s = bin.to_string_lossy().into_owned();
+    let p = Proc::start(
+        &[
+            "--threads",
+            "2",
+            "--max-connections",
+            "1000",
+            "--upgrade-binary",
+            &bin_s,
+        ],
+        &[],
+    );
+    let pid = p.pid();
+    let mut clients: Vec<Client> = (0..200)
+        .map(|i| {
+            let mut c = Client::connect(p.ws, &format!("?user=n{i}&rooms=news"), false, false);
+            c.rooms = vec!["news".into()];
+            c
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(10), || p
+        .info_u64("connected_clients")
+        == 200));
+    let mut ctl = Resp::connect(p.control);
+    match ctl.cmd(&["UPGRADE"]) {
+        Reply::Error(e) => assert!(e.contains("refused the state"), "{e}"),
+        other => panic!("UPGRADE answered {other:?}"),
+    }
+    assert_eq!(p.info_u64("process_id"), u64::from(pid));
+    assert_eq!(ctl.int(&["PUBLISH", "news", "#news:0#"]), 200);
+    assert!(wait_until(Duration::from_secs(10), || {
+        clients.iter_mut().all(|c| {
+            c.poll();
+            !c.got.is_empty() || c.ended.is_some()
+        })
+    }));
+    assert!(clients
+        .iter()
+        .all(|c| c.ended.is_none() && c.got.len() == 1));
+    let _ = std::fs::remove_file(bin);
+}
