@@ -13,10 +13,18 @@
 //! which the old process drops when it exits.
 //!
 //! The freeze waits for what is in flight to finish first (JOIN / LEAVE / KICK acks,
-//! replies held for the broker, batches not yet sent), so the reactors' state and the
-//! replies agree when they are exported. Frozen, the dispatcher still applies the
-//! reactors' events and sends their answers (a `wspush.v1` join's position), and it
-//! writes nothing to a client: the export describes each one's unwritten output.
+//! replies held for the broker, batches not yet sent, HTTP requests running), so the
+//! reactors' state and the replies agree when they are exported. Frozen, the
+//! dispatcher still applies the reactors' events and sends their answers (a
+//! `wspush.v1` join's position), and it must never write to a client: the export
+//! describes each one's unwritten output. HTTP API connections go over like control
+//! clients, between requests.
+//!
+//! Cluster mode: from the freeze on, broker messages are kept, not routed (the
+//! exported connections are the new process's to deliver to); after the commit they
+//! are forwarded to the new process, which delivers them before its own and drops its
+//! own repeats (`merge_forwarded`). If the upgrade fails they are routed here, in
+//! order, as the thaw's first act.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
