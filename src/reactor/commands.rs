@@ -39,7 +39,11 @@ impl Reactor {
             }
             match self.rx.try_recv() {
                 Ok(ReactorMsg::Batch(cmds)) => self.carry = Some(cmds.into_iter()),
-                Ok(ReactorMsg::Shutdown) => self.start_shutdown(),
+                Ok(ReactorMsg::Shutdown) => {
+                    if !self.hold_shutdown() {
+                        self.start_shutdown();
+                    }
+                }
                 Ok(ReactorMsg::Freeze(tx)) => self.freeze(tx),
                 Ok(ReactorMsg::Thaw) => self.thaw(),
                 Err(TryRecvError::Empty) => return,

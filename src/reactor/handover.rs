@@ -44,8 +44,13 @@ use crate::ws::message::{Assembler, AssemblerParts};
 pub(super) enum State {
     #[default]
     Serving,
-    /// Finishing what is in flight; exports on `tx` when nothing is.
-    Freezing(Sender<ReactorExport>),
+    /// Finishing what is in flight; exports on `tx` when nothing is. `shutdown`: a
+    /// shutdown came meanwhile, kept for after the hand-over (it would close
+    /// connections the export is about to describe).
+    Freezing {
+        tx: Sender<ReactorExport>,
+        shutdown: bool,
+    },
     /// Exported: nothing is touched; `held` is what the channel brought since.
     Exported { held: Vec<ReactorMsg> },
 }
@@ -80,19 +85,39 @@ fn phase_from(b: u8) -> Option<Phase> {
 }
 
 impl Reactor {
+    /// A shutdown while freezing waits for the hand-over's outcome (see `State`);
+    /// true if it was kept.
+    pub(super) fn hold_shutdown(&mut self) -> bool {
+        match &mut self.handover {
+            State::Freezing { shutdown, .. } => {
+                *shutdown = true;
+                true
+            }
+            State::Exported { held } => {
+                held.push(ReactorMsg::Shutdown);
+                true
+            }
+            State::Serving => false,
+        }
+    }
+
     pub(super) fn freeze(&mut self, tx: Sender<ReactorExport>) {
         if self.handover.frozen() {
             return;
         }
         log::info!("reactor {}: freezing for the upgrade", self.id);
-        self.handover = State::Freezing(tx);
+        self.handover = State::Freezing {
+            tx,
+            shutdown: false,
+        };
     }
 
     /// Exports once nothing is in flight (called at the end of a freezing turn).
     pub(super) fn export_when_idle(&mut self) {
-        let State::Freezing(tx) = &self.handover else {
+        let State::Freezing { tx, shutdown } = &self.handover else {
             return;
         };
+        let shutdown = *shutdown;
         if self.positions.in_flight()
             || self.carry.is_some()
             || !self.rx.is_empty()
@@ -115,7 +140,12 @@ impl Reactor {
             self.id,
             batch.conns.len()
         );
-        self.handover = State::Exported { held: Vec::new() };
+        let held = if shutdown {
+            vec![ReactorMsg::Shutdown]
+        } else {
+            Vec::new()
+        };
+        self.handover = State::Exported { held };
         // A coordinator that gave up is thawing us: that message is on its way.
         let _ = tx.send(ReactorExport { batch, fds });
     }
@@ -219,7 +249,8 @@ impl Reactor {
     pub(super) fn thaw(&mut self) {
         let held = match std::mem::take(&mut self.handover) {
             State::Exported { held } => held,
-            State::Freezing(_) | State::Serving => Vec::new(),
+            State::Freezing { shutdown: true, .. } => vec![ReactorMsg::Shutdown],
+            State::Freezing { .. } | State::Serving => Vec::new(),
         };
         log::info!("reactor {}: thawed, serving again", self.id);
         let mut cmds: Vec<Command> = self.carry.take().map(Iterator::collect).unwrap_or_default();
