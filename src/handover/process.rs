@@ -519,11 +519,15 @@ pub fn take_over(
         .and_then(|v| v.parse().ok());
     let mut taken = Totals::default();
     let mut cluster = false;
+    let mut first_frame: Option<Instant> = None;
+    let mut importing = Duration::ZERO;
     let mut import = |reactors: &mut [crate::reactor::Reactor],
                       dispatcher: &mut crate::dispatch::Dispatcher|
      -> Result<(), String> {
         loop {
             let f = recv_frame(&sock).map_err(|e| refuse(&sock, e.to_string()))?;
+            first_frame.get_or_insert_with(Instant::now);
+            let t = Instant::now();
             match f.kind {
                 Kind::Conns => {
                     let batch = format::decode_conns(&f.payload)
@@ -532,6 +536,7 @@ pub fn take_over(
                     let r = &mut reactors[batch.reactor as usize % n];
                     let fds: Vec<OwnedFd> = f.fds;
                     let got = r.import(batch, fds).map_err(|e| refuse(&sock, e))?;
+                    importing += t.elapsed();
                     taken.conns += got as u32;
                     if abort_after.is_some_and(|n| taken.conns as usize >= n) {
                         error!("{ENV_TEST_ABORT}: aborting mid-hand-over (test hook)");
@@ -575,8 +580,11 @@ pub fn take_over(
                         .clients_taken
                         .store(u64::from(taken.clients), Relaxed);
                     info!(
-                        "took over {} connections and {} control clients",
-                        taken.conns, taken.clients
+                        "took over {} connections and {} control clients in {:?} ({:?} rebuilding connections)",
+                        taken.conns,
+                        taken.clients,
+                        first_frame.map(|t| t.elapsed()).unwrap_or_default(),
+                        importing
                     );
                     return Ok(());
                 }

@@ -125,6 +125,7 @@ impl Reactor {
         {
             return;
         }
+        let started = std::time::Instant::now();
         let tx = tx.clone();
         let mut batch = ConnBatch {
             reactor: self.id as u16,
@@ -136,9 +137,10 @@ impl Reactor {
             fds.push(conn.stream.as_raw_fd());
         }
         log::info!(
-            "reactor {}: exported {} connections",
+            "reactor {}: exported {} connections in {:?}",
             self.id,
-            batch.conns.len()
+            batch.conns.len(),
+            started.elapsed()
         );
         let held = if shutdown {
             vec![ReactorMsg::Shutdown]
@@ -298,11 +300,10 @@ impl Reactor {
 
     fn import_conn(&mut self, s: ConnState, fd: OwnedFd) -> Result<(), String> {
         let phase = phase_from(s.phase).ok_or("unknown phase")?;
-        let std_stream = std::net::TcpStream::from(fd);
-        std_stream
-            .set_nonblocking(true)
-            .map_err(|e| format!("socket: {e}"))?;
-        let stream = mio::net::TcpStream::from_std(std_stream);
+        // Non-blocking already: O_NONBLOCK belongs to the open file description, which
+        // the old process's reactor set and this descriptor shares (one fcntl fewer
+        // per connection, in the pause).
+        let stream = mio::net::TcpStream::from_std(std::net::TcpStream::from(fd));
         let input = match s.input {
             None => None,
             Some(i) => {
