@@ -370,6 +370,7 @@ impl Server {
                 trusted_proxies: cfg.trusted_proxy.clone(),
                 ipv6_prefix: cfg.ipv6_prefix,
                 per_address_limits,
+                compression_min_size: cfg.compression_min_size(),
             },
             capacity: capacity.clone(),
             liveness: liveness.clone(),
@@ -417,6 +418,7 @@ impl Server {
                     memory: cfg.history_memory,
                 },
                 max_recover: cfg.max_recover,
+                compression_min_size: cfg.compression_min_size(),
             },
             Census {
                 capacity,

@@ -25,6 +25,7 @@
 pub mod broker;
 mod client;
 mod cluster;
+mod compression;
 pub mod counts;
 mod info;
 mod positions;
@@ -88,6 +89,8 @@ pub struct DispatchSettings {
     pub history: crate::history::Limits,
     /// Most messages replayed per room on recovery (`--max-recover`).
     pub max_recover: usize,
+    /// permessage-deflate's `--compression-min-size`; `None`: compression is off.
+    pub compression_min_size: Option<usize>,
 }
 
 /// What cluster mode is started with.
@@ -244,6 +247,8 @@ pub struct Dispatcher {
     history: crate::history::History,
     /// Open `wspush.v1` connections per reactor: with none, no envelope is made.
     v1_online: Vec<u64>,
+    /// permessage-deflate: who takes compressed frames, and the compressor.
+    compression: compression::Compression,
 }
 
 impl Dispatcher {
@@ -259,6 +264,7 @@ impl Dispatcher {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let n = reactors.len();
+        let compression = compression::Compression::new(n, settings.compression_min_size);
         let cluster = settings.cluster.as_ref().map(|c| {
             let nonce = cluster::nonce();
             let engine = broker::redis::RedisEngine::new(
@@ -317,6 +323,7 @@ impl Dispatcher {
                 inbound: Vec::new(),
                 recovering: HashMap::new(),
                 v1_online: vec![0; n],
+                compression,
                 history: crate::history::History::new(history_limits, cluster::nonce()),
             },
             handle,
@@ -511,6 +518,9 @@ impl Dispatcher {
                         if let Some(n) = self.v1_online.get_mut(reactor) {
                             *n = (*n as i64 + delta as i64).max(0) as u64;
                         }
+                    }
+                    Event::Deflate { reactor, v1, delta } => {
+                        self.compression.count(reactor, v1, delta)
                     }
                     Event::Exited { reactor } => {
                         let lost = self.unacked.get_mut(reactor).map(std::mem::take);
@@ -873,6 +883,9 @@ impl Dispatcher {
                 (Some(e), offset)
             }
         };
+        let deflated = self
+            .compression
+            .deflate(&reactors, &frame, envelope.as_deref());
         for r in reactors {
             if from_broker && self.reactors[r].tx.len() >= MAX_QUEUED_BATCHES {
                 // The broker's reads never wait for a reactor: this one is that far
@@ -887,6 +900,7 @@ impl Dispatcher {
                     frame: frame.clone(),
                     envelope: envelope.clone(),
                     offset,
+                    deflated: deflated.clone(),
                 },
             );
         }
@@ -1156,6 +1170,7 @@ mod tests {
                         memory: 1 << 20,
                     },
                     max_recover: 300,
+                    compression_min_size: None,
                 },
                 Census {
                     capacity: Arc::new(crate::link::capacity::Capacity::new(100, 100)),

@@ -24,6 +24,7 @@ mod accept;
 pub mod client_msg;
 mod closing;
 mod commands;
+mod compression;
 pub mod conn;
 mod grants;
 pub mod groups;
@@ -115,6 +116,8 @@ pub struct Reactor {
     positions: positions::Positions,
     /// Open `wspush.v1` connections here.
     v1_conns: u32,
+    /// permessage-deflate: counts, and the codecs made on first use.
+    compression: compression::Compression,
 }
 
 impl Reactor {
@@ -171,6 +174,7 @@ impl Reactor {
             shutdown_at: None,
             positions: positions::Positions::default(),
             v1_conns: 0,
+            compression: compression::Compression::default(),
             expired: Vec::new(),
         };
         Ok((reactor, handle))

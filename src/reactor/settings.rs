@@ -48,6 +48,9 @@ pub struct Settings {
     pub ipv6_prefix: u8,
     /// Per-address limits are configured (the peer table tracks addresses).
     pub per_address_limits: bool,
+    /// permessage-deflate (`--compression on`): payloads of at least this many
+    /// bytes are compressed (`--compression-min-size`); `None`: never negotiated.
+    pub compression_min_size: Option<usize>,
 }
 
 impl Settings {

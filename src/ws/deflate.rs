@@ -85,6 +85,24 @@ impl Deflater {
         out.drain(..10 - n);
         Some(out)
     }
+
+    /// `frame` for the message of a complete plain server frame (FIN set, RSV
+    /// clear, unmasked, as `frame::encode_frame` makes them), if `min_size` bytes or
+    /// more and made smaller.
+    pub fn reframe(&mut self, plain: &[u8], min_size: usize) -> Option<Vec<u8>> {
+        let (&b0, rest) = plain.split_first()?;
+        let header = match rest.first()? & 0x7f {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        let opcode = OpCode::from_u8(b0 & 0x0f).filter(|o| !o.is_control())?;
+        let payload = plain.get(header..)?;
+        if b0 & 0xf0 != 0x80 || payload.len() < min_size {
+            return None;
+        }
+        self.frame(opcode, payload)
+    }
 }
 
 /// Why a compressed message could not be inflated.
@@ -300,6 +318,23 @@ mod tests {
         let a = d.frame(OpCode::Text, &p).unwrap();
         let b = d.frame(OpCode::Text, &p).unwrap();
         assert_eq!(a, b, "the second message refers to nothing of the first");
+    }
+
+    #[test]
+    fn reframes_a_plain_frame_at_or_over_the_minimum_size() {
+        let p = json();
+        let plain = crate::ws::frame::encode_frame(OpCode::Binary, &p);
+        let mut d = Deflater::new();
+        let f = d.reframe(&plain, p.len()).unwrap();
+        assert_eq!(f[0], 0x80 | RSV1 | 0x2);
+        assert_eq!(payload_of(&f), p);
+        assert_eq!(d.reframe(&plain, p.len() + 1), None);
+        assert_eq!(
+            d.reframe(&crate::ws::frame::encode_frame(OpCode::Ping, b"x"), 0),
+            None
+        );
+        assert_eq!(d.reframe(&[], 0), None);
+        assert_eq!(d.reframe(&[0x81], 0), None);
     }
 
     #[test]
