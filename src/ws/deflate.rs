@@ -54,11 +54,25 @@ impl Deflater {
     /// The complete compressed frame (FIN and RSV1 set) for `payload`, or `None` when
     /// compressing does not make it smaller (it is then sent as it is).
     pub fn frame(&mut self, opcode: OpCode, payload: &[u8]) -> Option<Vec<u8>> {
+        let out = guarded(|| self.compress(opcode, payload));
+        if out.is_none() {
+            // A panic inside the library: its state is suspect, so it is replaced, and
+            // this message goes out uncompressed.
+            log::error!("deflate: the compressor panicked; message sent uncompressed");
+            *self = Deflater::new();
+        }
+        out.flatten()
+    }
+
+    fn compress(&mut self, opcode: OpCode, payload: &[u8]) -> Option<Vec<u8>> {
         self.c.reset();
-        // Room for the largest header in front, so the body never moves; and no more
-        // body room than the payload itself: a compressed body that does not fit is
-        // not worth sending.
-        let mut out: Vec<u8> = Vec::with_capacity(10 + payload.len() + TAIL.len());
+        // Room for the largest header in front, so the body never moves; and room
+        // for the worst expansion of level 1 (static codes of 9 bits for most bytes,
+        // block headers, the flush), so the compressor never runs out of output:
+        // zlib-rs 0.6.8 panics in a later call after one that did (found by Autobahn
+        // 12.2.3, random 256-byte messages; see `random_payloads_never_panic`).
+        let room = payload.len() + payload.len() / 4 + 256;
+        let mut out: Vec<u8> = Vec::with_capacity(10 + room);
         out.resize(10, 0);
         let before_in = self.c.total_in();
         let status = self
@@ -150,6 +164,19 @@ impl Inflater {
     /// `data`, at most `limit` bytes. The output grows by doubling from a guess and
     /// never past `limit`; one byte beyond it is looked for in a stack byte.
     pub fn inflate(&mut self, data: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
+        match guarded(|| self.inflate_unguarded(data, limit)) {
+            Some(r) => r,
+            None => {
+                // Client bytes must never take a thread down, even through a bug in
+                // the library: the inflater is replaced and the message refused.
+                log::error!("deflate: the inflater panicked; message refused");
+                *self = Inflater::default();
+                Err(InflateError::Invalid)
+            }
+        }
+    }
+
+    fn inflate_unguarded(&mut self, data: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
         self.d.reset(false);
         let guess = data.len().saturating_mul(4).clamp(256, 64 << 10);
         let mut out = Vec::with_capacity(guess.min(limit));
@@ -217,6 +244,11 @@ impl Inflater {
             }
         }
     }
+}
+
+/// `f`'s result, or `None` if it panicked.
+fn guarded<T>(f: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
 }
 
 /// What a connection's negotiation allows, in 3 bits (`Conn::flags` holds them):
@@ -349,6 +381,28 @@ mod tests {
             })
             .collect();
         assert_eq!(Deflater::new().frame(OpCode::Binary, &noise), None);
+    }
+
+    #[test]
+    fn random_payloads_never_panic() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut d = Deflater::new();
+        for n in [256usize, 257, 300, 1000, 1024, 4096, 65536] {
+            for _ in 0..200 {
+                let p: Vec<u8> = (0..n)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        (x >> 24) as u8
+                    })
+                    .collect();
+                // Random bytes do not shrink; a panic would be caught and logged, so
+                // the compressor must still be the first one.
+                assert_eq!(d.frame(OpCode::Binary, &p), None);
+                assert_eq!(d.c.total_in(), n as u64, "replaced after a panic");
+            }
+        }
     }
 
     #[test]
