@@ -91,7 +91,10 @@ fn chromium_negotiates_permessage_deflate_and_receives_compressed_pushes_intact(
     assert_eq!(v["replies"], serde_json::json!([":1", ":1", ":1"]), "{v}");
     let pushed = v["bytes"].as_u64().unwrap();
     let written = server.info_u64("bytes_written");
-    assert!(written * 3 < pushed, "{written} bytes written for {pushed} pushed");
+    assert!(
+        written * 3 < pushed,
+        "{written} bytes written for {pushed} pushed"
+    );
 }
 
 /// A loopback address nothing listens on right now (for a node that must come back
