@@ -99,8 +99,8 @@ impl FrameError {
     }
 }
 
-/// Decodes a CLIENT frame header (must be masked, no RSV bits since no extension is
-/// ever negotiated). `Ok(None)` = need more bytes. `Ok(Some((header, header_len)))`.
+/// Decodes a CLIENT frame header of a connection without permessage-deflate (must
+/// be masked, no RSV bits). `Ok(None)` = need more bytes. `Ok(Some((header, header_len)))`.
 /// Checks in this order: RSV, opcode, control-frame rules, mask, length.
 ///
 /// Non-minimal length encodings (e.g. 5 in the 16-bit form) are accepted: the RFC

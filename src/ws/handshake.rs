@@ -724,8 +724,8 @@ pub fn accept_key(key: &[u8]) -> String {
     BASE64.encode(sha1.finalize())
 }
 
-/// The 101 Switching Protocols response: no extension; the `wspush.v1` subprotocol when
-/// the client offered it.
+/// The 101 Switching Protocols response without an extension; the `wspush.v1`
+/// subprotocol when the client offered it.
 pub fn upgrade_response(accept: &str, v1: bool) -> Vec<u8> {
     upgrade_response_with(accept, v1, None)
 }
