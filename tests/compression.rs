@@ -125,8 +125,16 @@ fn next_message(s: &mut TcpStream) -> (bool, Vec<u8>) {
 #[test]
 fn negotiates_without_context_takeover_both_ways() {
     let server = Server::start(&[]);
-    let (_s, head) = upgrade(server.ws, "", OFFER);
+    let (s, head) = upgrade(server.ws, "", OFFER);
     assert_eq!(extensions(&head).as_deref(), Some(AGREED), "{head}");
+    // Counted while open (INFO deflate_connections), and only with the extension.
+    let (plain, _) = upgrade(server.ws, "", "");
+    assert_info_eventually(&server, "connected_clients", 2);
+    assert_info_eventually(&server, "deflate_connections", 1);
+    drop(s);
+    assert_info_eventually(&server, "deflate_connections", 0);
+    drop(plain);
+    assert_info_eventually(&server, "connected_clients", 0);
 }
 
 #[test]
@@ -277,12 +285,16 @@ fn a_small_window_gets_compressed_frames_only_within_it() {
         "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=9\r\n",
     );
     let mut ctl = server.control();
-    let (fits, larger) = (json(400), json(3000));
-    assert_eq!(ctl.int(&["PUBLISH", "r", &fits]), 1);
-    assert_eq!(ctl.int(&["PUBLISH", "r", &larger]), 1);
+    // The last one compresses far below 512 bytes: what counts is its own length.
+    let (fits, larger, repetitive) = (json(400), json(3000), "a".repeat(3000));
+    for p in [&fits, &larger, &repetitive] {
+        assert_eq!(ctl.int(&["PUBLISH", "r", p]), 1);
+    }
     // 400 bytes fit a 512-byte window: no back-reference can reach further.
-    assert_eq!(next_message(&mut s), (true, fits.into_bytes()));
-    assert_eq!(next_message(&mut s), (false, larger.into_bytes()));
+    let text = |(c, p): (bool, Vec<u8>)| (c, String::from_utf8(p).unwrap());
+    assert_eq!(text(next_message(&mut s)), (true, fits));
+    assert_eq!(text(next_message(&mut s)), (false, larger));
+    assert_eq!(text(next_message(&mut s)), (false, repetitive));
 }
 
 #[test]

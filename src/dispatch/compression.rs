@@ -42,6 +42,11 @@ impl Compression {
         }
     }
 
+    /// Open connections with the extension on every reactor (INFO).
+    pub fn connections(&self) -> u64 {
+        self.online.iter().map(|c| c[0] + c[1]).sum()
+    }
+
     /// The compressed twins of a push's `frame` and `envelope` for the reactors it
     /// goes to, each only if one of them has a connection that takes it.
     pub fn deflate(

@@ -1300,6 +1300,48 @@ mod tests {
 
     /// No wspush.v1 connection anywhere: pushes carry no envelope (no JSON encoded,
     /// no second frame); once one opened, they do.
+    /// No connection with permessage-deflate anywhere: nothing is compressed.
+    #[test]
+    fn pushes_are_compressed_only_while_a_deflate_connection_exists() {
+        let mut rig = Rig::new(1);
+        rig.d.compression = compression::Compression::new(1, Some(16));
+        rig.events
+            .send(vec![Event::Room {
+                reactor: 0,
+                room: "news".into(),
+                delta: 1,
+            }])
+            .unwrap();
+        rig.d.apply_events();
+        let payload = br#"{"key":"value"}"#.repeat(10);
+        let mut deflated_of = |rig: &mut Rig, delta: Option<i32>| {
+            if let Some(delta) = delta {
+                let ev = Event::Deflate {
+                    reactor: 0,
+                    v1: false,
+                    delta,
+                };
+                rig.events.send(vec![ev]).unwrap();
+                rig.d.apply_events();
+            }
+            assert_eq!(rig.d.push(Recipients::Room("news"), &payload, false), 1);
+            rig.d.end_turn();
+            match rig.reactors[0].try_recv() {
+                Ok(ReactorMsg::Batch(cmds)) => match &cmds[..] {
+                    [link::Command::Push { deflated, .. }] => deflated.frame.is_some(),
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(
+            !deflated_of(&mut rig, None),
+            "no connection with the extension"
+        );
+        assert!(deflated_of(&mut rig, Some(1)), "one opened");
+        assert!(!deflated_of(&mut rig, Some(-1)), "it closed");
+    }
+
     #[test]
     fn envelopes_are_made_only_while_a_v1_connection_exists() {
         let mut rig = Rig::new(1);

@@ -142,7 +142,8 @@ pub(super) struct Variants {
 struct Slot {
     chunk: Option<Chunk>,
     idx: Option<u32>,
-    /// The payload length (what a small window allows depends on it).
+    /// The frame's payload length (what a small window allows depends on the
+    /// plain variant's).
     len: usize,
 }
 
@@ -183,7 +184,9 @@ impl Variants {
             0
         };
         let code = conn.deflate_code();
-        let s = if code != 0 && self.has(base + 1) && may_share(code, self.slots[base + 1].len) {
+        // The window limits the original payload's length (the longest possible
+        // back-reference), not the compressed one's.
+        let s = if code != 0 && self.has(base + 1) && may_share(code, self.slots[base].len) {
             base + 1
         } else {
             base
