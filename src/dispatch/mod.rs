@@ -1314,7 +1314,7 @@ mod tests {
             .unwrap();
         rig.d.apply_events();
         let payload = br#"{"key":"value"}"#.repeat(10);
-        let mut deflated_of = |rig: &mut Rig, delta: Option<i32>| {
+        let deflated_of = |rig: &mut Rig, delta: Option<i32>| {
             if let Some(delta) = delta {
                 let ev = Event::Deflate {
                     reactor: 0,

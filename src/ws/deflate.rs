@@ -195,6 +195,11 @@ impl Inflater {
                 break;
             }
         }
+        // Capacity is only ever reserved up to the limit, but the limit is the
+        // contract: never trust the allocator's rounding for it.
+        if out.len() > limit {
+            return Err(InflateError::TooBig);
+        }
         Ok(out)
     }
 
