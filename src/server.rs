@@ -390,6 +390,7 @@ impl Server {
                 ipv6_prefix: cfg.ipv6_prefix,
                 per_address_limits,
                 access_log: cfg.access_log,
+                compression_min_size: cfg.compression_min_size(),
             },
             capacity: capacity.clone(),
             liveness: liveness.clone(),
@@ -439,6 +440,7 @@ impl Server {
                 max_recover: cfg.max_recover,
                 http: http_addr,
                 api_key: cfg.api_key.clone(),
+                compression_min_size: cfg.compression_min_size(),
             },
             Census {
                 capacity,

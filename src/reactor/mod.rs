@@ -31,6 +31,7 @@ mod access;
 pub mod client_msg;
 mod closing;
 mod commands;
+mod compression;
 pub mod conn;
 mod grants;
 pub mod groups;
@@ -129,6 +130,8 @@ pub struct Reactor {
     /// Accept times of the connections upgraded this turn (their 101 is written at
     /// the turn's end).
     upgraded: Vec<Instant>,
+    /// permessage-deflate: counts, and the codecs made on first use.
+    compression: compression::Compression,
 }
 
 impl Reactor {
@@ -186,6 +189,7 @@ impl Reactor {
             shutdown_at: None,
             positions: positions::Positions::default(),
             v1_conns: 0,
+            compression: compression::Compression::default(),
             expired: Vec::new(),
             access,
             push_sample: None,
