@@ -121,5 +121,42 @@ fn push_frame(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, frame_header, mask, utf8, handshake, push_frame);
+/// permessage-deflate of the 1 KB JSON push of scripts/bench-compression.sh, at the
+/// levels worth considering; each prints its compressed size once. Also the inflate
+/// of a client message of that size.
+fn deflate(c: &mut Criterion) {
+    use wspush::ws::deflate::{Deflater, Inflater};
+    let payload = include_bytes!("data/push-1k.json");
+    let mut g = c.benchmark_group("deflate_push");
+    g.throughput(Throughput::Bytes(payload.len() as u64));
+    for level in [1u32, 2, 3, 6, 9] {
+        let mut d = Deflater::with_level(level);
+        let size = d.frame(OpCode::Text, payload).map_or(0, |f| f.len());
+        eprintln!(
+            "deflate level {level}: {} -> {size} bytes ({:.3}x)",
+            payload.len(),
+            size as f64 / payload.len() as f64
+        );
+        g.bench_function(BenchmarkId::new("level", level), |b| {
+            b.iter(|| d.frame(OpCode::Text, black_box(payload)))
+        });
+    }
+    let frame = Deflater::new().frame(OpCode::Text, payload).unwrap();
+    let body = &frame[if frame[1] == 126 { 4 } else { 2 }..];
+    let mut i = Inflater::default();
+    g.bench_function("inflate", |b| {
+        b.iter(|| i.inflate(black_box(body), 1 << 16))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    frame_header,
+    mask,
+    utf8,
+    handshake,
+    push_frame,
+    deflate
+);
 criterion_main!(benches);

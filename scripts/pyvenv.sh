@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # pyvenv.sh — prints the path of a Python that has PyJWT, cryptography, redis-py and
-# prometheus_client (whose parser tests/metrics.rs reads /metrics with),
+# prometheus_client (whose parser tests/metrics.rs reads /metrics with) and
+# websockets (an independent permessage-deflate client for tests/compression.rs),
 # creating the venv (target/pyvenv, or $WSPUSH_TEST_PYVENV) on first use. The tests and
 # the token benchmark mint tokens with it (an implementation independent of wspush's),
 # and the client-library tests talk to the control port with redis-py at its defaults.
@@ -8,8 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYVENV=${WSPUSH_TEST_PYVENV:-$PWD/target/pyvenv}
-if ! "$PYVENV/bin/python" -c 'import jwt, cryptography, redis, prometheus_client' >/dev/null 2>&1; then
-  echo "pyvenv.sh: creating $PYVENV with PyJWT, cryptography, redis and prometheus_client" >&2
+if ! "$PYVENV/bin/python" -c 'import jwt, cryptography, redis, prometheus_client, websockets' >/dev/null 2>&1; then
+  echo "pyvenv.sh: creating $PYVENV with PyJWT, cryptography, redis, prometheus_client and websockets" >&2
   if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
     sudo_=""
     [ "$(id -u)" -eq 0 ] || sudo_=sudo
@@ -18,6 +19,6 @@ if ! "$PYVENV/bin/python" -c 'import jwt, cryptography, redis, prometheus_client
   fi
   rm -rf "$PYVENV"
   python3 -m venv "$PYVENV" >&2
-  "$PYVENV/bin/pip" install -q 'PyJWT>=2.8' 'cryptography>=41' 'redis>=5' 'prometheus_client>=0.17' >&2
+  "$PYVENV/bin/pip" install -q 'PyJWT>=2.8' 'cryptography>=41' 'redis>=5' 'prometheus_client>=0.17' 'websockets>=13' >&2
 fi
 echo "$PYVENV/bin/python"

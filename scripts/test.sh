@@ -55,7 +55,9 @@ if [ -z "${WSPUSH_TEST_PROMTOOL:-}" ] && [ ! -x target/promtool/usr/bin/promtool
 fi
 
 # Tokens in the authentication tests are minted by an independent implementation:
-# PyJWT (with `cryptography` for RS256/ES256), in a venv kept under target/.
+# PyJWT (with `cryptography` for RS256/ES256), in a venv kept under target/; the same
+# venv has `websockets`, the independent permessage-deflate client of
+# tests/compression.rs.
 WSPUSH_TEST_PYTHON=$(./scripts/pyvenv.sh)
 export WSPUSH_TEST_PYTHON
 

@@ -20,6 +20,13 @@ pub enum SlowPolicy {
     Drop,
 }
 
+/// `--compression`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
 /// Command-line configuration of the server.
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -104,6 +111,17 @@ pub struct Config {
     /// Echo data messages back to their sender (for conformance runs).
     #[arg(long)]
     pub echo: bool,
+
+    /// permessage-deflate (RFC 7692) for clients that offer it: each push is
+    /// compressed once and the compressed frame shared by every such recipient;
+    /// nothing is kept per connection. See README "Compression".
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub compression: Switch,
+
+    /// Smaller payloads are sent uncompressed (RSV1 clear) even to clients with
+    /// permessage-deflate.
+    #[arg(long, default_value = "256", value_parser = parse_size)]
+    pub compression_min_size: usize,
 
     /// On SIGINT/SIGTERM, time given to clients to answer the 1001 close.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -433,6 +451,11 @@ impl Config {
         self.jwt_secret.is_some() || self.jwt_secret_file.is_some() || self.jwt_public_key.is_some()
     }
 
+    /// `--compression-min-size` when compression is on.
+    pub fn compression_min_size(&self) -> Option<usize> {
+        (self.compression == Switch::On).then_some(self.compression_min_size)
+    }
+
     /// The reactors' slow-consumer policy.
     pub fn reactor_slow_policy(&self) -> crate::reactor::SlowPolicy {
         match self.slow_policy {
@@ -540,6 +563,9 @@ mod tests {
         assert_eq!(cfg.max_message, 64 << 10);
         assert_eq!(cfg.max_pending, 1 << 20);
         assert_eq!(cfg.slow_policy, SlowPolicy::Close);
+        assert_eq!(cfg.compression_min_size(), Some(256));
+        let off = Config::parse_from(["wspush", "--compression", "off"]);
+        assert_eq!(off.compression_min_size(), None);
     }
 
     #[test]

@@ -456,6 +456,7 @@ impl Server {
                 ipv6_prefix: cfg.ipv6_prefix,
                 per_address_limits,
                 access_log: cfg.access_log,
+                compression_min_size: cfg.compression_min_size(),
             },
             capacity: capacity.clone(),
             liveness: liveness.clone(),
@@ -504,6 +505,7 @@ impl Server {
                 max_recover: cfg.max_recover,
                 http: http_addr,
                 api_key: cfg.api_key.clone(),
+                compression_min_size: cfg.compression_min_size(),
             },
             Census {
                 capacity,

@@ -64,6 +64,39 @@ fn the_demo_page_in_chromium_recovers_every_drop_without_gap_or_duplicate() {
     assert_eq!(server.info_u64("recovery_failures"), 0);
 }
 
+/// permessage-deflate with Chromium's own implementation (issue 12 §5): negotiated,
+/// large JSON pushes arrive intact and compressed (the server wrote far fewer bytes
+/// than it pushed), and the browser's compressed join is understood.
+#[test]
+fn chromium_negotiates_permessage_deflate_and_receives_compressed_pushes_intact() {
+    assert_browser_installed();
+    let _turn = CHROMIUM.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start(&[]);
+    let out = Command::new("node")
+        .arg("clients/js/e2e/compression.mjs")
+        .arg(server.ws.to_string())
+        .arg(server.control.to_string())
+        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("a JSON summary");
+    let ext = v["extensions"].as_str().unwrap_or_default();
+    assert!(ext.starts_with("permessage-deflate"), "{v}");
+    assert!(ext.contains("server_no_context_takeover"), "{v}");
+    assert_eq!(v["joined"], r#"{"op":"joined","room":"second"}"#, "{v}");
+    assert_eq!(v["intact"], true, "{v}");
+    assert_eq!(v["replies"], serde_json::json!([":1", ":1", ":1"]), "{v}");
+    let pushed = v["bytes"].as_u64().unwrap();
+    let written = server.info_u64("bytes_written");
+    assert!(
+        written * 3 < pushed,
+        "{written} bytes written for {pushed} pushed"
+    );
+}
+
 /// A loopback address nothing listens on right now (for a node that must come back
 /// on the same address after a restart).
 fn free_addr() -> SocketAddr {

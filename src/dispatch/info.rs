@@ -66,6 +66,11 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
         line(&mut out, "sockets", &sockets);
         line(
             &mut out,
+            "deflate_connections",
+            &d.compression.connections(),
+        );
+        line(
+            &mut out,
             "established_slots",
             &d.census.capacity.open_count(),
         );

@@ -110,6 +110,12 @@ impl Dispatcher {
             "Users with at least one connection on this node.",
             self.users.len() as u64,
         );
+        w.single(
+            "wspush_deflate_connections",
+            Kind::Gauge,
+            "Open connections that negotiated permessage-deflate.",
+            self.compression.connections(),
+        );
         let grant_sets: u64 = self
             .reactors
             .iter()

@@ -25,6 +25,7 @@
 pub mod broker;
 mod client;
 mod cluster;
+mod compression;
 pub mod counts;
 mod handover;
 pub mod http;
@@ -98,6 +99,8 @@ pub struct DispatchSettings {
     pub http: Option<SocketAddr>,
     /// `--api-key`: what HTTP API requests must bear.
     pub api_key: Option<String>,
+    /// permessage-deflate's `--compression-min-size`; `None`: compression is off.
+    pub compression_min_size: Option<usize>,
 }
 
 /// What cluster mode is started with.
@@ -282,6 +285,8 @@ pub struct Dispatcher {
     turn_started: Instant,
     /// Per reactor: this turn's batch already carries a latency sample.
     sampled: Vec<bool>,
+    /// permessage-deflate: who takes compressed frames, and the compressor.
+    compression: compression::Compression,
 }
 
 impl Dispatcher {
@@ -306,6 +311,7 @@ impl Dispatcher {
             None => None,
         };
         let n = reactors.len();
+        let compression = compression::Compression::new(n, settings.compression_min_size);
         let cluster = settings.cluster.as_ref().map(|c| {
             let nonce = cluster::nonce();
             let engine = broker::redis::RedisEngine::new(
@@ -370,6 +376,7 @@ impl Dispatcher {
                 handover: handover::State::default(),
                 turn_started: Instant::now(),
                 sampled: vec![false; n],
+                compression,
                 history: crate::history::History::new(history_limits, cluster::nonce()),
             },
             handle,
@@ -581,6 +588,9 @@ impl Dispatcher {
                         if let Some(n) = self.v1_online.get_mut(reactor) {
                             *n = (*n as i64 + delta as i64).max(0) as u64;
                         }
+                    }
+                    Event::Deflate { reactor, v1, delta } => {
+                        self.compression.count(reactor, v1, delta)
                     }
                     Event::Exited { reactor } => {
                         let lost = self.unacked.get_mut(reactor).map(std::mem::take);
@@ -968,6 +978,9 @@ impl Dispatcher {
                 (Some(e), offset)
             }
         };
+        let deflated = self
+            .compression
+            .deflate(&reactors, &frame, envelope.as_deref());
         for r in reactors {
             if from_broker && self.reactors[r].tx.len() >= MAX_QUEUED_BATCHES {
                 // The broker's reads never wait for a reactor: this one is that far
@@ -982,6 +995,7 @@ impl Dispatcher {
                     frame: frame.clone(),
                     envelope: envelope.clone(),
                     offset,
+                    deflated: deflated.clone(),
                 },
             );
         }
@@ -1288,6 +1302,7 @@ mod tests {
                     max_recover: 300,
                     http: None,
                     api_key: None,
+                    compression_min_size: None,
                 },
                 Census {
                     capacity: Arc::new(crate::link::capacity::Capacity::new(100, 100)),
@@ -1428,6 +1443,50 @@ mod tests {
 
     /// No wspush.v1 connection anywhere: pushes carry no envelope (no JSON encoded,
     /// no second frame); once one opened, they do.
+    /// No connection with permessage-deflate anywhere: nothing is compressed.
+    #[test]
+    fn pushes_are_compressed_only_while_a_deflate_connection_exists() {
+        let mut rig = Rig::new(1);
+        rig.d.compression = compression::Compression::new(1, Some(16));
+        rig.events
+            .send(vec![Event::Room {
+                reactor: 0,
+                room: "news".into(),
+                delta: 1,
+            }])
+            .unwrap();
+        rig.d.apply_events();
+        let payload = br#"{"key":"value"}"#.repeat(10);
+        let deflated_of = |rig: &mut Rig, delta: Option<i32>| {
+            if let Some(delta) = delta {
+                let ev = Event::Deflate {
+                    reactor: 0,
+                    v1: false,
+                    delta,
+                };
+                rig.events.send(vec![ev]).unwrap();
+                rig.d.apply_events();
+            }
+            assert_eq!(rig.d.push(Recipients::Room("news"), &payload, false), 1);
+            rig.d.end_turn();
+            match rig.reactors[0].try_recv() {
+                Ok(ReactorMsg::Batch(cmds)) => match &cmds[..] {
+                    [link::Command::Sample { .. }, link::Command::Push { deflated, .. }] => {
+                        deflated.frame.is_some()
+                    }
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(
+            !deflated_of(&mut rig, None),
+            "no connection with the extension"
+        );
+        assert!(deflated_of(&mut rig, Some(1)), "one opened");
+        assert!(!deflated_of(&mut rig, Some(-1)), "it closed");
+    }
+
     #[test]
     fn envelopes_are_made_only_while_a_v1_connection_exists() {
         let mut rig = Rig::new(1);

@@ -43,6 +43,9 @@ pub enum Command {
         frame: Arc<[u8]>,
         envelope: Option<Arc<[u8]>>,
         offset: Option<u64>,
+        /// The same frames compressed (permessage-deflate), for connections that
+        /// negotiated it.
+        deflated: Deflated,
     },
     /// The answer to `Event::Position { req }`: write `joined` (the `joined` reply
     /// with the room's position), then the `replay` frames (recovered messages), to
@@ -96,6 +99,17 @@ impl Command {
     }
 }
 
+/// A push's compressed frames, each made at most once and only while some
+/// recipient reactor has a connection that negotiated permessage-deflate (counted
+/// by `Event::Deflate`). `None`: that variant goes out uncompressed.
+#[derive(Debug, Clone, Default)]
+pub struct Deflated {
+    /// `Command::Push::frame` compressed.
+    pub frame: Option<Arc<[u8]>>,
+    /// `Command::Push::envelope` compressed.
+    pub envelope: Option<Arc<[u8]>>,
+}
+
 /// A message on a reactor's channel.
 #[derive(Debug)]
 pub enum ReactorMsg {
@@ -139,6 +153,14 @@ pub enum Event {
     /// A `wspush.v1` connection opened (+1) or closed (−1): while there is none, the
     /// dispatcher encodes no envelopes at all.
     V1 { reactor: usize, delta: i32 },
+    /// A connection that negotiated permessage-deflate opened (+1) or closed (−1);
+    /// `v1`: it speaks `wspush.v1` (it takes compressed envelopes, the others
+    /// compressed raw frames). While a reactor has none, nothing is compressed for it.
+    Deflate {
+        reactor: usize,
+        v1: bool,
+        delta: i32,
+    },
     /// A `wspush.v1` connection joined `room` (at connect or by a join op) and waits
     /// for its position, and for what it missed after `since` (epoch, offset) if
     /// given. Until the answer (`Command::Position { req }`) comes, the reactor holds

@@ -15,7 +15,7 @@ use super::conn::{flag, Conn, Phase};
 use super::outbox::Chunk;
 use super::Reactor;
 use crate::link::stats::CloseReason;
-use crate::link::{Command, Event, ReactorMsg, Target};
+use crate::link::{Command, Deflated, Event, ReactorMsg, Target};
 
 impl Reactor {
     /// Applies carried and newly arrived commands until the channel is empty or the
@@ -62,7 +62,8 @@ impl Reactor {
                 frame,
                 envelope,
                 offset,
-            } => self.push(&target, frame, envelope, offset),
+                deflated,
+            } => self.push(&target, frame, envelope, offset, deflated),
             Command::Position {
                 req,
                 joined,
@@ -112,6 +113,7 @@ impl Reactor {
         frame: Arc<[u8]>,
         envelope: Option<Arc<[u8]>>,
         offset: Option<u64>,
+        deflated: Deflated,
     ) {
         // The dispatcher sends no envelope while it knows of no wspush.v1 connection;
         // one that opened meanwhile still gets SEND and BROADCAST as envelopes (room
@@ -125,11 +127,15 @@ impl Reactor {
             }
             _ => envelope,
         };
-        let idx = self.outbox.add_frame(Chunk::Push(frame));
-        // The envelope enters the arena only once a `wspush.v1` recipient needs it, so
-        // raw-only reactors keep their whole frame budget and drop it at once.
-        let mut envelope = envelope.map(Chunk::Push);
-        let mut env_idx = None;
+        let envelope_deflated = match (&deflated.envelope, &envelope) {
+            (None, Some(e)) => self.deflate_envelope(e),
+            (d, _) => d.clone(),
+        };
+        // Each variant (plain, envelope, each compressed) enters the arena only once
+        // a recipient needs it, so a reactor keeps its whole frame budget for what
+        // it sends and drops the rest at once.
+        let mut variants =
+            super::compression::Variants::new(frame, envelope, deflated.frame, envelope_deflated);
         let mut n = 0u64;
         let Reactor {
             conns,
@@ -140,14 +146,7 @@ impl Reactor {
             ..
         } = self;
         let mut deliver = |key: u32, conn: &mut Conn| {
-            let idx = match (conn.has(flag::V1), env_idx) {
-                (false, _) => idx,
-                (true, Some(e)) => e,
-                (true, None) => match envelope.take() {
-                    Some(chunk) => *env_idx.insert(outbox.add_frame(chunk)),
-                    None => idx,
-                },
-            };
+            let idx = variants.pick(conn, outbox);
             if outbox.append(&mut conn.chain, idx) && !conn.has(flag::DIRTY) {
                 conn.set(flag::DIRTY);
                 outbox.dirty.push(key);
@@ -188,7 +187,7 @@ impl Reactor {
 
 /// The payload of a complete, unmasked server frame (what `dispatch::push_frame`
 /// made): the bytes after its 2-, 4- or 10-byte header.
-fn frame_payload(frame: &[u8]) -> &[u8] {
+pub(super) fn frame_payload(frame: &[u8]) -> &[u8] {
     let header = match frame.get(1).map(|b| b & 0x7f) {
         Some(126) => 4,
         Some(127) => 10,

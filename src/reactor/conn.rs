@@ -57,6 +57,10 @@ pub mod flag {
     /// Speaks the `wspush.v1` subprotocol: pushes as JSON envelopes, positions in
     /// `joined`.
     pub const V1: u16 = 4096;
+    /// permessage-deflate: three bits holding the connection's window code
+    /// (`ws::deflate::window_code`); all clear without the extension.
+    pub const DEFLATE: u16 = 0xe000;
+    pub const DEFLATE_SHIFT: u32 = 13;
 }
 
 /// State kept only while input is incomplete.
@@ -133,6 +137,12 @@ impl Conn {
             input: None,
             output: None,
         }
+    }
+
+    /// The permessage-deflate window code (`ws::deflate::may_share`); 0 without the
+    /// extension.
+    pub fn deflate_code(&self) -> u16 {
+        (self.flags & flag::DEFLATE) >> flag::DEFLATE_SHIFT
     }
 
     pub fn has(&self, f: u16) -> bool {

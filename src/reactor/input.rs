@@ -219,10 +219,14 @@ impl Reactor {
         let max_message = self.shared.settings.max_message;
         let mut pos = 0;
         loop {
-            if self.conns.get(key as usize).map(|c| c.phase) != Some(Phase::Open) {
+            let Some(conn) = self.conns.get(key as usize) else {
+                return buf.len();
+            };
+            if conn.phase != Phase::Open {
                 return buf.len();
             }
-            match asm.next(&mut buf[pos..], max_message) {
+            let deflate = conn.deflate_code() != 0;
+            match asm.next_with(&mut buf[pos..], max_message, deflate) {
                 Err(e) => {
                     self.fail(key, e.close_code(), e.reason());
                     return buf.len();
@@ -245,6 +249,7 @@ impl Reactor {
             Item::Pong => {}
             Item::Close(payload) => self.on_close_frame(key, payload),
             Item::Message { text, payload } => self.on_message(key, text, &payload),
+            Item::Compressed { text, payload } => self.on_compressed(key, text, &payload),
         }
     }
 }

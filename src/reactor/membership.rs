@@ -62,6 +62,7 @@ impl Reactor {
     /// An open connection stops being one: out of every room and the user table,
     /// its grants released.
     pub(super) fn leave_all(&mut self, key: u32) {
+        self.drop_deflate(key);
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };

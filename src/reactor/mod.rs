@@ -31,6 +31,7 @@ mod access;
 pub mod client_msg;
 mod closing;
 mod commands;
+mod compression;
 pub mod conn;
 mod grants;
 pub mod groups;
@@ -132,6 +133,8 @@ pub struct Reactor {
     /// Accept times of the connections upgraded this turn (their 101 is written at
     /// the turn's end).
     upgraded: Vec<Instant>,
+    /// permessage-deflate: counts, and the codecs made on first use.
+    compression: compression::Compression,
 }
 
 impl Reactor {
@@ -189,6 +192,7 @@ impl Reactor {
             shutdown_at: None,
             positions: positions::Positions::default(),
             v1_conns: 0,
+            compression: compression::Compression::default(),
             expired: Vec::new(),
             handover: handover::State::default(),
             access,

@@ -11,22 +11,19 @@
 
 use super::client_msg::{self, ClientError, ClientRequest};
 use super::conn::flag;
-use super::outbox::Chunk;
 use super::Reactor;
 use crate::auth::verify;
 use crate::link::stats::CloseReason;
 use crate::ws::close::CloseCode;
-use crate::ws::frame::{encode_frame, OpCode};
+use crate::ws::frame::OpCode;
 
 impl Reactor {
     pub(super) fn on_message(&mut self, key: u32, text: bool, payload: &[u8]) {
         self.local.messages_received += 1;
         if self.shared.settings.echo {
             let op = if text { OpCode::Text } else { OpCode::Binary };
-            self.queue(
-                key,
-                Chunk::Owned(encode_frame(op, payload).into_boxed_slice()),
-            );
+            let frame = self.data_frame(key, op, payload);
+            self.queue(key, frame);
             return;
         }
         if !text {
@@ -179,9 +176,7 @@ impl Reactor {
     }
 
     pub(super) fn reply_text(&mut self, key: u32, text: &str) {
-        self.queue(
-            key,
-            Chunk::Owned(encode_frame(OpCode::Text, text.as_bytes()).into_boxed_slice()),
-        );
+        let frame = self.data_frame(key, OpCode::Text, text.as_bytes());
+        self.queue(key, frame);
     }
 }

@@ -50,6 +50,9 @@ pub struct Settings {
     pub per_address_limits: bool,
     /// `--access-log`: one line per closed connection.
     pub access_log: bool,
+    /// permessage-deflate (`--compression on`): payloads of at least this many
+    /// bytes are compressed (`--compression-min-size`); `None`: never negotiated.
+    pub compression_min_size: Option<usize>,
 }
 
 impl Settings {

@@ -33,6 +33,7 @@ fn settings() -> Settings {
         ipv6_prefix: 64,
         per_address_limits: false,
         access_log: false,
+        compression_min_size: None,
     }
 }
 
@@ -212,6 +213,7 @@ fn a_kick_and_a_slow_close_in_one_round_send_one_close_frame() {
             frame: push,
             envelope: None,
             offset: None,
+            deflated: Default::default(),
         }]))
         .unwrap();
     r.drain_channel();
@@ -314,6 +316,7 @@ fn a_burst_is_bounded_per_turn_delivered_whole_and_its_memory_released() {
                 frame: frame_of(i),
                 envelope: None,
                 offset: None,
+                deflated: Default::default(),
             })
             .collect();
         rig.handle.send(ReactorMsg::Batch(cmds)).unwrap();
@@ -392,6 +395,7 @@ fn a_request_flood_cannot_crowd_out_the_dispatchers_commands() {
             frame: b"\x81\x05hello".to_vec().into(),
             envelope: None,
             offset: None,
+            deflated: Default::default(),
         }]))
         .unwrap();
     r.drain_channel();
@@ -435,6 +439,7 @@ fn an_envelope_nobody_here_needs_is_not_kept() {
             frame: b"\x81\x05hello".to_vec().into(),
             envelope: Some(envelope.clone()),
             offset: None,
+            deflated: Default::default(),
         }]))
         .unwrap();
     r.drain_channel();

@@ -25,7 +25,7 @@ use crate::link::peers::{AddrKey, PeerSlot};
 use crate::link::stats::{auth_failure_index, failure_index};
 use crate::link::Event;
 use crate::ws::handshake::{
-    error_response, health_response, parse_request, ready_response, upgrade_response,
+    error_response, health_response, parse_request, ready_response, upgrade_response_with,
     HandshakeError, Request, Upgrade,
 };
 
@@ -318,9 +318,12 @@ impl Reactor {
                 self.join_room(key, room, true);
             }
         }
+        let deflate = self.take_deflate(key, up.deflate, up.v1);
         self.queue(
             key,
-            Chunk::Owned(upgrade_response(&up.accept, up.v1).into_boxed_slice()),
+            Chunk::Owned(
+                upgrade_response_with(&up.accept, up.v1, deflate.as_ref()).into_boxed_slice(),
+            ),
         );
         if up.v1 {
             // Each room's `joined` (with its position, and what was missed after a

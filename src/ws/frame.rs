@@ -69,12 +69,16 @@ pub struct FrameHeader {
     pub mask: [u8; 4],
     /// Payload bytes that follow the header.
     pub payload_len: u64,
+    /// RSV1: the first frame of a permessage-deflate message (only ever set when
+    /// the extension was negotiated; see `decode_client_header_with`).
+    pub compressed: bool,
 }
 
 /// Why a client frame header is a protocol violation. Every one closes with 1002.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameError {
-    /// RSV1–3 set, but no extension is ever negotiated.
+    /// RSV2 or RSV3 set, or RSV1 without permessage-deflate, or on a control or
+    /// continuation frame (RFC 7692 §6).
     ReservedBitsSet,
     /// A reserved opcode (the value is the opcode nibble).
     UnknownOpcode(u8),
@@ -95,22 +99,36 @@ impl FrameError {
     }
 }
 
-/// Decodes a CLIENT frame header (must be masked, no RSV bits since no extension is
-/// ever negotiated). `Ok(None)` = need more bytes. `Ok(Some((header, header_len)))`.
+/// Decodes a CLIENT frame header of a connection without permessage-deflate (must
+/// be masked, no RSV bits). `Ok(None)` = need more bytes. `Ok(Some((header, header_len)))`.
 /// Checks in this order: RSV, opcode, control-frame rules, mask, length.
 ///
 /// Non-minimal length encodings (e.g. 5 in the 16-bit form) are accepted: the RFC
 /// says a sender MUST use the minimal form, but refusing costs a check per frame
 /// and protects nothing.
 pub fn decode_client_header(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, FrameError> {
+    decode_client_header_with(buf, false)
+}
+
+/// `decode_client_header` for a connection that negotiated permessage-deflate
+/// (`deflate`): RSV1 is then allowed on the first frame of a data message, i.e. on
+/// Text and Binary frames, and nowhere else.
+pub fn decode_client_header_with(
+    buf: &[u8],
+    deflate: bool,
+) -> Result<Option<(FrameHeader, usize)>, FrameError> {
     let [b0, b1, rest @ ..] = buf else {
         return Ok(None);
     };
-    if b0 & 0x70 != 0 {
+    let compressed = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (compressed && !deflate) {
         return Err(FrameError::ReservedBitsSet);
     }
     let fin = b0 & 0x80 != 0;
     let opcode = OpCode::from_u8(b0 & 0x0f).ok_or(FrameError::UnknownOpcode(b0 & 0x0f))?;
+    if compressed && !matches!(opcode, OpCode::Text | OpCode::Binary) {
+        return Err(FrameError::ReservedBitsSet);
+    }
     let len7 = b1 & 0x7f;
     if opcode.is_control() {
         if !fin {
@@ -150,6 +168,7 @@ pub fn decode_client_header(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, 
         opcode,
         mask: *mask,
         payload_len,
+        compressed,
     };
     Ok(Some((header, 2 + ext_len + 4)))
 }
@@ -229,7 +248,8 @@ mod tests {
                 fin: true,
                 opcode: OpCode::Text,
                 mask: [0x37, 0xfa, 0x21, 0x3d],
-                payload_len: 5
+                payload_len: 5,
+                compressed: false,
             }
         );
         assert_eq!(n, 6);
@@ -335,6 +355,33 @@ mod tests {
             assert_eq!(err, FrameError::ReservedBitsSet);
             assert_eq!(err.close_code(), CloseCode::PROTOCOL_ERROR);
         }
+    }
+
+    #[test]
+    fn rsv1_is_allowed_only_on_first_data_frames_with_permessage_deflate() {
+        let (h, _) = decode_client_header_with(&[0xc1, 0x80, 1, 2, 3, 4], true)
+            .unwrap()
+            .unwrap();
+        assert!(h.compressed && h.opcode == OpCode::Text);
+        let (h, _) = decode_client_header_with(&[0x42, 0x80, 1, 2, 3, 4], true)
+            .unwrap()
+            .unwrap();
+        assert!(h.compressed && h.opcode == OpCode::Binary && !h.fin);
+        // Continuation, Close, Ping, Pong with RSV1; RSV2 and RSV3 whatever was agreed.
+        for b0 in [0xc0u8, 0xc8, 0xc9, 0xca, 0xa1, 0x91] {
+            assert_eq!(
+                decode_client_header_with(&[b0, 0x80], true),
+                Err(FrameError::ReservedBitsSet),
+                "{b0:#x}"
+            );
+        }
+        assert!(
+            !decode_client_header_with(&[0x81, 0x80, 1, 2, 3, 4], true)
+                .unwrap()
+                .unwrap()
+                .0
+                .compressed
+        );
     }
 
     #[test]
@@ -454,7 +501,7 @@ mod tests {
             wire.extend_from_slice(&key);
             let (h, hn) = decode_client_header(&wire).unwrap().unwrap();
             prop_assert_eq!(hn, n + 4);
-            prop_assert_eq!(h, FrameHeader { fin, opcode, mask: key, payload_len: len as u64 });
+            prop_assert_eq!(h, FrameHeader { fin, opcode, mask: key, payload_len: len as u64, compressed: false });
         }
 
         #[test]
@@ -477,7 +524,7 @@ mod tests {
             theirs.format(len, &mut client).unwrap();
             let (ours, n) = decode_client_header(&client).unwrap().unwrap();
             prop_assert_eq!(n, client.len());
-            prop_assert_eq!(ours, FrameHeader { fin, opcode, mask: key, payload_len: len });
+            prop_assert_eq!(ours, FrameHeader { fin, opcode, mask: key, payload_len: len, compressed: false });
 
             let mut out = [0u8; 10];
             let n = encode_header(fin, opcode, len as usize, &mut out);

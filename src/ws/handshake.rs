@@ -36,8 +36,9 @@
 //!   is taken as it stands (JWTs are base64url and dots: nothing to decode); two
 //!   `token=` keys, two `Authorization` headers, or both forms at once are a 400, so
 //!   a proxy cannot slip a second credential past the first.
-//! - No subprotocol or extension is ever negotiated, so the 101 never carries
-//!   `Sec-WebSocket-Protocol` or `Sec-WebSocket-Extensions`.
+//! - The only subprotocol is `wspush.v1`, the only extension permessage-deflate
+//!   (negotiated by `extension`: a bad offer is declined, never a failed handshake);
+//!   the reactor decides whether to take the agreement (`--compression`).
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -224,6 +225,8 @@ pub struct Upgrade {
     /// `recover=room:EPOCH:OFFSET,…`: the last position the client saw in rooms it
     /// also names in `rooms=`.
     pub recover: Vec<Since>,
+    /// The client's acceptable permessage-deflate offer, if it made one.
+    pub deflate: Option<super::extension::Agreement>,
 }
 
 /// The subprotocol of JSON envelopes with positions.
@@ -504,6 +507,12 @@ fn check_upgrade(
                 .split(|&b| b == b',')
                 .any(|t| trim_ows(t) == SUBPROTOCOL_V1.as_bytes())
         });
+    let deflate = super::extension::negotiate(
+        headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+            .map(|h| h.value),
+    );
     let mut bearer = None;
     for h in headers {
         if h.name.eq_ignore_ascii_case("authorization") {
@@ -537,6 +546,7 @@ fn check_upgrade(
         forwarded,
         v1,
         recover: q.recover,
+        deflate,
     })
 }
 
@@ -714,16 +724,26 @@ pub fn accept_key(key: &[u8]) -> String {
     BASE64.encode(sha1.finalize())
 }
 
-/// The 101 Switching Protocols response: no extension; the `wspush.v1` subprotocol when
-/// the client offered it.
+/// The 101 Switching Protocols response without an extension; the `wspush.v1`
+/// subprotocol when the client offered it.
 pub fn upgrade_response(accept: &str, v1: bool) -> Vec<u8> {
+    upgrade_response_with(accept, v1, None)
+}
+
+/// `upgrade_response` naming the permessage-deflate agreement taken, if any.
+pub fn upgrade_response_with(
+    accept: &str,
+    v1: bool,
+    deflate: Option<&super::extension::Agreement>,
+) -> Vec<u8> {
     let protocol = if v1 {
         "Sec-WebSocket-Protocol: wspush.v1\r\n"
     } else {
         ""
     };
+    let extensions = deflate.map(|a| a.response_header()).unwrap_or_default();
     format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{protocol}\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{protocol}{extensions}\r\n"
     )
     .into_bytes()
 }
@@ -841,6 +861,10 @@ mod tests {
                 forwarded: vec![],
                 v1: false,
                 recover: vec![],
+                deflate: Some(crate::ws::extension::Agreement {
+                    server_window_bits: 15,
+                    server_window_limited: false,
+                }),
             })
         );
     }
@@ -976,6 +1000,29 @@ mod tests {
         );
         assert_eq!(u.user.as_deref(), Some("u1"));
         assert_eq!(u.rooms, ["a", "b"]);
+    }
+
+    #[test]
+    fn upgrade_response_names_the_deflate_agreement() {
+        let a = crate::ws::extension::Agreement {
+            server_window_bits: 10,
+            server_window_limited: true,
+        };
+        let resp = String::from_utf8(upgrade_response_with(ACCEPT, true, Some(&a))).unwrap();
+        assert!(resp.ends_with(
+            "Sec-WebSocket-Protocol: wspush.v1\r\nSec-WebSocket-Extensions: permessage-deflate; \
+             server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10\r\n\r\n"
+        ), "{resp}");
+    }
+
+    #[test]
+    fn a_malformed_extension_offer_is_declined_not_refused() {
+        let u = upgrade_with(
+            "Sec-WebSocket-Extensions: permessage-deflate; \"oops\r\n",
+            "",
+        )
+        .unwrap();
+        assert_eq!(u.deflate, None);
     }
 
     #[test]

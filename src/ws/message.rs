@@ -10,11 +10,16 @@
 //! than when the frame ends (`scanned` remembers how far). Pure code: no I/O, never
 //! panics whatever the bytes, and owns no heap memory unless a fragmented message is
 //! in progress.
+//!
+//! permessage-deflate (`next_with(.., deflate: true)`): a message whose first frame
+//! has RSV1 is gathered compressed and yielded as `Item::Compressed`, for the caller
+//! to inflate (`ws::deflate`) and then check as UTF-8; its compressed size is bounded
+//! by `compressed_limit`, and the inflated size by the message limit.
 
 use std::ops::Deref;
 
 use super::close::CloseCode;
-use super::frame::{decode_client_header, FrameError, OpCode};
+use super::frame::{decode_client_header_with, FrameError, OpCode};
 use super::mask::apply_mask;
 use super::utf8::Utf8Validator;
 
@@ -30,6 +35,16 @@ pub struct Assembler {
     data: Vec<u8>,
     /// UTF-8 state of the text message in progress.
     utf8: Utf8Validator,
+    /// The fragmented message in progress is compressed (permessage-deflate).
+    compressed: bool,
+}
+
+/// The most compressed bytes a message limited to `max_message` may take: deflate's
+/// stored blocks add 5 bytes per 64 KiB to incompressible data, so a client that
+/// compresses everything stays within the limit with anything that inflates within
+/// it.
+pub fn compressed_limit(max_message: usize) -> usize {
+    max_message.saturating_add(max_message / 1024 + 64)
 }
 
 /// A message payload: borrowed from the input when it came in one frame.
@@ -54,6 +69,12 @@ impl Deref for Payload<'_> {
 pub enum Item<'a> {
     /// A whole data message; `text` payloads are valid UTF-8.
     Message {
+        text: bool,
+        payload: Payload<'a>,
+    },
+    /// A whole compressed data message: its payload is raw deflate, still to be
+    /// inflated, and for text, checked as UTF-8 after that.
+    Compressed {
         text: bool,
         payload: Payload<'a>,
     },
@@ -103,11 +124,13 @@ impl MessageError {
 enum Found {
     Data {
         text: bool,
+        compressed: bool,
         start: usize,
         end: usize,
     },
     Gathered {
         text: bool,
+        compressed: bool,
     },
     Ping {
         start: usize,
@@ -193,9 +216,19 @@ impl Assembler {
         buf: &'a mut [u8],
         max_message: usize,
     ) -> Result<(usize, Option<Item<'a>>), MessageError> {
+        self.next_with(buf, max_message, false)
+    }
+
+    /// `next` on a connection that negotiated permessage-deflate (`deflate`).
+    pub fn next_with<'a>(
+        &mut self,
+        buf: &'a mut [u8],
+        max_message: usize,
+        deflate: bool,
+    ) -> Result<(usize, Option<Item<'a>>), MessageError> {
         let mut pos = 0;
         let found = loop {
-            let (h, hlen) = match decode_client_header(&buf[pos..]) {
+            let (h, hlen) = match decode_client_header_with(&buf[pos..], deflate) {
                 Ok(Some(x)) => x,
                 Ok(None) => return Ok((pos, None)),
                 Err(e) => return Err(MessageError::Frame(e)),
@@ -210,7 +243,14 @@ impl Assembler {
                     }
                     _ => {}
                 }
-                let room = max_message.saturating_sub(self.data.len());
+                let compressed =
+                    h.compressed || (h.opcode == OpCode::Continuation && self.compressed);
+                let limit = if compressed {
+                    compressed_limit(max_message)
+                } else {
+                    max_message
+                };
+                let room = limit.saturating_sub(self.data.len());
                 if h.payload_len > room as u64 {
                     return Err(MessageError::TooBig);
                 }
@@ -220,8 +260,11 @@ impl Assembler {
             let len = usize::try_from(h.payload_len).map_err(|_| MessageError::TooBig)?;
             let start = pos + hlen;
             let avail = buf.len() - start;
-            let text = h.opcode == OpCode::Text
+            let is_text = h.opcode == OpCode::Text
                 || (h.opcode == OpCode::Continuation && self.message == Some(OpCode::Text));
+            let compressed = h.compressed || (h.opcode == OpCode::Continuation && self.compressed);
+            // Compressed text is checked once inflated, by the caller.
+            let text = is_text && !compressed;
             let scanned = self.scanned;
             if avail < len {
                 if text && avail > scanned {
@@ -258,13 +301,19 @@ impl Assembler {
                                 return Err(MessageError::InvalidUtf8);
                             }
                         }
-                        break Found::Data { text, start, end };
+                        break Found::Data {
+                            text: is_text,
+                            compressed,
+                            start,
+                            end,
+                        };
                     }
                     if text && self.utf8.feed(&payload[scanned..]).is_err() {
                         return Err(MessageError::InvalidUtf8);
                     }
                     if h.opcode != OpCode::Continuation {
                         self.message = Some(h.opcode);
+                        self.compressed = h.compressed;
                     }
                     self.data.extend_from_slice(payload);
                     if h.fin {
@@ -273,20 +322,37 @@ impl Assembler {
                         }
                         self.utf8.reset();
                         self.message = None;
-                        break Found::Gathered { text };
+                        self.compressed = false;
+                        break Found::Gathered {
+                            text: is_text,
+                            compressed,
+                        };
                     }
                 }
             }
         };
         let item = match found {
-            Found::Data { text, start, end } => Item::Message {
+            Found::Data {
                 text,
-                payload: Payload::Borrowed(&buf[start..end]),
-            },
-            Found::Gathered { text } => Item::Message {
-                text,
-                payload: Payload::Owned(std::mem::take(&mut self.data)),
-            },
+                compressed,
+                start,
+                end,
+            } => {
+                let payload = Payload::Borrowed(&buf[start..end]);
+                if compressed {
+                    Item::Compressed { text, payload }
+                } else {
+                    Item::Message { text, payload }
+                }
+            }
+            Found::Gathered { text, compressed } => {
+                let payload = Payload::Owned(std::mem::take(&mut self.data));
+                if compressed {
+                    Item::Compressed { text, payload }
+                } else {
+                    Item::Message { text, payload }
+                }
+            }
             Found::Ping { start, end } => Item::Ping(&buf[start..end]),
             Found::Pong => Item::Pong,
             Found::Close { start, end } => Item::Close(&buf[start..end]),
@@ -353,6 +419,9 @@ mod tests {
                 text: false,
                 payload,
             } => format!("binary:{payload:?}"),
+            Item::Compressed { text, payload } => {
+                format!("compressed:{text}:{:?}", &payload[..])
+            }
             Item::Ping(p) => format!("ping:{p:?}"),
             Item::Pong => "pong".into(),
             Item::Close(p) => format!("close:{p:?}"),
@@ -432,6 +501,65 @@ mod tests {
         assert_eq!(items(&bytes).unwrap_err(), MessageError::InvalidUtf8);
     }
 
+    /// Everything `bytes` yields on a connection with permessage-deflate.
+    fn deflate_items(bytes: &[u8], max: usize) -> Result<Vec<String>, MessageError> {
+        let mut a = Assembler::default();
+        let mut buf = bytes.to_vec();
+        let mut pos = 0;
+        let mut out = Vec::new();
+        loop {
+            let (used, item) = a.next_with(&mut buf[pos..], max, true)?;
+            pos += used;
+            match item {
+                Some(i) => out.push(describe(&i)),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    #[test]
+    fn a_compressed_message_is_yielded_compressed_and_unchecked() {
+        // 0xff is not UTF-8, but a compressed payload is checked only once inflated.
+        let bytes = frame(true, 0x41, &[0xff, 0x01]);
+        assert_eq!(
+            deflate_items(&bytes, MAX).unwrap(),
+            ["compressed:true:[255, 1]"]
+        );
+        // Fragments: RSV1 on the first only; control frames may interleave.
+        let mut bytes = frame(false, 0x42, &[1]);
+        bytes.extend(frame(true, 0x9, b""));
+        bytes.extend(frame(true, 0x0, &[2]));
+        bytes.extend(frame(true, 0x1, b"plain"));
+        assert_eq!(
+            deflate_items(&bytes, MAX).unwrap(),
+            ["ping:[]", "compressed:false:[1, 2]", "text:plain"]
+        );
+    }
+
+    #[test]
+    fn rsv1_without_the_extension_or_on_a_continuation_is_a_protocol_error() {
+        let e = items(&frame(true, 0x41, b"x")).unwrap_err();
+        assert_eq!(e, MessageError::Frame(FrameError::ReservedBitsSet));
+        assert_eq!(e.close_code(), CloseCode::PROTOCOL_ERROR);
+        let mut bytes = frame(false, 0x41, b"x");
+        bytes.extend(frame(true, 0x40, b"y"));
+        let e = deflate_items(&bytes, MAX).unwrap_err();
+        assert_eq!(e.close_code(), CloseCode::PROTOCOL_ERROR);
+        let e = deflate_items(&frame(true, 0x49, b""), MAX).unwrap_err();
+        assert_eq!(e.close_code(), CloseCode::PROTOCOL_ERROR);
+    }
+
+    #[test]
+    fn compressed_bytes_are_bounded_from_the_header_on() {
+        let mut head = frame(true, 0x42, &[0; 300])[..8].to_vec();
+        let e = Assembler::default()
+            .next_with(&mut head, 100, true)
+            .unwrap_err();
+        assert_eq!(e, MessageError::TooBig);
+        assert_eq!(compressed_limit(100), 164);
+        assert!(deflate_items(&frame(true, 0x42, &[0; 164]), 100).is_ok());
+    }
+
     #[test]
     fn bad_frame_headers_map_to_1002() {
         let e = items(&[0x81, 0x05, b'h']).unwrap_err();
@@ -490,6 +618,11 @@ mod tests {
             let mut a = Assembler::default();
             let mut pos = 0;
             while let Ok((used, Some(_))) = a.next(&mut bytes[pos..], 4096) {
+                pos += used;
+            }
+            let mut a = Assembler::default();
+            let mut pos = 0;
+            while let Ok((used, Some(_))) = a.next_with(&mut bytes[pos..], 4096, true) {
                 pos += used;
             }
         }

@@ -3,7 +3,9 @@
 //! property-tested byte for byte.
 
 pub mod close;
+pub mod deflate;
 pub mod envelope;
+pub mod extension;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
