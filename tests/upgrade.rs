@@ -163,10 +163,25 @@ struct Client {
     texts: Vec<String>,
     /// The server closed it or it failed: never expected here.
     ended: Option<String>,
+    /// It negotiated permessage-deflate.
+    deflate: bool,
+    /// Compressed messages received (inflated here).
+    compressed: usize,
 }
 
 impl Client {
     fn connect(addr: SocketAddr, query: &str, v1: bool, small_rcvbuf: bool) -> Client {
+        Client::connect_with(addr, query, v1, small_rcvbuf, false)
+    }
+
+    /// `connect`, offering permessage-deflate when `deflate`.
+    fn connect_with(
+        addr: SocketAddr,
+        query: &str,
+        v1: bool,
+        small_rcvbuf: bool,
+        deflate: bool,
+    ) -> Client {
         let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
             .expect("socket");
         if small_rcvbuf {
@@ -176,11 +191,13 @@ impl Client {
         sock.connect(&addr.into()).expect("connect");
         let mut s: TcpStream = sock.into();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let proto = if v1 {
-            "Sec-WebSocket-Protocol: wspush.v1\r\n"
-        } else {
-            ""
-        };
+        let mut proto = String::new();
+        if v1 {
+            proto.push_str("Sec-WebSocket-Protocol: wspush.v1\r\n");
+        }
+        if deflate {
+            proto.push_str("Sec-WebSocket-Extensions: permessage-deflate\r\n");
+        }
         write!(
             s,
             "GET /ws{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -199,6 +216,12 @@ impl Client {
         };
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        if deflate {
+            assert!(
+                head.to_ascii_lowercase().contains("permessage-deflate"),
+                "not negotiated: {head}"
+            );
+        }
         buf.drain(..end);
         s.set_nonblocking(true).unwrap();
         Client {
@@ -209,6 +232,8 @@ impl Client {
             sizes: Vec::new(),
             texts: Vec::new(),
             ended: None,
+            deflate,
+            compressed: 0,
         }
     }
 
@@ -261,8 +286,14 @@ impl Client {
                 return;
             }
             let op = b[0] & 0x0f;
-            let payload = b[hlen..hlen + len].to_vec();
+            let rsv1 = b[0] & 0x40 != 0;
+            let mut payload = b[hlen..hlen + len].to_vec();
             self.buf.drain(..hlen + len);
+            if rsv1 {
+                assert!(self.deflate, "RSV1 on a connection without the extension");
+                payload = inflate(&payload);
+                self.compressed += 1;
+            }
             match op {
                 1 | 2 => self.on_message(&payload),
                 8 => {
@@ -299,6 +330,18 @@ impl Client {
     }
 }
 
+/// RFC 7692 §7.2.2: append 00 00 ff ff and inflate (each message on its own: the
+/// server shares one compressed frame between recipients, so no context carries).
+fn inflate(body: &[u8]) -> Vec<u8> {
+    let mut input = body.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut d = flate2::Decompress::new(false);
+    let mut out = Vec::with_capacity(1 << 17);
+    d.decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync)
+        .expect("valid deflate");
+    out
+}
+
 /// Reads `clients` on a thread until `stop`, then hands them back.
 fn reader(mut clients: Vec<Client>, stop: Arc<AtomicBool>) -> thread::JoinHandle<Vec<Client>> {
     thread::spawn(move || loop {
@@ -330,7 +373,11 @@ fn publisher(
         let start = Instant::now();
         while !stop.load(Ordering::SeqCst) {
             let room = rooms[(k as usize) % rooms.len()].clone();
-            let payload = format!("payload #{room}:{k}# of the upgrade test");
+            // Over --compression-min-size, so deflate connections get it compressed.
+            let payload = format!(
+                "payload #{room}:{k}# of the upgrade test {}",
+                "z".repeat(300)
+            );
             let reply = c.cmd(&["PUBLISH", room.as_str(), payload.as_str()]);
             sent.push((room, k, reply));
             k += 1;
@@ -412,8 +459,9 @@ fn an_upgrade_keeps_every_connection_and_delivers_every_push_exactly_once_in_ord
             )
         };
         let v1 = i % 7 == 3;
+        let deflate = i % 5 == 1;
         let query = format!("?token={}{query_rooms}", token(&claims));
-        let mut c = Client::connect(p.ws, &query, v1, false);
+        let mut c = Client::connect_with(p.ws, &query, v1, false, deflate);
         c.rooms = vec![a.clone(), b.clone()];
         *members.entry(a.clone()).or_default() += 1;
         *members.entry(b.clone()).or_default() += 1;
@@ -422,9 +470,10 @@ fn an_upgrade_keeps_every_connection_and_delivers_every_push_exactly_once_in_ord
     // Slow consumers: in room "big" only, reading nothing until after the upgrade.
     let big_claims = format!(r#"{{"sub":"slow","exp":{exp},"rooms":["big"]}}"#);
     let mut slow: Vec<Client> = (0..3)
-        .map(|_| {
-            let mut c =
-                Client::connect(p.ws, &format!("?token={}", token(&big_claims)), false, true);
+        .map(|i| {
+            // One of them with compressed frames queued.
+            let query = format!("?token={}", token(&big_claims));
+            let mut c = Client::connect_with(p.ws, &query, false, true, i == 0);
             c.rooms = vec!["big".into()];
             c
         })
@@ -611,6 +660,20 @@ fn an_upgrade_keeps_every_connection_and_delivers_every_push_exactly_once_in_ord
             );
         }
     }
+    // permessage-deflate carried on: every push to its connections came compressed,
+    // before and after, and so did the frames queued for the slow one.
+    assert!(all.iter().any(|c| c.deflate));
+    for (i, c) in all.iter().enumerate().filter(|(_, c)| c.deflate) {
+        assert_eq!(
+            c.compressed,
+            c.got.len(),
+            "connection {i}: an uncompressed push"
+        );
+    }
+    assert_eq!(
+        slow[0].compressed as u64, BIG,
+        "the compressed slow consumer"
+    );
     for (i, c) in slow.iter().enumerate() {
         assert_eq!(c.ended, None, "slow consumer {i} ended");
         let ks: Vec<u64> = c.got.iter().map(|(_, k)| *k).collect();

@@ -232,7 +232,8 @@ pub struct InputState {
     /// payload bytes already unmasked).
     pub buf: Vec<u8>,
     pub scanned: u32,
-    /// The fragmented message in progress: 0 none, 1 text, 2 binary.
+    /// The fragmented message in progress: 0 none, 1 text, 2 binary; plus 4 when it
+    /// is compressed (permessage-deflate).
     pub message: u8,
     /// Its payload so far.
     pub data: Vec<u8>,
@@ -679,7 +680,7 @@ fn read_conn(r: &mut R<'_>) -> Result<ConnState, FormatError> {
             return Err(FormatError::Invalid("scanned"));
         }
         let message = r.u8()?;
-        if message > 2 {
+        if message & !4 > 2 || message == 4 {
             return Err(FormatError::Invalid("message"));
         }
         let data = r.bytes()?.to_vec();

@@ -183,6 +183,15 @@ fn upgrade(h: &UpgradeHandle, bin: &NewBinary) -> Result<(u32, u32, u32), String
             Ok((pid, totals.conns, totals.clients))
         }
         Err(Failure::Closed) => {
+            // It may have refused while this side was still sending: its reason is
+            // then waiting on the socket.
+            let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
+            if let Ok(f) = recv_frame(&sock) {
+                if f.kind == Kind::Refused {
+                    let why = String::from_utf8_lossy(&f.payload).into_owned();
+                    return Err(format!("the new process refused the state: {why}"));
+                }
+            }
             let status = child_status(&mut child);
             Err(format!("the new process (pid {pid}) {status}"))
         }

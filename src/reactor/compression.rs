@@ -61,6 +61,29 @@ impl Reactor {
         Some(a)
     }
 
+    /// Connection `key`, taken over by an upgrade with the extension negotiated (its
+    /// window code in its flags): counted like one that just negotiated it.
+    pub(super) fn adopt_deflate(&mut self, key: u32) {
+        let Some(conn) = self.conns.get(key as usize) else {
+            return;
+        };
+        if conn.deflate_code() == 0 {
+            return;
+        }
+        let v1 = conn.has(flag::V1);
+        let c = &mut self.compression;
+        if v1 {
+            c.v1_conns += 1;
+        } else {
+            c.raw_conns += 1;
+        }
+        self.events.push(Event::Deflate {
+            reactor: self.id,
+            v1,
+            delta: 1,
+        });
+    }
+
     /// Connection `key` stops being open: uncounted.
     pub(super) fn drop_deflate(&mut self, key: u32) {
         let Some(conn) = self.conns.get_mut(key as usize) else {

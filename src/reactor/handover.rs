@@ -399,6 +399,8 @@ impl Reactor {
                     delta: 1,
                 });
             }
+            // permessage-deflate: its window code came in the flags.
+            self.adopt_deflate(key);
             for r in s.rooms {
                 if !crate::names::is_valid_name(r.name.as_bytes()) {
                     return Err("invalid room name".into());

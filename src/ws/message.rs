@@ -144,7 +144,8 @@ enum Found {
 }
 
 /// An assembler's state as plain values (a hand-over carries it to the next
-/// process): `message` is 0 (none), 1 (text) or 2 (binary).
+/// process): `message` is 0 (none), 1 (text) or 2 (binary), plus 4 when that
+/// fragmented message is compressed (permessage-deflate).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AssemblerParts {
     pub scanned: usize,
@@ -162,7 +163,7 @@ impl Assembler {
                 None => 0,
                 Some(OpCode::Text) => 1,
                 Some(_) => 2,
-            },
+            } | if self.compressed { 4 } else { 0 },
             data: self.data.clone(),
             utf8: self.utf8.carried().to_vec(),
         }
@@ -173,8 +174,9 @@ impl Assembler {
     /// a UTF-8 carry that is no character's start), so a later `next` cannot fail on
     /// them other than as on any client's bytes.
     pub fn restore(p: AssemblerParts, buf: &[u8]) -> Result<Assembler, &'static str> {
-        let message = match p.message {
-            0 => None,
+        let compressed = p.message & 4 != 0;
+        let message = match p.message & !4 {
+            0 if !compressed => None,
             1 => Some(OpCode::Text),
             2 => Some(OpCode::Binary),
             _ => return Err("message kind"),
@@ -183,7 +185,8 @@ impl Assembler {
             return Err("message data without a message");
         }
         if p.scanned > 0 {
-            let (h, hlen) = match decode_client_header(buf) {
+            // RSV1 allowed: only the frame's length matters here.
+            let (h, hlen) = match decode_client_header_with(buf, true) {
                 Ok(Some(x)) => x,
                 _ => return Err("scanned bytes without a frame"),
             };
@@ -198,6 +201,7 @@ impl Assembler {
             message,
             data: p.data,
             utf8,
+            compressed,
         })
     }
 
