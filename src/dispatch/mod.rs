@@ -490,31 +490,18 @@ impl Dispatcher {
     fn accept(&mut self) {
         loop {
             match self.listener.accept() {
-                Ok((mut stream, addr)) => {
-                    let _ = stream.set_nodelay(true);
-                    let entry = self.clients.vacant_entry();
-                    let key = entry.key();
-                    if let Err(e) = self.poll.registry().register(
-                        &mut stream,
-                        Token(key),
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
-                        warn!("control: register {addr}: {e}");
-                        continue;
+                Ok((stream, addr)) => {
+                    let limits = Limits {
+                        max_bulk: self.settings.max_message,
+                        max_args: 1024,
+                    };
+                    let authed = self.settings.password.is_none();
+                    if self
+                        .add_client(stream, addr, limits, authed, "control")
+                        .is_some()
+                    {
+                        self.stats.control_connections += 1;
                     }
-                    debug!("control: client {addr} connected");
-                    self.next_client_id += 1;
-                    self.stats.control_connections += 1;
-                    entry.insert(Client::new(
-                        self.next_client_id,
-                        stream,
-                        addr,
-                        Parser::new(Limits {
-                            max_bulk: self.settings.max_message,
-                            max_args: 1024,
-                        }),
-                        self.settings.password.is_none(),
-                    ));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -528,6 +515,39 @@ impl Dispatcher {
                 }
             }
         }
+    }
+
+    /// Registers an accepted control or HTTP connection and gives it a slot; `None`
+    /// if it could not be registered (it is dropped).
+    fn add_client(
+        &mut self,
+        mut stream: mio::net::TcpStream,
+        addr: SocketAddr,
+        limits: Limits,
+        authed: bool,
+        what: &str,
+    ) -> Option<usize> {
+        let _ = stream.set_nodelay(true);
+        let entry = self.clients.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("{what}: register {addr}: {e}");
+            return None;
+        }
+        debug!("{what}: client {addr} connected");
+        self.next_client_id += 1;
+        entry.insert(Client::new(
+            self.next_client_id,
+            stream,
+            addr,
+            Parser::new(limits),
+            authed,
+        ));
+        Some(key)
     }
 
     /// Applies the reactors' membership changes and acks.

@@ -706,7 +706,8 @@ fn decode_name(raw: &str) -> Result<String, HandshakeError> {
     String::from_utf8(name).map_err(|_| HandshakeError::BadQuery)
 }
 
-fn hex_value(c: u8) -> Option<u8> {
+/// The value of one hexadecimal digit.
+pub fn hex_value(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
         b'a'..=b'f' => Some(c - b'a' + 10),

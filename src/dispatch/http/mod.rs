@@ -21,14 +21,13 @@ pub mod request;
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use log::warn;
 use serde_json::json;
 
-use super::client::Client;
 use super::{constant_time_eq, info, Dispatcher, OUTPUT_SOFT_LIMIT};
 use crate::control::command::Command;
 use crate::control::reply::{Reply, ReplyLimits, ReplyParser};
-use crate::control::resp::{Limits, Parser};
+use crate::control::resp::Limits;
 use api::{Route, Shape};
 use request::{Method, Parsed, Request};
 
@@ -175,34 +174,17 @@ impl Dispatcher {
                 return;
             };
             match listener.accept() {
-                Ok((mut stream, addr)) => {
-                    let _ = stream.set_nodelay(true);
-                    let entry = self.clients.vacant_entry();
-                    let key = entry.key();
-                    if let Err(e) = self.poll.registry().register(
-                        &mut stream,
-                        mio::Token(key),
-                        mio::Interest::READABLE | mio::Interest::WRITABLE,
-                    ) {
-                        warn!("http: register {addr}: {e}");
-                        continue;
-                    }
-                    debug!("http: client {addr} connected");
-                    self.next_client_id += 1;
-                    self.stats.http_connections += 1;
+                Ok((stream, addr)) => {
                     // The API key, not AUTH, guards this door: commands run as an
-                    // authenticated control client.
-                    entry.insert(Client::new(
-                        self.next_client_id,
-                        stream,
-                        addr,
-                        Parser::new(Limits {
-                            max_bulk: 0,
-                            max_args: 0,
-                        }),
-                        true,
-                    ));
-                    self.http.insert(key, HttpConn::new());
+                    // authenticated control client (its RESP parser is never used).
+                    let limits = Limits {
+                        max_bulk: 0,
+                        max_args: 0,
+                    };
+                    if let Some(key) = self.add_client(stream, addr, limits, true, "http") {
+                        self.stats.http_connections += 1;
+                        self.http.insert(key, HttpConn::new());
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

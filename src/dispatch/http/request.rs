@@ -8,6 +8,8 @@
 //! client sends a Content-Length for a body it has in memory), so a request's size
 //! is always known from its head.
 
+use crate::ws::handshake::hex_value as hex;
+
 /// What one request may hold.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -236,15 +238,6 @@ fn decode(s: &str) -> Result<String, RequestError> {
         i += 1;
     }
     String::from_utf8(out).map_err(|_| RequestError::BadQuery)
-}
-
-fn hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
