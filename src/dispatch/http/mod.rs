@@ -314,6 +314,7 @@ impl Dispatcher {
                         &[("WWW-Authenticate", "Bearer")],
                     );
                 }
+                self.close_unless_kept(key, keep_alive);
                 return;
             }
         }
@@ -334,6 +335,7 @@ impl Dispatcher {
                         &allow,
                     );
                 }
+                self.close_unless_kept(key, keep_alive);
                 return;
             }
             Ok(Route::Probe { ready }) => {
@@ -412,6 +414,12 @@ impl Dispatcher {
                 &[],
             );
         }
+        self.close_unless_kept(key, keep_alive);
+    }
+
+    /// A response written with `Connection: close` must be followed by the close, or
+    /// a client reading to the end waits for the idle timeout.
+    fn close_unless_kept(&mut self, key: usize, keep_alive: bool) {
         if !keep_alive {
             if let Some(c) = self.clients.get_mut(key) {
                 c.closing = true;
