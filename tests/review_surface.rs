@@ -44,3 +44,29 @@ fn a_refusal_that_says_connection_close_is_followed_by_the_close() {
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     read_until_server_closes(&mut stream);
 }
+
+/// The value of an unlabelled sample in a `/metrics` body.
+fn sample(body: &str, name: &str) -> Option<u64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `wspush_control_clients` is the control port's clients, as INFO's
+/// `control_clients`: HTTP connections (the scraper's own among them) are not.
+#[test]
+fn the_control_clients_gauge_does_not_count_http_connections() {
+    let s = Server::start(&["--http", "127.0.0.1:0"]);
+    let mut h = common::http::Http::connect(s.http.expect("started with --http"));
+    let _other_http = common::http::Http::connect(s.http.unwrap());
+    let info = h.get("/api/info").json();
+    assert_eq!(info["clients"]["control_clients"], 0);
+    assert_eq!(info["clients"]["http_clients"], 2);
+    let body = h.get("/metrics").text();
+    assert_eq!(sample(&body, "wspush_control_clients"), Some(0), "{body}");
+    let mut resp = s.control();
+    assert_eq!(resp.int(&["ONLINE"]), 0);
+    let info = h.get("/api/info").json();
+    assert_eq!(info["clients"]["control_clients"], 1);
+    let body = h.get("/metrics").text();
+    assert_eq!(sample(&body, "wspush_control_clients"), Some(1), "{body}");
+}
