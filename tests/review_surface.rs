@@ -70,3 +70,79 @@ fn the_control_clients_gauge_does_not_count_http_connections() {
     let body = h.get("/metrics").text();
     assert_eq!(sample(&body, "wspush_control_clients"), Some(1), "{body}");
 }
+
+/// The sum of every `wspush_closes_total{reason=…}` sample.
+fn closes_total(body: &str) -> u64 {
+    body.lines()
+        .filter(|l| l.starts_with("wspush_closes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// `wspush_pending_bytes` summed over the reactors.
+fn pending(body: &str) -> u64 {
+    body.lines()
+        .filter(|l| l.starts_with("wspush_pending_bytes{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A client that stops reading until pushes queue up for it on the server, then
+/// shuts its write side (EOF, no Close frame): the connection was open, so its end
+/// is counted once (abnormal: no close handshake) and logged with code 1006 and its
+/// rooms, like one that vanishes.
+#[test]
+fn an_open_connection_ended_by_eof_with_output_queued_is_counted_and_logged() {
+    let (s, logs) = Server::start_logged(
+        &[
+            "--access-log",
+            "--http",
+            "127.0.0.1:0",
+            "--max-message",
+            "1MiB",
+            "--max-pending",
+            "256MiB",
+        ],
+        "info",
+        &[],
+    );
+    let mut c = raw_upgrade(s.ws, "?user=eof&rooms=x");
+    let mut h = common::http::Http::connect(s.http.expect("started with --http"));
+    let mut control = s.control();
+    let payload = vec![b'p'; 1 << 20];
+    let mut pushed = 0;
+    let queued = wait_until(std::time::Duration::from_secs(20), || {
+        if pushed < 200 {
+            assert_eq!(control.int(&[&b"PUBLISH"[..], b"x", &payload]), 1);
+            pushed += 1;
+        }
+        pending(&h.get("/metrics").text()) > 0
+    });
+    assert!(queued, "pushes queue up for a client that does not read");
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let rest = read_until_server_closes(&mut c);
+    assert!(rest.len() > 1 << 20, "what was queued is still written");
+    let mut last = String::new();
+    let counted = wait_until(std::time::Duration::from_secs(10), || {
+        last = h.get("/metrics").text();
+        closes_total(&last) == 1
+    });
+    assert!(
+        counted,
+        "one connection opened and ended, closes_total is {}",
+        closes_total(&last)
+    );
+    let line = loop {
+        let line = logs
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("an access line for the connection");
+        if line.contains("user=eof ") {
+            break line;
+        }
+    };
+    assert!(line.contains(" rooms=1 "), "{line}");
+    assert!(line.contains(" close_code=1006 "), "{line}");
+    assert!(line.contains(" why=abnormal"), "{line}");
+}
