@@ -347,7 +347,8 @@ impl Dispatcher {
             "wspush_control_clients",
             Kind::Gauge,
             "Connected control-port clients.",
-            self.clients.len() as u64,
+            // The slab holds the HTTP connections too (INFO subtracts them alike).
+            self.clients.len().saturating_sub(self.http.len()) as u64,
         );
         let counters: [(&str, &str, u64); 10] = [
             (

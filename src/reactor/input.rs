@@ -13,6 +13,7 @@ use std::io::{self, Read};
 use super::conn::{flag, Input, Phase};
 use super::outbox::Chunk;
 use super::Reactor;
+use crate::link::stats::CloseReason;
 use crate::ws::frame::{encode_frame, OpCode};
 use crate::ws::message::{Assembler, Item};
 
@@ -128,6 +129,15 @@ impl Reactor {
             return;
         }
         conn.set(flag::PEER_EOF);
+        if conn.phase == Phase::Open {
+            // It ends here, without a close handshake; `close_now` will find it
+            // closing and count nothing.
+            let rooms = conn.rooms.len();
+            self.local.closes[CloseReason::Abnormal.index()] += 1;
+            if let Some(log) = self.access.as_mut() {
+                log.abnormal(key, rooms);
+            }
+        }
         self.begin_closing(key);
     }
 

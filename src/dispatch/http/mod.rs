@@ -296,6 +296,7 @@ impl Dispatcher {
                         &[("WWW-Authenticate", "Bearer")],
                     );
                 }
+                self.close_unless_kept(key, keep_alive);
                 return;
             }
         }
@@ -316,6 +317,7 @@ impl Dispatcher {
                         &allow,
                     );
                 }
+                self.close_unless_kept(key, keep_alive);
                 return;
             }
             Ok(Route::Probe { ready }) => {
@@ -394,6 +396,12 @@ impl Dispatcher {
                 &[],
             );
         }
+        self.close_unless_kept(key, keep_alive);
+    }
+
+    /// A response written with `Connection: close` must be followed by the close, or
+    /// a client reading to the end waits for the idle timeout.
+    fn close_unless_kept(&mut self, key: usize, keep_alive: bool) {
         if !keep_alive {
             if let Some(c) = self.clients.get_mut(key) {
                 c.closing = true;
