@@ -66,6 +66,11 @@ pub struct Config {
     #[arg(long, env = "WSPUSH_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
+    /// Most HTTP API connections open at once; more are answered 503 and closed, so
+    /// backends cannot take the descriptors meant for WebSocket clients.
+    #[arg(long, default_value_t = 1024)]
+    pub max_http_connections: usize,
+
     /// Password the control port requires (AUTH) before any other command.
     #[arg(long, env = "WSPUSH_CONTROL_PASSWORD", hide_env_values = true)]
     pub control_password: Option<String>,
@@ -380,6 +385,9 @@ impl Config {
         }
         if self.jwt_secret.as_deref() == Some("") {
             return err("--jwt-secret must not be empty");
+        }
+        if self.max_http_connections == 0 {
+            return err("--max-http-connections must be at least 1");
         }
         if self.api_key.as_deref() == Some("") {
             return err("--api-key must not be empty");

@@ -505,6 +505,7 @@ impl Server {
                 max_recover: cfg.max_recover,
                 http: http_addr,
                 api_key: cfg.api_key.clone(),
+                max_http_connections: cfg.max_http_connections,
                 compression_min_size: cfg.compression_min_size(),
             },
             Census {

@@ -420,3 +420,32 @@ fn a_request_that_stalls_gets_408_and_the_others_go_on() {
     let text = String::from_utf8_lossy(&rest);
     assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
 }
+
+#[test]
+fn connections_over_the_bound_get_503_and_the_others_are_served() {
+    let s = start(&["--max-http-connections", "2"]);
+    let mut a = http(&s);
+    let mut b = http(&s);
+    assert_eq!(a.get("/api/online").status, 200);
+    assert_eq!(b.get("/api/online").status, 200);
+    let mut third = TcpStream::connect(s.http.unwrap()).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let rest = read_until_server_closes(&mut third);
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+    assert!(text.contains("--max-http-connections"), "{text}");
+    assert_eq!(a.get("/api/online").status, 200, "the first two still work");
+    assert_eq!(s.info_u64("http_refused"), 1);
+    drop(b);
+    // A slot freed is a slot to take.
+    assert!(wait_until(Duration::from_secs(10), || {
+        let mut c = TcpStream::connect(s.http.unwrap()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"GET /api/online HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let r = read_until_server_closes(&mut c);
+        String::from_utf8_lossy(&r).starts_with("HTTP/1.1 200 ")
+    }));
+}

@@ -171,6 +171,7 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
         line(&mut out, "http_requests", &d.stats.http_requests);
         line(&mut out, "http_errors", &d.stats.http_errors);
         line(&mut out, "http_unauthorized", &d.stats.http_unauthorized);
+        line(&mut out, "http_refused", &d.stats.http_refused);
         line(&mut out, "reactor_batches", &d.stats.batches);
         line(&mut out, "deliveries", &sum(|s| s.deliveries.load(Relaxed)));
         line(

@@ -350,7 +350,7 @@ impl Dispatcher {
             // The slab holds the HTTP connections too (INFO subtracts them alike).
             self.clients.len().saturating_sub(self.http.len()) as u64,
         );
-        let counters: [(&str, &str, u64); 10] = [
+        let counters: [(&str, &str, u64); 11] = [
             (
                 "wspush_http_connections_total",
                 "HTTP API connections accepted (--http).",
@@ -370,6 +370,11 @@ impl Dispatcher {
                 "wspush_http_unauthorized_total",
                 "HTTP API requests refused for a missing or wrong API key.",
                 self.stats.http_unauthorized,
+            ),
+            (
+                "wspush_http_refused_total",
+                "HTTP connections refused at --max-http-connections.",
+                self.stats.http_refused,
             ),
             (
                 "wspush_control_connections_total",

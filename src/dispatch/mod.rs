@@ -99,6 +99,8 @@ pub struct DispatchSettings {
     pub http: Option<SocketAddr>,
     /// `--api-key`: what HTTP API requests must bear.
     pub api_key: Option<String>,
+    /// `--max-http-connections`.
+    pub max_http_connections: usize,
     /// permessage-deflate's `--compression-min-size`; `None`: compression is off.
     pub compression_min_size: Option<usize>,
 }
@@ -213,6 +215,8 @@ struct DispatchStats {
     http_errors: u64,
     /// Requests refused for a missing or wrong API key.
     http_unauthorized: u64,
+    /// Connections refused at `--max-http-connections`.
+    http_refused: u64,
 }
 
 /// Where a client's stashed command stands (see `Client::stashed`).
@@ -1322,6 +1326,7 @@ mod tests {
                     max_recover: 300,
                     http: None,
                     api_key: None,
+                    max_http_connections: 16,
                     compression_min_size: None,
                 },
                 Census {

@@ -26,7 +26,7 @@ use serde_json::json;
 
 use super::{constant_time_eq, info, Dispatcher, OUTPUT_SOFT_LIMIT};
 use crate::control::command::Command;
-use crate::control::reply::{Reply, ReplyLimits, ReplyParser};
+use crate::control::reply::{ReplyLimits, ReplyParser};
 use crate::control::resp::Limits;
 use api::{Route, Shape};
 use request::{Method, Parsed, Request};
@@ -174,7 +174,22 @@ impl Dispatcher {
                 return;
             };
             match listener.accept() {
-                Ok((stream, addr)) => {
+                Ok((mut stream, addr)) => {
+                    if self.http.len() >= self.settings.max_http_connections {
+                        // Best effort: a fresh socket takes this small write at once.
+                        self.stats.http_refused += 1;
+                        let mut out = Vec::new();
+                        json_error(
+                            &mut out,
+                            503,
+                            "too many HTTP connections (--max-http-connections)",
+                            false,
+                            false,
+                        );
+                        let _ = stream.write(&out);
+                        let _ = stream.shutdown(std::net::Shutdown::Write);
+                        continue;
+                    }
                     // The API key, not AUTH, guards this door: commands run as an
                     // authenticated control client (its RESP parser is never used).
                     let limits = Limits {
@@ -435,9 +450,10 @@ impl Dispatcher {
             Ok(None) => return false,
             Err(_) => {
                 c.output.clear();
-                api::render(
-                    flight.shape,
-                    &Reply::Error(b"ERR internal: unreadable reply".to_vec()),
+                (
+                    500,
+                    json!({ "error": "internal: the command's reply could not be read" })
+                        .to_string(),
                 )
             }
         };
