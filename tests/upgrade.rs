@@ -1212,3 +1212,77 @@ fn a_new_process_that_cannot_take_the_descriptors_refuses_and_the_old_one_goes_o
         .all(|c| c.ended.is_none() && c.got.len() == 1));
     let _ = std::fs::remove_file(bin);
 }
+
+#[test]
+fn a_control_client_that_half_closed_still_gets_every_reply_across_an_upgrade() {
+    // `cat commands | nc -N`: every command sent, then FIN, replies read slowly. The
+    // old process has run them all and read the FIN, with replies it could not write
+    // yet (the kernel's buffers are full): they must reach the client from the new
+    // process, not vanish with the old one.
+    let p = Proc::start(&["--threads", "1"], &[]);
+    let old = p.pid();
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    sock.connect(&p.control.into()).expect("connect");
+    let mut s: TcpStream = sock.into();
+    let arg = "e".repeat(60_000);
+    // More replies than the kernel buffers hold, so the dispatcher stalls on them
+    // (and reads nothing more) until the client has read enough; the PINGs at the
+    // end run once it has, and the FIN is read right after them.
+    let (big, pings) = (120u64, 20u64);
+    let mut commands = Vec::new();
+    for _ in 0..big {
+        commands.extend_from_slice(&Resp::encode(&["ECHO", arg.as_str()]));
+    }
+    for _ in 0..pings {
+        commands.extend_from_slice(&Resp::encode(&["PING"]));
+    }
+    let mut w = s.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        w.write_all(&commands).expect("send the commands");
+        w.shutdown(std::net::Shutdown::Write).expect("FIN");
+    });
+    // Read slowly until every command has run (each INFO counts itself too), then
+    // not at all: the rest waits in the dispatcher's output.
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 16384];
+    let mut infos = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "the commands did not all run");
+        for _ in 0..8 {
+            match s.read(&mut chunk) {
+                Ok(0) => panic!("EOF before the upgrade"),
+                Ok(k) => got.extend_from_slice(&chunk[..k]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => panic!("{e}"),
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        infos += 1;
+        if p.info_u64("control_commands") >= big + pings + infos {
+            break;
+        }
+    }
+    writer.join().unwrap();
+    let mut ctl = Resp::connect(p.control);
+    assert_eq!(ctl.cmd(&["UPGRADE"]), Reply::Simple("OK".into()));
+    let mut p = p;
+    wait_for_new_process(&mut p, old);
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut chunk = [0u8; 65536];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(k) => got.extend_from_slice(&chunk[..k]),
+            Err(e) => panic!("after {} bytes: {e}", got.len()),
+        }
+    }
+    let one = format!("${}\r\n{arg}\r\n", arg.len());
+    let mut want = one.repeat(big as usize);
+    want.push_str(&"+PONG\r\n".repeat(pings as usize));
+    assert_eq!(got.len(), want.len(), "bytes of every reply");
+    assert!(got == want.as_bytes(), "the replies, in order");
+}

@@ -10,7 +10,8 @@
 //! twice and none is lost, and a client sees only a pause: control clients are handed
 //! over, never closed — except one caught streaming past an oversized argument
 //! (its parser has dropped bytes the new one would need) and ones already closing,
-//! which the old process drops when it exits.
+//! which the old process drops when it exits. One that has only half-closed (sent
+//! its FIN) is handed over with its unwritten replies like any other.
 //!
 //! The freeze waits for what is in flight to finish first (JOIN / LEAVE / KICK acks,
 //! replies held for the broker, batches not yet sent, HTTP requests running), so the
@@ -194,7 +195,6 @@ impl Dispatcher {
             && self.http.values().all(|h| h.idle())
             && self.clients.iter().all(|(_, c)| {
                 c.closing
-                    || c.eof
                     || ((c.waiting.is_none() || c.waiting == Some(UPGRADE_WAIT))
                         && c.held_count() == 0
                         && c.stashed.is_none()
@@ -231,7 +231,9 @@ impl Dispatcher {
         };
         for (key, c) in self.clients.iter() {
             let http = self.http.get(&key);
-            if c.closing || c.eof || (http.is_none() && c.parser.skipping()) {
+            // A client that has sent its FIN (`c.eof`) goes too: its replies may not
+            // all be written yet, and the new process reads the same end of file.
+            if c.closing || (http.is_none() && c.parser.skipping()) {
                 continue;
             }
             let mut extra = Vec::new();
