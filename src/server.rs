@@ -63,7 +63,8 @@ pub struct UpgradeHandle {
     pub to_dispatcher: crossbeam_channel::Sender<crate::link::handover::ToDispatcher>,
     pub dispatcher_waker: Arc<mio::Waker>,
     pub reactors: usize,
-    /// Set once a coordinator serves `requests` (see `handover::process`).
+    /// Set once a coordinator serves `requests` (see `handover::process`), or from
+    /// the start in a process that took over (its coordinator follows at once).
     pub available: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -514,7 +515,10 @@ impl Server {
             },
         )
         .map_err(StartError::resource("the dispatcher"))?;
-        let upgrade_available = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Only the binary takes over from a predecessor, and it starts a coordinator
+        // as soon as this returns: an UPGRADE among the first commands it runs (a
+        // pipelined one, or a deploy rolling twice) waits for it, not refused.
+        let upgrade_available = Arc::new(std::sync::atomic::AtomicBool::new(import.is_some()));
         dispatcher.set_upgrade(crate::dispatch::UpgradeLink {
             requests: upgrade_requests.0.clone(),
             inbox,

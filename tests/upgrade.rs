@@ -1286,3 +1286,25 @@ fn a_control_client_that_half_closed_still_gets_every_reply_across_an_upgrade() 
     assert_eq!(got.len(), want.len(), "bytes of every reply");
     assert!(got == want.as_bytes(), "the replies, in order");
 }
+
+#[test]
+fn an_upgrade_asked_for_again_at_once_runs_in_the_new_process() {
+    // A deploy that rolls twice in a row (or a pipelined client): the second UPGRADE
+    // is read by the new process as soon as it serves, and must start its upgrade,
+    // not be refused as if this process could not upgrade.
+    let mut p = Proc::start(&["--threads", "1"], &[]);
+    let old = p.pid();
+    let mut ctl = Resp::connect(p.control);
+    let mut both = Resp::encode(&["UPGRADE"]);
+    both.extend_from_slice(&Resp::encode(&["UPGRADE"]));
+    ctl.send_raw(&both);
+    let first = ctl.read();
+    let second = ctl.read();
+    let now = wait_for_new_process(&mut p, old);
+    assert_eq!(first, Reply::Simple("OK".into()));
+    assert_eq!(second, Reply::Simple("OK".into()));
+    // The second answer came from a third process, which serves the same client.
+    assert_eq!(ctl.cmd(&["PING"]), Reply::Simple("PONG".into()));
+    assert_eq!(p.info_u64("process_id"), u64::from(now));
+    assert_eq!(p.info_u64("upgrade_taken_control_clients"), 1);
+}
