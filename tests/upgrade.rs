@@ -1308,3 +1308,28 @@ fn an_upgrade_asked_for_again_at_once_runs_in_the_new_process() {
     assert_eq!(p.info_u64("process_id"), u64::from(now));
     assert_eq!(p.info_u64("upgrade_taken_control_clients"), 1);
 }
+
+#[test]
+fn an_upgrade_asked_for_again_after_a_failed_one_is_answered() {
+    // Pipelined: the second UPGRADE is read once the first has failed and the old
+    // process serves again; it starts an upgrade of its own (which fails the same
+    // way) and is answered, never left waiting.
+    let bin = script("exit1-again", "exit 1");
+    let bin_s = bin.to_string_lossy().into_owned();
+    let p = Proc::start(&["--threads", "1", "--upgrade-binary", &bin_s], &[]);
+    let mut ctl = Resp::connect(p.control);
+    let rounds = 20;
+    let mut all = Vec::new();
+    for _ in 0..rounds {
+        all.extend_from_slice(&Resp::encode(&["UPGRADE"]));
+    }
+    ctl.send_raw(&all);
+    for i in 0..rounds {
+        match ctl.try_read() {
+            Ok(Reply::Error(e)) => assert!(e.starts_with("ERR upgrade failed"), "{e}"),
+            other => panic!("UPGRADE {i} answered {other:?}"),
+        }
+    }
+    assert_eq!(p.info_u64("upgrades_failed"), rounds);
+    let _ = std::fs::remove_file(bin);
+}

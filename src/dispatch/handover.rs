@@ -110,9 +110,17 @@ impl Dispatcher {
     /// `UPGRADE`: the reply comes when the upgrade ends: `+OK` from the new process,
     /// or `-ERR` from this one.
     pub(super) fn request_upgrade(&mut self, key: usize) {
-        let asked = self.upgrade.as_ref().is_some_and(|u| {
-            u.available.load(std::sync::atomic::Ordering::SeqCst) && u.requests.send(()).is_ok()
-        });
+        // One asked for already: this client waits for its outcome too (a second
+        // request could reach the coordinator after it dropped the ones made during
+        // the upgrade, and start another nobody waits for).
+        let running = self
+            .clients
+            .iter()
+            .any(|(_, c)| c.waiting == Some(UPGRADE_WAIT));
+        let asked = running
+            || self.upgrade.as_ref().is_some_and(|u| {
+                u.available.load(std::sync::atomic::Ordering::SeqCst) && u.requests.send(()).is_ok()
+            });
         let c = &mut self.clients[key];
         if asked {
             c.waiting = Some(UPGRADE_WAIT);

@@ -119,14 +119,17 @@ pub fn spawn_coordinator(handle: UpgradeHandle, binary: NewBinary) -> io::Result
                     Err(e) => {
                         UPGRADES.failed.fetch_add(1, Relaxed);
                         error!("upgrade failed, serving on: {e}");
+                        // Asked again while this one ran: the thaw answers those with
+                        // it. Dropped before the thaw, never after: an UPGRADE the
+                        // thawed dispatcher reads next (one that waited unread in its
+                        // socket) asks for an upgrade of its own.
+                        while handle.requests.1.try_recv().is_ok() {}
                         let _ = handle
                             .to_dispatcher
                             .send(ToDispatcher::Thaw { error: e });
                         let _ = handle.dispatcher_waker.wake();
                     }
                 }
-                // Asked again while this one ran: those were answered with it.
-                while handle.requests.1.try_recv().is_ok() {}
             }
         })
         .map(|_| ())
