@@ -66,6 +66,9 @@ pub struct UpgradeHandle {
     /// Set once a coordinator serves `requests` (see `handover::process`), or from
     /// the start in a process that took over (its coordinator follows at once).
     pub available: Arc<std::sync::atomic::AtomicBool>,
+    /// An upgrade is under way (set by the coordinator until it has failed; a
+    /// successful one ends the process): a shutdown waits for its outcome.
+    pub running: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Sockets inherited from the process being upgraded, and how to take over its
@@ -569,6 +572,7 @@ impl Server {
                 dispatcher_waker,
                 reactors: threads,
                 available: upgrade_available,
+                running: Arc::new(std::sync::atomic::AtomicBool::new(false)),
                 http_fd,
             },
             liveness: server_liveness,

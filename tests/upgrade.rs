@@ -1333,3 +1333,42 @@ fn an_upgrade_asked_for_again_after_a_failed_one_is_answered() {
     assert_eq!(p.info_u64("upgrades_failed"), rounds);
     let _ = std::fs::remove_file(bin);
 }
+
+#[test]
+fn a_sigterm_while_the_new_binary_starts_waits_for_the_outcome() {
+    // SIGTERM while the new binary is still starting (before it has said hello):
+    // like one during the freeze, it waits for the hand-over's outcome, so the
+    // connections go on in the new process instead of being closed with 1001.
+    let bin = script(
+        "slow-start",
+        &format!("sleep 1 && exec {} \"$@\"", env!("CARGO_BIN_EXE_wspush")),
+    );
+    let bin_s = bin.to_string_lossy().into_owned();
+    let mut p = Proc::start(&["--threads", "2", "--upgrade-binary", &bin_s], &[]);
+    let old = p.pid();
+    let mut c = Client::connect(p.ws, "?user=t&rooms=news", false, false);
+    assert!(wait_until(Duration::from_secs(10), || p
+        .info_u64("connected_clients")
+        == 1));
+    let mut ctl = Resp::connect(p.control);
+    ctl.send(&["UPGRADE"]);
+    assert!(wait_until(Duration::from_secs(10), || p
+        .info_u64("upgrades_started")
+        == 1));
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(old as i32, libc::SIGTERM);
+    }
+    let answer = ctl.try_read();
+    let new = wait_for_new_process(&mut p, old);
+    assert_ne!(new, old);
+    assert_eq!(answer.ok(), Some(Reply::Simple("OK".into())));
+    let mut ctl = Resp::connect(p.control);
+    assert_eq!(ctl.int(&["PUBLISH", "news", "#news:0#"]), 1);
+    assert!(wait_until(Duration::from_secs(10), || {
+        c.poll();
+        !c.got.is_empty() || c.ended.is_some()
+    }));
+    assert_eq!(c.ended, None);
+    let _ = std::fs::remove_file(bin);
+}

@@ -101,6 +101,7 @@ pub fn spawn_coordinator(handle: UpgradeHandle, binary: NewBinary) -> io::Result
         .name("upgrade".into())
         .spawn(move || {
             while handle.requests.1.recv().is_ok() {
+                handle.running.store(true, std::sync::atomic::Ordering::SeqCst);
                 UPGRADES.started.fetch_add(1, Relaxed);
                 info!("upgrade: starting {}", binary.path.display());
                 let started = Instant::now();
@@ -128,6 +129,9 @@ pub fn spawn_coordinator(handle: UpgradeHandle, binary: NewBinary) -> io::Result
                             .to_dispatcher
                             .send(ToDispatcher::Thaw { error: e });
                         let _ = handle.dispatcher_waker.wake();
+                        handle
+                            .running
+                            .store(false, std::sync::atomic::Ordering::SeqCst);
                     }
                 }
             }
