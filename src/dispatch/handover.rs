@@ -319,6 +319,11 @@ impl Dispatcher {
     /// process's own that is at or below the last forwarded one of the same sender
     /// and instance was forwarded already.
     fn merge_forwarded(&mut self, forwarded: Vec<BrokerMessage>) {
+        // Too late (the warm-up ended without it): whatever runs now (a freeze for
+        // the next upgrade) is not this one's to end.
+        if !matches!(self.handover, State::Warming { .. }) {
+            return;
+        }
         let State::Warming { own, .. } = std::mem::take(&mut self.handover) else {
             return;
         };
@@ -363,7 +368,13 @@ impl Dispatcher {
 
     /// The upgrade failed: serve again, and tell those who asked for it.
     fn thaw(&mut self, error: &str) {
-        let was = std::mem::take(&mut self.handover);
+        // Still warming up after taking over (an upgrade asked for at once, which
+        // this state never froze for, failed): the warm-up and what it holds go on.
+        let was = if matches!(self.handover, State::Warming { .. }) {
+            State::Serving
+        } else {
+            std::mem::take(&mut self.handover)
+        };
         if !was.serving() {
             log::warn!("dispatcher: upgrade failed ({error}); serving again");
         }
