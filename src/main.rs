@@ -120,17 +120,15 @@ fn run(cfg: &Config) -> Result<(), StartError> {
     // Closing connections now would close them under an upgrade that may still
     // commit (the new binary may not even have said hello): its outcome first,
     // bounded by its own time limits. A successful one ends this process.
-    if server
-        .upgrade
-        .running
-        .load(std::sync::atomic::Ordering::SeqCst)
-    {
-        info!("stopping once the upgrade in progress has ended");
-        while server
+    let upgrading = || {
+        server
             .upgrade
             .running
             .load(std::sync::atomic::Ordering::SeqCst)
-        {
+    };
+    if upgrading() {
+        info!("stopping once the upgrade in progress has ended");
+        while upgrading() {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
