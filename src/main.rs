@@ -117,6 +117,21 @@ fn run(cfg: &Config) -> Result<(), StartError> {
         handover::notify("READY=1");
     }
     wait_for_signal(signals, &server, &upgrade_requests);
+    // Closing connections now would close them under an upgrade that may still
+    // commit (the new binary may not even have said hello): its outcome first,
+    // bounded by its own time limits. A successful one ends this process.
+    let upgrading = || {
+        server
+            .upgrade
+            .running
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    if upgrading() {
+        info!("stopping once the upgrade in progress has ended");
+        while upgrading() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     if !cfg.drain_delay.is_zero() {
         server.drain();
         info!(

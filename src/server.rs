@@ -63,8 +63,12 @@ pub struct UpgradeHandle {
     pub to_dispatcher: crossbeam_channel::Sender<crate::link::handover::ToDispatcher>,
     pub dispatcher_waker: Arc<mio::Waker>,
     pub reactors: usize,
-    /// Set once a coordinator serves `requests` (see `handover::process`).
+    /// Set once a coordinator serves `requests` (see `handover::process`), or from
+    /// the start in a process that took over (its coordinator follows at once).
     pub available: Arc<std::sync::atomic::AtomicBool>,
+    /// An upgrade is under way (set by the coordinator until it has failed; a
+    /// successful one ends the process): a shutdown waits for its outcome.
+    pub running: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Sockets inherited from the process being upgraded, and how to take over its
@@ -515,7 +519,10 @@ impl Server {
             },
         )
         .map_err(StartError::resource("the dispatcher"))?;
-        let upgrade_available = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Only the binary takes over from a predecessor, and it starts a coordinator
+        // as soon as this returns: an UPGRADE among the first commands it runs (a
+        // pipelined one, or a deploy rolling twice) waits for it, not refused.
+        let upgrade_available = Arc::new(std::sync::atomic::AtomicBool::new(import.is_some()));
         dispatcher.set_upgrade(crate::dispatch::UpgradeLink {
             requests: upgrade_requests.0.clone(),
             inbox,
@@ -566,6 +573,7 @@ impl Server {
                 dispatcher_waker,
                 reactors: threads,
                 available: upgrade_available,
+                running: Arc::new(std::sync::atomic::AtomicBool::new(false)),
                 http_fd,
             },
             liveness: server_liveness,

@@ -1212,3 +1212,163 @@ fn a_new_process_that_cannot_take_the_descriptors_refuses_and_the_old_one_goes_o
         .all(|c| c.ended.is_none() && c.got.len() == 1));
     let _ = std::fs::remove_file(bin);
 }
+
+#[test]
+fn a_control_client_that_half_closed_still_gets_every_reply_across_an_upgrade() {
+    // `cat commands | nc -N`: every command sent, then FIN, replies read slowly. The
+    // old process has run them all and read the FIN, with replies it could not write
+    // yet (the kernel's buffers are full): they must reach the client from the new
+    // process, not vanish with the old one.
+    let p = Proc::start(&["--threads", "1"], &[]);
+    let old = p.pid();
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    sock.connect(&p.control.into()).expect("connect");
+    let mut s: TcpStream = sock.into();
+    let arg = "e".repeat(60_000);
+    // More replies than the kernel buffers hold, so the dispatcher stalls on them
+    // (and reads nothing more) until the client has read enough; the PINGs at the
+    // end run once it has, and the FIN is read right after them.
+    let (big, pings) = (120u64, 20u64);
+    let mut commands = Vec::new();
+    for _ in 0..big {
+        commands.extend_from_slice(&Resp::encode(&["ECHO", arg.as_str()]));
+    }
+    for _ in 0..pings {
+        commands.extend_from_slice(&Resp::encode(&["PING"]));
+    }
+    let mut w = s.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        w.write_all(&commands).expect("send the commands");
+        w.shutdown(std::net::Shutdown::Write).expect("FIN");
+    });
+    // Read slowly until every command has run (each INFO counts itself too), then
+    // not at all: the rest waits in the dispatcher's output.
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 16384];
+    let mut infos = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "the commands did not all run");
+        for _ in 0..8 {
+            match s.read(&mut chunk) {
+                Ok(0) => panic!("EOF before the upgrade"),
+                Ok(k) => got.extend_from_slice(&chunk[..k]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => panic!("{e}"),
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        infos += 1;
+        if p.info_u64("control_commands") >= big + pings + infos {
+            break;
+        }
+    }
+    writer.join().unwrap();
+    let mut ctl = Resp::connect(p.control);
+    assert_eq!(ctl.cmd(&["UPGRADE"]), Reply::Simple("OK".into()));
+    let mut p = p;
+    wait_for_new_process(&mut p, old);
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut chunk = [0u8; 65536];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(k) => got.extend_from_slice(&chunk[..k]),
+            Err(e) => panic!("after {} bytes: {e}", got.len()),
+        }
+    }
+    let one = format!("${}\r\n{arg}\r\n", arg.len());
+    let mut want = one.repeat(big as usize);
+    want.push_str(&"+PONG\r\n".repeat(pings as usize));
+    assert_eq!(got.len(), want.len(), "bytes of every reply");
+    assert!(got == want.as_bytes(), "the replies, in order");
+}
+
+#[test]
+fn an_upgrade_asked_for_again_at_once_runs_in_the_new_process() {
+    // A deploy that rolls twice in a row (or a pipelined client): the second UPGRADE
+    // is read by the new process as soon as it serves, and must start its upgrade,
+    // not be refused as if this process could not upgrade.
+    let mut p = Proc::start(&["--threads", "1"], &[]);
+    let old = p.pid();
+    let mut ctl = Resp::connect(p.control);
+    let mut both = Resp::encode(&["UPGRADE"]);
+    both.extend_from_slice(&Resp::encode(&["UPGRADE"]));
+    ctl.send_raw(&both);
+    let first = ctl.read();
+    let second = ctl.read();
+    let now = wait_for_new_process(&mut p, old);
+    assert_eq!(first, Reply::Simple("OK".into()));
+    assert_eq!(second, Reply::Simple("OK".into()));
+    // The second answer came from a third process, which serves the same client.
+    assert_eq!(ctl.cmd(&["PING"]), Reply::Simple("PONG".into()));
+    assert_eq!(p.info_u64("process_id"), u64::from(now));
+    assert_eq!(p.info_u64("upgrade_taken_control_clients"), 1);
+}
+
+#[test]
+fn an_upgrade_asked_for_again_after_a_failed_one_is_answered() {
+    // Pipelined: the second UPGRADE is read once the first has failed and the old
+    // process serves again; it starts an upgrade of its own (which fails the same
+    // way) and is answered, never left waiting.
+    let bin = script("exit1-again", "exit 1");
+    let bin_s = bin.to_string_lossy().into_owned();
+    let p = Proc::start(&["--threads", "1", "--upgrade-binary", &bin_s], &[]);
+    let mut ctl = Resp::connect(p.control);
+    let rounds = 20;
+    let mut all = Vec::new();
+    for _ in 0..rounds {
+        all.extend_from_slice(&Resp::encode(&["UPGRADE"]));
+    }
+    ctl.send_raw(&all);
+    for i in 0..rounds {
+        match ctl.try_read() {
+            Ok(Reply::Error(e)) => assert!(e.starts_with("ERR upgrade failed"), "{e}"),
+            other => panic!("UPGRADE {i} answered {other:?}"),
+        }
+    }
+    assert_eq!(p.info_u64("upgrades_failed"), rounds);
+    let _ = std::fs::remove_file(bin);
+}
+
+#[test]
+fn a_sigterm_while_the_new_binary_starts_waits_for_the_outcome() {
+    // SIGTERM while the new binary is still starting (before it has said hello):
+    // like one during the freeze, it waits for the hand-over's outcome, so the
+    // connections go on in the new process instead of being closed with 1001.
+    let bin = script(
+        "slow-start",
+        &format!("sleep 1 && exec {} \"$@\"", env!("CARGO_BIN_EXE_wspush")),
+    );
+    let bin_s = bin.to_string_lossy().into_owned();
+    let mut p = Proc::start(&["--threads", "2", "--upgrade-binary", &bin_s], &[]);
+    let old = p.pid();
+    let mut c = Client::connect(p.ws, "?user=t&rooms=news", false, false);
+    assert!(wait_until(Duration::from_secs(10), || p
+        .info_u64("connected_clients")
+        == 1));
+    let mut ctl = Resp::connect(p.control);
+    ctl.send(&["UPGRADE"]);
+    assert!(wait_until(Duration::from_secs(10), || p
+        .info_u64("upgrades_started")
+        == 1));
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(old as i32, libc::SIGTERM);
+    }
+    let answer = ctl.try_read();
+    let new = wait_for_new_process(&mut p, old);
+    assert_ne!(new, old);
+    assert_eq!(answer.ok(), Some(Reply::Simple("OK".into())));
+    let mut ctl = Resp::connect(p.control);
+    assert_eq!(ctl.int(&["PUBLISH", "news", "#news:0#"]), 1);
+    assert!(wait_until(Duration::from_secs(10), || {
+        c.poll();
+        !c.got.is_empty() || c.ended.is_some()
+    }));
+    assert_eq!(c.ended, None);
+    let _ = std::fs::remove_file(bin);
+}

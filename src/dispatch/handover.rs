@@ -10,7 +10,8 @@
 //! twice and none is lost, and a client sees only a pause: control clients are handed
 //! over, never closed — except one caught streaming past an oversized argument
 //! (its parser has dropped bytes the new one would need) and ones already closing,
-//! which the old process drops when it exits.
+//! which the old process drops when it exits. One that has only half-closed (sent
+//! its FIN) is handed over with its unwritten replies like any other.
 //!
 //! The freeze waits for what is in flight to finish first (JOIN / LEAVE / KICK acks,
 //! replies held for the broker, batches not yet sent, HTTP requests running), so the
@@ -109,9 +110,17 @@ impl Dispatcher {
     /// `UPGRADE`: the reply comes when the upgrade ends: `+OK` from the new process,
     /// or `-ERR` from this one.
     pub(super) fn request_upgrade(&mut self, key: usize) {
-        let asked = self.upgrade.as_ref().is_some_and(|u| {
-            u.available.load(std::sync::atomic::Ordering::SeqCst) && u.requests.send(()).is_ok()
-        });
+        // One asked for already: this client waits for its outcome too (a second
+        // request could reach the coordinator after it dropped the ones made during
+        // the upgrade, and start another nobody waits for).
+        let running = self
+            .clients
+            .iter()
+            .any(|(_, c)| c.waiting == Some(UPGRADE_WAIT));
+        let asked = running
+            || self.upgrade.as_ref().is_some_and(|u| {
+                u.available.load(std::sync::atomic::Ordering::SeqCst) && u.requests.send(()).is_ok()
+            });
         let c = &mut self.clients[key];
         if asked {
             c.waiting = Some(UPGRADE_WAIT);
@@ -194,7 +203,6 @@ impl Dispatcher {
             && self.http.values().all(|h| h.idle())
             && self.clients.iter().all(|(_, c)| {
                 c.closing
-                    || c.eof
                     || ((c.waiting.is_none() || c.waiting == Some(UPGRADE_WAIT))
                         && c.held_count() == 0
                         && c.stashed.is_none()
@@ -231,7 +239,9 @@ impl Dispatcher {
         };
         for (key, c) in self.clients.iter() {
             let http = self.http.get(&key);
-            if c.closing || c.eof || (http.is_none() && c.parser.skipping()) {
+            // A client that has sent its FIN (`c.eof`) goes too: its replies may not
+            // all be written yet, and the new process reads the same end of file.
+            if c.closing || (http.is_none() && c.parser.skipping()) {
                 continue;
             }
             let mut extra = Vec::new();
@@ -309,6 +319,11 @@ impl Dispatcher {
     /// process's own that is at or below the last forwarded one of the same sender
     /// and instance was forwarded already.
     fn merge_forwarded(&mut self, forwarded: Vec<BrokerMessage>) {
+        // Too late (the warm-up ended without it): whatever runs now (a freeze for
+        // the next upgrade) is not this one's to end.
+        if !matches!(self.handover, State::Warming { .. }) {
+            return;
+        }
         let State::Warming { own, .. } = std::mem::take(&mut self.handover) else {
             return;
         };
@@ -353,7 +368,13 @@ impl Dispatcher {
 
     /// The upgrade failed: serve again, and tell those who asked for it.
     fn thaw(&mut self, error: &str) {
-        let was = std::mem::take(&mut self.handover);
+        // Still warming up after taking over (an upgrade asked for at once, which
+        // this state never froze for, failed): the warm-up and what it holds go on.
+        let was = if matches!(self.handover, State::Warming { .. }) {
+            State::Serving
+        } else {
+            std::mem::take(&mut self.handover)
+        };
         if !was.serving() {
             log::warn!("dispatcher: upgrade failed ({error}); serving again");
         }

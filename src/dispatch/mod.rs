@@ -1408,6 +1408,57 @@ mod tests {
         }
     }
 
+    /// The rig with an upgrade link of its own; returns the coordinator's side.
+    fn with_upgrade_link(rig: &mut Rig) -> Sender<crate::link::handover::ToDispatcher> {
+        let (requests, _) = crossbeam_channel::unbounded();
+        let (to, inbox) = crossbeam_channel::unbounded();
+        rig.d.set_upgrade(UpgradeLink {
+            requests,
+            inbox,
+            available: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        });
+        to
+    }
+
+    /// A process that took over in cluster mode and still warms up (holding its own
+    /// broker messages) when an upgrade of its own fails (SIGUSR2 again at once):
+    /// the failure's thaw must not end the warm-up and drop what it holds.
+    #[test]
+    fn a_failed_upgrade_during_the_warm_up_keeps_the_held_broker_messages() {
+        let mut rig = Rig::new(1);
+        let to = with_upgrade_link(&mut rig);
+        rig.d.handover = handover::State::Warming {
+            until: Instant::now() + Duration::from_secs(60),
+            own: vec![(b"p:room:news".to_vec(), b"m".to_vec())],
+            linked: None,
+        };
+        to.send(crate::link::handover::ToDispatcher::Thaw {
+            error: "test".into(),
+        })
+        .unwrap();
+        rig.d.handover_turn();
+        assert!(
+            matches!(&rig.d.handover, handover::State::Warming { own, .. } if own.len() == 1),
+            "the warm-up ended"
+        );
+    }
+
+    /// What the previous process forwards too late for the warm-up (it was served
+    /// without it) must not end the freeze of an upgrade that started since.
+    #[test]
+    fn a_late_forward_does_not_thaw_a_freeze() {
+        let mut rig = Rig::new(1);
+        let to = with_upgrade_link(&mut rig);
+        rig.d.handover = handover::State::Frozen {
+            held: Vec::new(),
+            forward: None,
+        };
+        to.send(crate::link::handover::ToDispatcher::Forwarded(Vec::new()))
+            .unwrap();
+        rig.d.handover_turn();
+        assert!(rig.d.handover.frozen(), "the freeze ended");
+    }
+
     fn user_conn(reactor: usize, user: &str) -> Event {
         Event::Conn {
             reactor,

@@ -101,6 +101,7 @@ pub fn spawn_coordinator(handle: UpgradeHandle, binary: NewBinary) -> io::Result
         .name("upgrade".into())
         .spawn(move || {
             while handle.requests.1.recv().is_ok() {
+                handle.running.store(true, std::sync::atomic::Ordering::SeqCst);
                 UPGRADES.started.fetch_add(1, Relaxed);
                 info!("upgrade: starting {}", binary.path.display());
                 let started = Instant::now();
@@ -119,14 +120,20 @@ pub fn spawn_coordinator(handle: UpgradeHandle, binary: NewBinary) -> io::Result
                     Err(e) => {
                         UPGRADES.failed.fetch_add(1, Relaxed);
                         error!("upgrade failed, serving on: {e}");
+                        // Asked again while this one ran: the thaw answers those with
+                        // it. Dropped before the thaw, never after: an UPGRADE the
+                        // thawed dispatcher reads next (one that waited unread in its
+                        // socket) asks for an upgrade of its own.
+                        while handle.requests.1.try_recv().is_ok() {}
                         let _ = handle
                             .to_dispatcher
                             .send(ToDispatcher::Thaw { error: e });
                         let _ = handle.dispatcher_waker.wake();
+                        handle
+                            .running
+                            .store(false, std::sync::atomic::Ordering::SeqCst);
                     }
                 }
-                // Asked again while this one ran: those were answered with it.
-                while handle.requests.1.try_recv().is_ok() {}
             }
         })
         .map(|_| ())
