@@ -120,6 +120,12 @@ fn run(cfg: &Config) -> Result<(), StartError> {
     // Closing connections now would close them under an upgrade that may still
     // commit (the new binary may not even have said hello): its outcome first,
     // bounded by its own time limits. A successful one ends this process.
+    // No upgrade starts from now on (UPGRADE answers an error); one already running
+    // is waited for.
+    server
+        .upgrade
+        .available
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     let upgrading = || {
         server
             .upgrade

@@ -888,6 +888,15 @@ fn an_upgrade_in_cluster_mode_keeps_the_node_and_its_connections() {
         );
         expected.push(k);
     }
+    // B's reply comes before Redis has written the message to A's subscriber, and
+    // A's own pushes are delivered locally at once: wait until B's five are in, so
+    // that the order checked below is defined.
+    assert!(wait_until(Duration::from_secs(10), || {
+        clients.iter_mut().all(|c| {
+            c.poll();
+            c.got.len() >= 5
+        })
+    }));
     // A's own publisher runs across the upgrade: exactly once, in order, whatever
     // Redis echoes back to either process.
     let stop = Arc::new(AtomicBool::new(false));
@@ -1371,4 +1380,37 @@ fn a_sigterm_while_the_new_binary_starts_waits_for_the_outcome() {
     }));
     assert_eq!(c.ended, None);
     let _ = std::fs::remove_file(bin);
+}
+
+#[test]
+fn no_upgrade_starts_once_the_process_is_stopping() {
+    // After SIGTERM (here draining for a while) the listeners are about to close:
+    // an UPGRADE is refused and SIGUSR2 is ignored, instead of passing sockets that
+    // are closing to a new process.
+    let mut p = Proc::start(&["--threads", "2", "--drain-delay", "30s"], &[]);
+    let mut ctl = Resp::connect(p.control);
+    assert_eq!(ctl.cmd(&["PING"]), Reply::Simple("PONG".into()));
+    let old = p.pid();
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(old as i32, libc::SIGTERM);
+    }
+    // Draining shows once the signal has been handled (and upgrades closed).
+    let ws = p.ws;
+    let draining = wait_until(Duration::from_secs(10), || {
+        let (_, head) = common::raw_request(ws, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n");
+        head.starts_with("HTTP/1.1 503")
+    });
+    assert!(draining, "the server drains after SIGTERM");
+    match ctl.cmd(&["UPGRADE"]) {
+        Reply::Error(e) => assert!(e.contains("it is stopping"), "{e}"),
+        other => panic!("UPGRADE while stopping answered {other:?}"),
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(old as i32, libc::SIGUSR2);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(p.info_u64("upgrades_started"), 0);
+    assert_eq!(p.pid(), old);
 }

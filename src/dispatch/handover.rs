@@ -125,7 +125,10 @@ impl Dispatcher {
         if asked {
             c.waiting = Some(UPGRADE_WAIT);
         } else {
-            resp::write_error(c.out(), "ERR upgrades are not available in this process");
+            resp::write_error(
+                c.out(),
+                "ERR upgrades are not available in this process (it is stopping, or runs without an upgrade coordinator)",
+            );
         }
     }
 

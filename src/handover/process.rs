@@ -102,6 +102,14 @@ pub fn spawn_coordinator(handle: UpgradeHandle, binary: NewBinary) -> io::Result
         .spawn(move || {
             while handle.requests.1.recv().is_ok() {
                 handle.running.store(true, std::sync::atomic::Ordering::SeqCst);
+                // Stopping (main cleared `available`, then waits while `running`):
+                // the listeners may be closing, so no upgrade may start. Both sides
+                // store their flag before reading the other's, so one of them sees it.
+                if !handle.available.load(std::sync::atomic::Ordering::SeqCst) {
+                    handle.running.store(false, std::sync::atomic::Ordering::SeqCst);
+                    info!("upgrade: not started, the process is stopping");
+                    continue;
+                }
                 UPGRADES.started.fetch_add(1, Relaxed);
                 info!("upgrade: starting {}", binary.path.display());
                 let started = Instant::now();
