@@ -1387,7 +1387,7 @@ fn no_upgrade_starts_once_the_process_is_stopping() {
     // After SIGTERM (here draining for a while) the listeners are about to close:
     // an UPGRADE is refused and SIGUSR2 is ignored, instead of passing sockets that
     // are closing to a new process.
-    let mut p = Proc::start(&["--threads", "2", "--drain-delay", "30s"], &[]);
+    let p = Proc::start(&["--threads", "2", "--drain-delay", "30s"], &[]);
     let mut ctl = Resp::connect(p.control);
     assert_eq!(ctl.cmd(&["PING"]), Reply::Simple("PONG".into()));
     let old = p.pid();
