@@ -90,6 +90,9 @@ pub(super) enum State {
 /// Broker messages held on either side of a hand-over, at most (then dropped and
 /// counted like any message a full reactor queue drops).
 const MAX_HELD_MESSAGES: usize = 1 << 20;
+/// And at most this many payload bytes (1M messages at the largest --max-message
+/// would otherwise be gigabytes).
+const MAX_HELD_BYTES: usize = if cfg!(test) { 1 << 20 } else { 256 << 20 };
 
 impl State {
     pub fn serving(&self) -> bool {
@@ -294,7 +297,13 @@ impl Dispatcher {
             State::Warming { own, .. } => own,
             State::Serving | State::Quiescing { .. } => return Some((channel, payload)),
         };
-        if held.len() < MAX_HELD_MESSAGES {
+        if held.is_empty() {
+            // A new holding period (every one starts with an empty list).
+            self.held_bytes = 0;
+        }
+        let size = channel.len() + payload.len();
+        if held.len() < MAX_HELD_MESSAGES && self.held_bytes + size <= MAX_HELD_BYTES {
+            self.held_bytes += size;
             held.push((channel, payload));
         } else {
             self.stats.broker_dropped += 1;

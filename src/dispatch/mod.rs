@@ -285,6 +285,8 @@ pub struct Dispatcher {
     upgrade: Option<UpgradeLink>,
     /// Where the dispatcher is in an upgrade's hand-over.
     handover: handover::State,
+    /// Bytes of the broker messages the hand-over holds now (see `handover`).
+    held_bytes: usize,
     /// When this turn's poll returned: what the commands read in it were received at.
     turn_started: Instant,
     /// Per reactor: this turn's batch already carries a latency sample.
@@ -378,6 +380,7 @@ impl Dispatcher {
                 v1_online: vec![0; n],
                 upgrade: None,
                 handover: handover::State::default(),
+                held_bytes: 0,
                 turn_started: Instant::now(),
                 sampled: vec![false; n],
                 compression,
@@ -1457,6 +1460,29 @@ mod tests {
             .unwrap();
         rig.d.handover_turn();
         assert!(rig.d.handover.frozen(), "the freeze ended");
+    }
+
+    /// Broker messages held during a hand-over are bounded in bytes, not only in
+    /// number; beyond the bound they are dropped and counted.
+    #[test]
+    fn held_broker_messages_are_bounded_in_bytes() {
+        let mut rig = Rig::new(1);
+        rig.d.handover = handover::State::Frozen {
+            held: Vec::new(),
+            forward: None,
+        };
+        for _ in 0..20 {
+            let r = rig
+                .d
+                .hold_broker_message(b"ch".to_vec(), vec![0u8; 100 << 10]);
+            assert!(r.is_none(), "held or dropped, not routed");
+        }
+        let held = match &rig.d.handover {
+            handover::State::Frozen { held, .. } => held.len(),
+            _ => panic!("still frozen"),
+        };
+        assert_eq!(held, 10, "1 MiB (the test bound) of 100 KiB messages");
+        assert_eq!(rig.d.stats.broker_dropped, 10);
     }
 
     fn user_conn(reactor: usize, user: &str) -> Event {

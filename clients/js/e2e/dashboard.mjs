@@ -94,6 +94,11 @@ const during = {
   deliveries_scale: await maxY('chart-deliveries'),
   deliveries_rate: await page.evaluate(() => document.getElementById('deliveries-rate').textContent),
   latency_p99: await page.evaluate(() => document.getElementById('latency-p99').textContent),
+  // Steady during the load: what the page shows now is what /api/info says now.
+  connections_shown: await page.evaluate(() => document.getElementById('connections').textContent),
+  connections_api: String((await (await fetch(base + '/api/info?section=clients')).json()).clients.connected_clients),
+  rooms_shown: await page.evaluate(() => document.getElementById('rooms-count').textContent),
+  rooms_api: String((await (await fetch(base + '/api/info?section=rooms')).json()).rooms.rooms),
 };
 publishing = false;
 await loop;
@@ -113,6 +118,8 @@ const shown = await page.evaluate(() => ({
 }));
 await page.screenshot({ path: shot, fullPage: true });
 const mismatches = [];
+if (during.connections_shown !== during.connections_api) mismatches.push(`during the load: connections ${during.connections_shown} vs ${during.connections_api}`);
+if (during.rooms_shown !== during.rooms_api) mismatches.push(`during the load: rooms ${during.rooms_shown} vs ${during.rooms_api}`);
 if (shown.connections !== String(info.clients.connected_clients)) mismatches.push(`connections ${shown.connections} vs ${info.clients.connected_clients}`);
 if (shown.rooms !== String(info.rooms.rooms)) mismatches.push(`rooms ${shown.rooms} vs ${info.rooms.rooms}`);
 if (shown.deliveries !== String(info.stats.deliveries)) mismatches.push(`deliveries ${shown.deliveries} vs ${info.stats.deliveries}`);
