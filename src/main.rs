@@ -161,12 +161,22 @@ fn init_logging(format: LogFormat) {
     let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     if format == LogFormat::Json {
         b.format(|buf, record| {
-            let line = serde_json::json!({
+            let msg = record.args().to_string();
+            let mut line = serde_json::json!({
                 "ts": buf.timestamp_millis().to_string(),
                 "level": record.level().as_str(),
                 "target": record.target(),
-                "msg": record.args().to_string(),
             });
+            // An access line also carries its fields as typed keys.
+            if record.target() == "wspush::access" {
+                if let (Some(fields), Some(obj)) = (
+                    wspush::reactor::access::json_fields(&msg),
+                    line.as_object_mut(),
+                ) {
+                    obj.extend(fields);
+                }
+            }
+            line["msg"] = serde_json::Value::String(msg);
             writeln!(buf, "{line}")
         });
     }

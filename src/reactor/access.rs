@@ -203,6 +203,40 @@ fn line(e: &Entry, now: Instant) -> String {
     out
 }
 
+/// The fields of an access line as JSON (for `--log-format json`): numbers as
+/// numbers (`duration` in seconds as `duration_s`), the rest as strings, `-` as null.
+/// `None` if the text is not an access line.
+pub fn json_fields(line: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    use serde_json::Value;
+    let mut out = serde_json::Map::new();
+    let mut rest = line.trim();
+    while !rest.is_empty() {
+        let (k, after) = rest.split_once('=')?;
+        let (v, next) = if after.starts_with('"') {
+            // The close reason, JSON-quoted: serde_json finds its end.
+            let mut de = serde_json::Deserializer::from_str(after).into_iter::<String>();
+            let v = de.next()?.ok()?;
+            (Value::String(v), &after[de.byte_offset()..])
+        } else {
+            let end = after.find(' ').unwrap_or(after.len());
+            let raw = &after[..end];
+            let v = match (k, raw) {
+                (_, "-") => Value::Null,
+                ("duration", d) => Value::from(d.strip_suffix('s')?.parse::<f64>().ok()?),
+                ("rooms" | "bytes_in" | "bytes_out" | "close_code", n) => {
+                    Value::from(n.parse::<u64>().ok()?)
+                }
+                (_, s) => Value::String(s.to_string()),
+            };
+            (v, &after[end..])
+        };
+        let key = if k == "duration" { "duration_s" } else { k };
+        out.insert(key.to_string(), v);
+        rest = next.trim_start();
+    }
+    out.contains_key("close_code").then_some(out)
+}
+
 /// The payload of an unmasked server frame (2-byte header: a Close payload is at
 /// most 125 bytes).
 fn server_frame_payload(frame: &[u8]) -> &[u8] {
@@ -215,6 +249,31 @@ mod tests {
     use crate::ws::close::CloseCode;
     use crate::ws::frame::encode_close;
     use std::time::Duration;
+
+    #[test]
+    fn a_line_reads_back_as_typed_json_fields() {
+        let f = json_fields(
+            "addr=10.0.0.7 user=- rooms=2 duration=1.500s bytes_in=200 bytes_out=1000 \
+             close_code=4000 close_reason=\"bye \\\"now\\\" x=y\" why=kicked",
+        )
+        .expect("an access line");
+        assert_eq!(f["addr"], "10.0.0.7");
+        assert!(f["user"].is_null());
+        assert_eq!(f["rooms"], 2);
+        assert_eq!(f["duration_s"], 1.5);
+        assert_eq!(f["close_code"], 4000);
+        assert_eq!(f["close_reason"], "bye \"now\" x=y");
+        assert_eq!(f["why"], "kicked");
+        assert!(json_fields("listening: WebSocket ws://x").is_none());
+        assert!(json_fields("a=1 b=\"unterminated").is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(s in ".{0,80}") {
+            let _ = json_fields(&s);
+        }
+    }
 
     #[test]
     fn a_line_names_every_field_and_quotes_the_reason() {

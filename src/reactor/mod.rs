@@ -27,7 +27,7 @@
 //! A reactor never imports the dispatcher: both speak through `crate::link`.
 
 mod accept;
-mod access;
+pub mod access;
 pub mod client_msg;
 mod closing;
 mod commands;
