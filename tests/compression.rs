@@ -262,6 +262,13 @@ fn pushes_at_or_over_the_minimum_size_arrive_compressed_and_intact() {
     assert_eq!(next_message(&mut plain), (false, big.into_bytes()));
     assert_eq!(next_message(&mut plain), (false, small.into_bytes()));
     assert_eq!(next_message(&mut plain), (false, binary));
+    // Compressed once each (the small one not at all), whatever the recipients.
+    assert_eq!(server.info_u64("deflate_frames"), 2);
+    let (before, after) = (
+        server.info_u64("deflate_frame_bytes_in"),
+        server.info_u64("deflate_frame_bytes_out"),
+    );
+    assert!(before > 5000 && after * 2 < before, "{before} → {after}");
 }
 
 #[test]

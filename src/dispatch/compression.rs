@@ -23,6 +23,11 @@ pub(super) struct Compression {
     online: Vec<[u64; 2]>,
     /// Made on first use (zlib's state is ~260 KiB).
     deflater: Option<Box<Deflater>>,
+    /// Frames compressed, and their bytes before and after (for /metrics: what
+    /// compression saves per frame; multiply by its recipients for the wire).
+    pub compressed: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
 }
 
 impl Compression {
@@ -31,6 +36,9 @@ impl Compression {
             min_size,
             online: vec![[0; 2]; reactors],
             deflater: None,
+            compressed: 0,
+            bytes_before: 0,
+            bytes_after: 0,
         }
     }
 
@@ -69,7 +77,20 @@ impl Compression {
             return Deflated::default();
         }
         let d = self.deflater.get_or_insert_with(Box::default);
-        let mut make = |f: &[u8]| d.reframe(f, min).map(Arc::<[u8]>::from);
+        let (n, before, after) = (
+            &mut self.compressed,
+            &mut self.bytes_before,
+            &mut self.bytes_after,
+        );
+        let mut make = |f: &[u8]| {
+            let out = d.reframe(f, min).map(Arc::<[u8]>::from);
+            if let Some(c) = &out {
+                *n += 1;
+                *before += f.len() as u64;
+                *after += c.len() as u64;
+            }
+            out
+        };
         Deflated {
             // A wspush.v1 connection gets the plain frame when no envelope is made.
             frame: (plain || (v1 && envelope.is_none()))

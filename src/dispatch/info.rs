@@ -69,6 +69,17 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
             "deflate_connections",
             &d.compression.connections(),
         );
+        line(&mut out, "deflate_frames", &d.compression.compressed);
+        line(
+            &mut out,
+            "deflate_frame_bytes_in",
+            &d.compression.bytes_before,
+        );
+        line(
+            &mut out,
+            "deflate_frame_bytes_out",
+            &d.compression.bytes_after,
+        );
         line(
             &mut out,
             "established_slots",

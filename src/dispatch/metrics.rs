@@ -111,6 +111,24 @@ impl Dispatcher {
             self.users.len() as u64,
         );
         w.single(
+            "wspush_deflate_frames_total",
+            Kind::Counter,
+            "Pushed frames compressed by the dispatcher (once per message and variant, shared by every recipient).",
+            self.compression.compressed,
+        );
+        w.single(
+            "wspush_deflate_frame_bytes_in_total",
+            Kind::Counter,
+            "Bytes of those frames before compression.",
+            self.compression.bytes_before,
+        );
+        w.single(
+            "wspush_deflate_frame_bytes_out_total",
+            Kind::Counter,
+            "Bytes of those frames after compression.",
+            self.compression.bytes_after,
+        );
+        w.single(
             "wspush_deflate_connections",
             Kind::Gauge,
             "Open connections that negotiated permessage-deflate.",
