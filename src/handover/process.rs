@@ -548,73 +548,134 @@ pub fn take_over(
     let mut import = |reactors: &mut [crate::reactor::Reactor],
                       dispatcher: &mut crate::dispatch::Dispatcher|
      -> Result<(), String> {
-        loop {
-            let f = recv_frame(&sock).map_err(|e| refuse(&sock, e.to_string()))?;
-            first_frame.get_or_insert_with(Instant::now);
-            let t = Instant::now();
-            match f.kind {
-                Kind::Conns => {
-                    let batch = format::decode_conns(&f.payload)
-                        .map_err(|e| refuse(&sock, e.to_string()))?;
-                    let n = reactors.len();
-                    let r = &mut reactors[batch.reactor as usize % n];
-                    let fds: Vec<OwnedFd> = f.fds;
-                    let got = r.import(batch, fds).map_err(|e| refuse(&sock, e))?;
-                    importing += t.elapsed();
-                    taken.conns += got as u32;
-                    if abort_after.is_some_and(|n| taken.conns as usize >= n) {
-                        error!("{ENV_TEST_ABORT}: aborting mid-hand-over (test hook)");
-                        std::process::abort();
+        // Each reactor rebuilds its own connections on a thread of its own (they share
+        // nothing but atomics and channels), while this thread receives and decodes
+        // the frames: the rebuild, most of the time per connection, runs on every
+        // core. A reactor's batches reach it in the order sent.
+        // Set once the whole state has arrived: each worker then announces its
+        // reactor's connections (after its last batch) before the commit point.
+        let complete = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            type Work = (ConnBatch, Vec<OwnedFd>);
+            let mut to_reactor: Vec<crossbeam_channel::Sender<Work>> = Vec::new();
+            let mut workers = Vec::new();
+            let complete = &complete;
+            for r in reactors.iter_mut() {
+                let (tx, rx) = crossbeam_channel::bounded::<Work>(64);
+                to_reactor.push(tx);
+                workers.push(scope.spawn(move || -> Result<(usize, Duration), String> {
+                    let (mut got, mut busy) = (0, Duration::ZERO);
+                    for (batch, fds) in rx {
+                        let t = Instant::now();
+                        got += r.import(batch, fds)?;
+                        busy += t.elapsed();
                     }
-                }
-                Kind::Clients => {
-                    let clients = format::decode_clients(&f.payload)
-                        .map_err(|e| refuse(&sock, e.to_string()))?;
-                    taken.clients += dispatcher
-                        .import_clients(clients, f.fds)
-                        .map_err(|e| refuse(&sock, e))? as u32;
-                }
-                Kind::History => {
-                    let rooms = format::decode_history(&f.payload)
-                        .map_err(|e| refuse(&sock, e.to_string()))?;
-                    dispatcher
-                        .import_history(rooms)
-                        .map_err(|e| refuse(&sock, e))?;
-                }
-                Kind::Cluster => {
-                    let id = format::decode_identity(&f.payload)
-                        .map_err(|e| refuse(&sock, e.to_string()))?;
-                    dispatcher.adopt_cluster_identity(id);
-                    cluster = true;
-                }
-                Kind::End => {
-                    let want = format::decode_totals(&f.payload)
-                        .map_err(|e| refuse(&sock, e.to_string()))?;
-                    if want != taken {
-                        return Err(refuse(&sock, format!("sent {want:?}, took {taken:?}")));
-                    }
-                    for r in reactors.iter_mut() {
+                    if complete.load(std::sync::atomic::Ordering::SeqCst) {
                         r.announce();
                     }
-                    // The commit point: from here the sockets are ours alone.
-                    send_frame(&sock, Kind::Taken, &format::encode_totals(taken), &[])
-                        .map_err(|e| e.to_string())?;
-                    UPGRADES.conns_taken.store(u64::from(taken.conns), Relaxed);
-                    UPGRADES
-                        .clients_taken
-                        .store(u64::from(taken.clients), Relaxed);
-                    info!(
-                        "took over {} connections and {} control clients in {:?} ({:?} rebuilding connections)",
-                        taken.conns,
-                        taken.clients,
-                        first_frame.map(|t| t.elapsed()).unwrap_or_default(),
-                        importing
-                    );
-                    return Ok(());
-                }
-                other => return Err(refuse(&sock, format!("unexpected {other:?}"))),
+                    Ok((got, busy))
+                }));
             }
-        }
+            // Ends the workers and adds up what they took (the first error wins).
+            let finish = |to_reactor: Vec<crossbeam_channel::Sender<Work>>,
+                          workers: Vec<
+                std::thread::ScopedJoinHandle<'_, Result<(usize, Duration), String>>,
+            >|
+             -> Result<(usize, Duration), String> {
+                drop(to_reactor);
+                let mut total = (0, Duration::ZERO);
+                let mut first_err = None;
+                for w in workers {
+                    match w.join() {
+                        Ok(Ok((got, busy))) => {
+                            total.0 += got;
+                            total.1 = total.1.max(busy);
+                        }
+                        Ok(Err(e)) => {
+                            first_err.get_or_insert(e);
+                        }
+                        Err(_) => {
+                            first_err.get_or_insert_with(|| "a reactor's import panicked".into());
+                        }
+                    }
+                }
+                first_err.map_or(Ok(total), Err)
+            };
+            let mut dispatched = 0usize;
+            loop {
+                let f = recv_frame(&sock).map_err(|e| refuse(&sock, e.to_string()))?;
+                first_frame.get_or_insert_with(Instant::now);
+                match f.kind {
+                    Kind::Conns => {
+                        let batch = format::decode_conns(&f.payload)
+                            .map_err(|e| refuse(&sock, e.to_string()))?;
+                        let i = batch.reactor as usize % to_reactor.len().max(1);
+                        dispatched += batch.conns.len();
+                        if to_reactor[i].send((batch, f.fds)).is_err() {
+                            // That worker stopped on an error: report it.
+                            let e = match finish(to_reactor, workers) {
+                                Err(e) => e,
+                                Ok(_) => "a reactor stopped importing".into(),
+                            };
+                            return Err(refuse(&sock, e));
+                        }
+                        if abort_after.is_some_and(|n| dispatched >= n) {
+                            error!("{ENV_TEST_ABORT}: aborting mid-hand-over (test hook)");
+                            std::process::abort();
+                        }
+                    }
+                    Kind::Clients => {
+                        let clients = format::decode_clients(&f.payload)
+                            .map_err(|e| refuse(&sock, e.to_string()))?;
+                        taken.clients += dispatcher
+                            .import_clients(clients, f.fds)
+                            .map_err(|e| refuse(&sock, e))?
+                            as u32;
+                    }
+                    Kind::History => {
+                        let rooms = format::decode_history(&f.payload)
+                            .map_err(|e| refuse(&sock, e.to_string()))?;
+                        dispatcher
+                            .import_history(rooms)
+                            .map_err(|e| refuse(&sock, e))?;
+                    }
+                    Kind::Cluster => {
+                        let id = format::decode_identity(&f.payload)
+                            .map_err(|e| refuse(&sock, e.to_string()))?;
+                        dispatcher.adopt_cluster_identity(id);
+                        cluster = true;
+                    }
+                    Kind::End => {
+                        let want = format::decode_totals(&f.payload)
+                            .map_err(|e| refuse(&sock, e.to_string()))?;
+                        complete.store(true, std::sync::atomic::Ordering::SeqCst);
+                        let (got, busy) =
+                            finish(to_reactor, workers).map_err(|e| refuse(&sock, e))?;
+                        taken.conns += got as u32;
+                        importing = busy;
+                        if want != taken {
+                            return Err(refuse(&sock, format!("sent {want:?}, took {taken:?}")));
+                        }
+                        // The commit point: from here the sockets are ours alone.
+                        send_frame(&sock, Kind::Taken, &format::encode_totals(taken), &[])
+                            .map_err(|e| e.to_string())?;
+                        UPGRADES.conns_taken.store(u64::from(taken.conns), Relaxed);
+                        UPGRADES
+                            .clients_taken
+                            .store(u64::from(taken.clients), Relaxed);
+                        info!(
+                            "took over {} connections and {} control clients in {:?} ({:?} rebuilding connections on the busiest reactor)",
+                            taken.conns,
+                            taken.clients,
+                            first_frame.map(|t| t.elapsed()).unwrap_or_default(),
+                            importing
+                        );
+                        return Ok(());
+                    }
+                    other => return Err(refuse(&sock, format!("unexpected {other:?}"))),
+                }
+            }
+        })
     };
     let server = Server::start_with(
         cfg,
