@@ -94,6 +94,9 @@ fn info_rooms_history_and_nodes_read_as_json() {
             &json!({"room": "big", "data": format!("m{i}")}),
         );
     }
+    // Reactors publish their counters at the end of a turn: once INFO has all six
+    // deliveries, /api/info must say the same.
+    assert_info_eventually(&s, "deliveries", 6);
     let info = h.get("/api/info").json();
     let resp = s.info();
     assert_eq!(info["clients"]["connected_clients"], 2);
