@@ -287,6 +287,8 @@ pub struct Dispatcher {
     handover: handover::State,
     /// Bytes of the broker messages the hand-over holds now (see `handover`).
     held_bytes: usize,
+    /// The last `/api/rooms` answer: when, for which `top`, and its body.
+    rooms_cache: Option<(Instant, usize, String)>,
     /// When this turn's poll returned: what the commands read in it were received at.
     turn_started: Instant,
     /// Per reactor: this turn's batch already carries a latency sample.
@@ -381,6 +383,7 @@ impl Dispatcher {
                 upgrade: None,
                 handover: handover::State::default(),
                 held_bytes: 0,
+                rooms_cache: None,
                 turn_started: Instant::now(),
                 sampled: vec![false; n],
                 compression,

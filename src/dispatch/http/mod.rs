@@ -37,6 +37,8 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 const MAX_HEAD: usize = 16 * 1024;
 /// Room a JSON body may take beyond the payload it carries (names, quoting).
 const JSON_SLACK: usize = 64 * 1024;
+/// How long a `/api/rooms` answer is reused.
+const ROOMS_CACHE: Duration = Duration::from_millis(500);
 /// Time to send a whole request once its first byte arrived.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection with no request, and no response bytes taken, for this long is
@@ -369,7 +371,7 @@ impl Dispatcher {
                 let text = info::render(self, section.as_deref());
                 (200, JSON, api::info_json(&text).to_string().into_bytes())
             }
-            Ok(Route::Rooms(top)) => (200, JSON, self.top_rooms(top).into_bytes()),
+            Ok(Route::Rooms(top)) => (200, JSON, self.top_rooms_cached(top).into_bytes()),
             Ok(Route::Command { args, shape }) => {
                 match Command::parse(args, self.settings.max_message) {
                     Err(e) => {
@@ -555,6 +557,20 @@ impl Dispatcher {
                 self.drop_client(key);
             }
         }
+    }
+
+    /// `top_rooms`, computed at most once per `ROOMS_CACHE` for a given `top`: the
+    /// pass is O(rooms) on the dispatcher thread, and every open dashboard asks each
+    /// second, so a million rooms and a few dashboards must not cost a pass each.
+    fn top_rooms_cached(&mut self, top: usize) -> String {
+        if let Some((at, n, body)) = &self.rooms_cache {
+            if *n == top && at.elapsed() < ROOMS_CACHE {
+                return body.clone();
+            }
+        }
+        let body = self.top_rooms(top);
+        self.rooms_cache = Some((Instant::now(), top, body.clone()));
+        body
     }
 
     /// `{"rooms":[{"room":…,"members":N},…]}`: the `top` rooms with the most members
