@@ -36,23 +36,32 @@ fn assert_browser_installed() {
     );
 }
 
-#[test]
-fn the_demo_page_in_chromium_recovers_every_drop_without_gap_or_duplicate() {
-    assert_browser_installed();
-    let _turn = CHROMIUM.lock().unwrap_or_else(|e| e.into_inner());
-    let server = Server::start(&["--demo", "--history-size", "1000"]);
+/// Runs an end-to-end script of clients/js/e2e with `args` and returns the JSON
+/// summary it prints last; fails the test with its output unless it exits 0.
+/// Playwright must never fetch a browser: the scripts only run /usr/bin/chromium.
+fn run_e2e(script: &str, args: &[&str]) -> serde_json::Value {
     let out = Command::new("node")
-        .arg("clients/js/e2e/browser.mjs")
-        .arg(server.ws.to_string())
-        .arg(server.control.to_string())
-        // Playwright must never fetch a browser; it only runs /usr/bin/chromium.
+        .arg(script)
+        .args(args)
         .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
         .output()
         .expect("run node");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("a JSON summary");
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("no JSON summary ({e}): {stdout}\n{stderr}"))
+}
+
+#[test]
+fn the_demo_page_in_chromium_recovers_every_drop_without_gap_or_duplicate() {
+    assert_browser_installed();
+    let _turn = CHROMIUM.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start(&["--demo", "--history-size", "1000"]);
+    let v = run_e2e(
+        "clients/js/e2e/browser.mjs",
+        &[&server.ws.to_string(), &server.control.to_string()],
+    );
     assert_eq!(v["received"], 300, "{v}");
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["not_recovered"], 0, "{v}");
@@ -72,17 +81,10 @@ fn chromium_negotiates_permessage_deflate_and_receives_compressed_pushes_intact(
     assert_browser_installed();
     let _turn = CHROMIUM.lock().unwrap_or_else(|e| e.into_inner());
     let server = Server::start(&[]);
-    let out = Command::new("node")
-        .arg("clients/js/e2e/compression.mjs")
-        .arg(server.ws.to_string())
-        .arg(server.control.to_string())
-        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-        .output()
-        .expect("run node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("a JSON summary");
+    let v = run_e2e(
+        "clients/js/e2e/compression.mjs",
+        &[&server.ws.to_string(), &server.control.to_string()],
+    );
     let ext = v["extensions"].as_str().unwrap_or_default();
     assert!(ext.starts_with("permessage-deflate"), "{v}");
     assert!(ext.contains("server_no_context_takeover"), "{v}");
@@ -205,19 +207,14 @@ fn the_dashboard_in_chromium_charts_a_live_load_and_matches_the_api() {
     std::fs::create_dir_all(&artifacts).expect("create target/artifacts");
     let shot = artifacts.join("dashboard.png");
     let _ = std::fs::remove_file(&shot);
-    let out = Command::new("node")
-        .arg("clients/js/e2e/dashboard.mjs")
-        .arg(server.http.expect("--http").to_string())
-        .arg(server.ws.to_string())
-        .arg(&shot)
-        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-        .output()
-        .expect("run node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    let v: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("a JSON summary");
+    let v = run_e2e(
+        "clients/js/e2e/dashboard.mjs",
+        &[
+            &server.http.expect("--http").to_string(),
+            &server.ws.to_string(),
+            &shot.to_string_lossy(),
+        ],
+    );
     assert_eq!(v["consoleErrors"], serde_json::json!([]), "{v}");
     assert_eq!(v["mismatches"], serde_json::json!([]), "{v}");
     assert_eq!(v["ok"], true, "{v}");

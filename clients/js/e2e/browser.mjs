@@ -18,7 +18,7 @@
 // Never lets Playwright fetch a browser: it only runs /usr/bin/chromium (Debian's,
 // installed by scripts/test.sh).
 import net from 'node:net';
-import { chromium } from 'playwright-core';
+import { launchChromium, resp } from './common.mjs';
 
 const argv = process.argv.slice(2);
 const RESTART = argv[0] === '--restart';
@@ -35,7 +35,6 @@ const ROOM = 'b';
 // that every one of them is a real drop of a live connection; the demo's back-off
 // (250 ms doubling, full jitter) keeps the whole run within a few seconds.
 const DROPS = RESTART ? ['restart'] : ['button', 'cut', 'kick', 'button', 'cut', 'kick'];
-const CHROMIUM = '/usr/bin/chromium';
 
 let browser = null;
 async function fail(msg) {
@@ -106,14 +105,10 @@ const kick = () =>
   });
 const publish = (text) => {
   const parts = ['PUBLISH', ROOM, text];
-  ctl.write(`*${parts.length}\r\n` + parts.map((p) => `$${Buffer.byteLength(p)}\r\n${p}\r\n`).join(''));
+  ctl.write(resp(parts));
 };
 
-try {
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox'] });
-} catch (e) {
-  await fail(`cannot launch ${CHROMIUM} (scripts/test.sh installs Debian's chromium): ${e.message}`);
-}
+browser = await launchChromium(fail);
 const page = await browser.newPage();
 const pageErrors = [];
 page.on('pageerror', (e) => pageErrors.push(String(e)));

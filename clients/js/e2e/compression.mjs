@@ -7,7 +7,7 @@
 // Prints one JSON line (last) and exits 0, or explains on stderr and exits 1.
 // Never lets Playwright fetch a browser: it only runs /usr/bin/chromium.
 import net from 'node:net';
-import { chromium } from 'playwright-core';
+import { launchChromium, resp } from './common.mjs';
 
 const [wsAddr, control] = process.argv.slice(2);
 if (!wsAddr || !control) {
@@ -15,7 +15,6 @@ if (!wsAddr || !control) {
   process.exit(2);
 }
 const [chost, cport] = control.split(':');
-const CHROMIUM = '/usr/bin/chromium';
 const ROOM = 'z';
 
 let browser = null;
@@ -46,14 +45,10 @@ ctl.on('data', (b) => {
 });
 const publish = (text) => {
   const parts = ['PUBLISH', ROOM, text];
-  ctl.write(`*${parts.length}\r\n` + parts.map((p) => `$${Buffer.byteLength(p)}\r\n${p}\r\n`).join(''));
+  ctl.write(resp(parts));
 };
 
-try {
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox'] });
-} catch (e) {
-  await fail(`cannot launch ${CHROMIUM} (scripts/test.sh installs Debian's chromium): ${e.message}`);
-}
+browser = await launchChromium(fail);
 const page = await browser.newPage();
 // A page of the server itself: Chromium blocks loopback WebSockets from about:blank
 // (local network access checks).

@@ -7,7 +7,7 @@
 //   node dashboard.mjs HTTP_ADDR WS_ADDR SCREENSHOT.png
 // Prints one JSON line (last) and exits 0, or explains on stderr and exits 1.
 // Never lets Playwright fetch a browser: it only runs /usr/bin/chromium.
-import { chromium } from 'playwright-core';
+import { launchChromium } from './common.mjs';
 
 const [httpAddr, wsAddr, shot] = process.argv.slice(2);
 if (!httpAddr || !wsAddr || !shot) {
@@ -25,11 +25,7 @@ async function fail(msg) {
 }
 setTimeout(() => fail('did not finish within 60 s'), 60000).unref();
 
-browser = await chromium.launch({
-  executablePath: '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
-}).catch((e) => fail(`cannot launch /usr/bin/chromium: ${e.message}`));
+browser = await launchChromium(fail);
 const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
 const consoleErrors = [];
 page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
