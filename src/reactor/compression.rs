@@ -47,17 +47,7 @@ impl Reactor {
         let a = offer?;
         let conn = self.conns.get_mut(key as usize)?;
         conn.set(window_code(a.server_window_bits) << flag::DEFLATE_SHIFT);
-        let c = &mut self.compression;
-        if v1 {
-            c.v1_conns += 1;
-        } else {
-            c.raw_conns += 1;
-        }
-        self.events.push(Event::Deflate {
-            reactor: self.id,
-            v1,
-            delta: 1,
-        });
+        self.count_deflate(v1, 1);
         Some(a)
     }
 
@@ -71,17 +61,7 @@ impl Reactor {
             return;
         }
         let v1 = conn.has(flag::V1);
-        let c = &mut self.compression;
-        if v1 {
-            c.v1_conns += 1;
-        } else {
-            c.raw_conns += 1;
-        }
-        self.events.push(Event::Deflate {
-            reactor: self.id,
-            v1,
-            delta: 1,
-        });
+        self.count_deflate(v1, 1);
     }
 
     /// Connection `key` stops being open: uncounted.
@@ -94,16 +74,27 @@ impl Reactor {
         }
         let v1 = conn.has(flag::V1);
         conn.clear(flag::DEFLATE);
+        self.count_deflate(v1, -1);
+    }
+
+    /// One connection with the extension more (`delta` 1) or less (-1), here and, by
+    /// an event, in the dispatcher (which compresses only for reactors with takers).
+    fn count_deflate(&mut self, v1: bool, delta: i32) {
         let c = &mut self.compression;
-        if v1 {
-            c.v1_conns = c.v1_conns.saturating_sub(1);
+        let n = if v1 {
+            &mut c.v1_conns
         } else {
-            c.raw_conns = c.raw_conns.saturating_sub(1);
-        }
+            &mut c.raw_conns
+        };
+        *n = if delta > 0 {
+            n.saturating_add(1)
+        } else {
+            n.saturating_sub(1)
+        };
         self.events.push(Event::Deflate {
             reactor: self.id,
             v1,
-            delta: -1,
+            delta,
         });
     }
 
