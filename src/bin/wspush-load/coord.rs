@@ -10,7 +10,7 @@ use crate::cli::{Command, Common};
 use crate::publisher::{publish, Pace, PublishError, PublishPlan, Published};
 use crate::report::{ConnReport, EchoReport, FanoutReport, Pcts, Report, ServerReport, UrlReport};
 use crate::resp::{call, info_fields, info_u64, Reply};
-use crate::sys::{mono_ns, server_cpu_seconds, server_rss_bytes, slab_bytes, tcp_mem_bytes};
+use crate::sys::{mono_ns, process_cpu_seconds, server_rss_bytes, slab_bytes, tcp_mem_bytes};
 use crate::wire::{Counters, Event, Sink, StopSignal, WorkerResult};
 use crate::worker::{self, Mode, Plan, WAKER};
 use mio::{Poll, Waker};
@@ -466,7 +466,7 @@ fn sample(pids: &[u32], control: Option<SocketAddr>) -> Sample {
         tcp_mem: tcp_mem_bytes(),
         slab: slab_bytes(),
         rss: sum_over(pids, |p| server_rss_bytes(p).map(|b| b as f64)).map(|b| b as u64),
-        cpu: sum_over(pids, server_cpu_seconds),
+        cpu: sum_over(pids, process_cpu_seconds),
         ..Default::default()
     };
     if let Some(addr) = control {
@@ -515,10 +515,19 @@ pub fn run(cmd: &Command, show_progress: bool) -> Result<Report, LoadError> {
         _ => None,
     };
     let before = sample(&common.pid, control);
+    // The load generator's own CPU: this process (with an in-process worker) and its
+    // worker processes, which start at 0.
+    let load_before = process_cpu_seconds(std::process::id());
 
     let (tx, rx): (Sender<Event>, Receiver<Event>) = mpsc::channel();
     let mut handles = spawn_workers(cmd, &tx)?;
     drop(tx);
+    let mut load_pids = vec![std::process::id()];
+    load_pids.extend(handles.iter().filter_map(|h| match h {
+        Handle::Child { child, .. } => Some(child.id()),
+        Handle::Thread { .. } => None,
+    }));
+    let mut load_cpu: Option<f64> = None;
     let rooms = match cmd {
         Command::Fanout(a) => a.r as usize,
         _ => 0,
@@ -573,6 +582,9 @@ pub fn run(cmd: &Command, show_progress: bool) -> Result<Report, LoadError> {
             Phase::Opening if board.all_ready() => match cmd {
                 Command::Conns(a) => {
                     after_open = Some(sample(&common.pid, None));
+                    load_cpu = sum_over(&load_pids, process_cpu_seconds)
+                        .zip(load_before)
+                        .map(|(after, before)| (after - before).max(0.0));
                     phase = Phase::Running(now + a.hold * 1_000_000_000);
                 }
                 Command::Echo(_) => phase = Phase::Running(deadline_ns),
@@ -732,6 +744,7 @@ pub fn run(cmd: &Command, show_progress: bool) -> Result<Report, LoadError> {
         merged: &merged,
         before,
         after_open,
+        load_cpu,
         before_publish,
         after_publish,
         published,
@@ -755,6 +768,8 @@ struct Inputs<'a> {
     merged: &'a WorkerResult,
     before: Sample,
     after_open: Option<Sample>,
+    /// conns: the load generator's CPU seconds over the connect phase.
+    load_cpu: Option<f64>,
     before_publish: Option<Sample>,
     after_publish: Option<Sample>,
     published: Option<Published>,
@@ -808,6 +823,11 @@ fn build_report(i: Inputs) -> Report {
                 0.0
             },
             handshake: Pcts::of(&m.handshake_ns),
+            load_cpu_seconds: i.load_cpu,
+            load_cpu_us_per_handshake: i
+                .load_cpu
+                .filter(|_| c.handshakes > 0)
+                .map(|cpu| cpu * 1e6 / c.handshakes as f64),
         },
         ..Default::default()
     };

@@ -296,6 +296,10 @@ fn conns_opens_every_connection_and_times_its_handshakes() {
     assert_eq!(r.connections.failed, 0);
     assert_eq!(r.connections.handshake.count, 40);
     assert!(r.connections.handshakes_per_s > 0.0);
+    // The load generator's own connect-phase CPU (here it shares its process with the
+    // fake server) is measured and spread over the handshakes.
+    let load = r.connections.load_cpu_us_per_handshake;
+    assert!(load.is_some_and(|us| us > 0.0), "{load:?}");
     let server = r.server.as_ref().unwrap();
     assert!(server.rss_after_bytes.is_some());
     assert!(r.problems.is_empty(), "{:?}", r.problems);

@@ -59,6 +59,13 @@ pub struct ConnReport {
     /// Completed handshakes / (last handshake − first attempt).
     pub handshakes_per_s: f64,
     pub handshake: Pcts,
+    /// conns: CPU (user + system) of the load generator itself — this process and its
+    /// workers — over the connect phase, and per completed handshake. On loopback the
+    /// client's connect and send also run the server side's TCP receive path, so this
+    /// is usually larger than the server's figure; when it nears one core per load
+    /// process, the load generator, not the server, sets `handshakes_per_s`.
+    pub load_cpu_seconds: Option<f64>,
+    pub load_cpu_us_per_handshake: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -209,6 +216,14 @@ impl Report {
         );
         let _ = writeln!(s, "handshakes/s  {:.0}", c.handshakes_per_s);
         let _ = writeln!(s, "handshake     {}", c.handshake.line());
+        if c.load_cpu_us_per_handshake.is_some() {
+            let _ = writeln!(
+                s,
+                "load CPU      {} s over the connect phase = {} us/handshake (this load generator)",
+                opt_f(c.load_cpu_seconds, 3),
+                opt_f(c.load_cpu_us_per_handshake, 1),
+            );
+        }
         for (cause, n) in by_count(&c.failures) {
             let _ = writeln!(s, "  failed      {n:>8}  {cause}");
         }

@@ -90,12 +90,13 @@ pub fn parse_schedstat_ns(schedstat: &str) -> Option<u64> {
     schedstat.split_whitespace().next()?.parse().ok()
 }
 
-/// Server CPU time (user + system) in seconds. Read as the sum of its threads' schedstat
+/// A process's CPU time (user + system) in seconds (the server's, or the load
+/// generator's own). Read as the sum of its threads' schedstat
 /// nanoseconds when the kernel has them: /proc/PID/stat counts in clock ticks (10 ms at
 /// 100 Hz), too coarse for the fraction of a second a handshake burst costs. A thread
 /// that vanishes between listing and reading is skipped, and threads that exited before
 /// are not counted; a server's reactors and dispatcher live as long as it does.
-pub fn server_cpu_seconds(pid: u32) -> Option<f64> {
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
     if let Some(ns) = threads_cpu_ns(pid) {
         return Some(ns as f64 / 1e9);
     }
@@ -173,8 +174,8 @@ mod tests {
     #[test]
     fn own_process_cpu_time_is_readable_and_does_not_go_backwards() {
         let pid = std::process::id();
-        let a = server_cpu_seconds(pid);
-        let b = server_cpu_seconds(pid);
+        let a = process_cpu_seconds(pid);
+        let b = process_cpu_seconds(pid);
         assert!(
             matches!((a, b), (Some(a), Some(b)) if b >= a),
             "{a:?} -> {b:?}"
