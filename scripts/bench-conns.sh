@@ -23,7 +23,10 @@
 #   SRC=127.0.0.2-127.0.0.20   source address range (round robin)
 #   THREADS=2        server --threads
 #   DURATION=120     hard bound on the load run, seconds
-#   SERVER_BIN=target/release/wspush   server binary (any server with the same ready line)
+#   SERVER_BIN=target/release/wspush   server binary (any server with the same ready line;
+#                    benches/floor/target/release/wspush-floor is the handshake floor, the
+#                    same system calls and nothing else: `cargo build --release
+#                    --manifest-path benches/floor/Cargo.toml`)
 #   SERVER_ARGS=     extra server flags
 #   SERVER_CPU=      run the server under a CPU quota of this many cores (e.g. 0.25), through
 #                    a cgroup of its own (cgroup v2 cpu.max, or v1 cpu.cfs_quota_us; needs

@@ -65,10 +65,15 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 # Each criterion benchmark once (test mode): they must still build and run.
 cargo test --benches
+# The handshake floor server that bench-conns.sh measures wspush against
+# (benches/floor, a crate of its own): lint-clean, and its tests run below.
+cargo fmt --manifest-path benches/floor/Cargo.toml -- --check
+cargo clippy --manifest-path benches/floor/Cargo.toml --all-targets -- -D warnings
 # Unit, property and integration tests; the summary line below adds them up.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --lib --bins --tests 2>&1 | tee "$log"
+cargo test --manifest-path benches/floor/Cargo.toml 2>&1 | tee -a "$log"
 # The browser client (clients/js): its pure parts and the whole client against a
 # scripted WebSocket, under node's own test runner (no npm packages).
 (cd clients/js && node --test) 2>&1 | tee -a "$log" | tail -n 9
