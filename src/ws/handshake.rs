@@ -732,21 +732,34 @@ pub fn upgrade_response(accept: &str, v1: bool) -> Vec<u8> {
 }
 
 /// `upgrade_response` naming the permessage-deflate agreement taken, if any.
+///
+/// Built at its exact size, so the reactor's `into_boxed_slice` keeps the buffer
+/// instead of copying it (this runs once per handshake).
 pub fn upgrade_response_with(
     accept: &str,
     v1: bool,
     deflate: Option<&super::extension::Agreement>,
 ) -> Vec<u8> {
-    let protocol = if v1 {
-        "Sec-WebSocket-Protocol: wspush.v1\r\n"
+    const HEAD: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ";
+    let protocol: &[u8] = if v1 {
+        b"Sec-WebSocket-Protocol: wspush.v1\r\n"
     } else {
-        ""
+        b""
     };
     let extensions = deflate.map(|a| a.response_header()).unwrap_or_default();
-    format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{protocol}{extensions}\r\n"
-    )
-    .into_bytes()
+    let parts = [
+        HEAD,
+        accept.as_bytes(),
+        b"\r\n",
+        protocol,
+        extensions.as_bytes(),
+        b"\r\n",
+    ];
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    out
 }
 
 /// The answer to `GET /readyz` when ready: 200, body `ready\n`, then close.
@@ -1029,6 +1042,8 @@ mod tests {
     #[test]
     fn upgrade_response_is_101_without_protocol_or_extensions() {
         let resp = upgrade_response(ACCEPT, false);
+        // Exactly sized: the reactor boxes it without a copy.
+        assert_eq!(resp.capacity(), resp.len());
         assert_eq!(
             resp,
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
