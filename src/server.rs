@@ -507,6 +507,7 @@ impl Server {
                     memory: cfg.history_memory,
                 },
                 max_recover: cfg.max_recover,
+                max_replay_bytes: cfg.max_pending,
                 http: http_addr,
                 api_key: cfg.api_key.clone(),
                 max_http_connections: cfg.max_http_connections,

@@ -95,6 +95,9 @@ pub struct DispatchSettings {
     pub history: crate::history::Limits,
     /// Most messages replayed per room on recovery (`--max-recover`).
     pub max_recover: usize,
+    /// Most bytes one recovery may replay: a connection's `--max-pending`, since
+    /// the replay is queued for it at once.
+    pub max_replay_bytes: usize,
     /// The HTTP listener's address (`--http`), if any.
     pub http: Option<SocketAddr>,
     /// `--api-key`: what HTTP API requests must bear.
@@ -1330,6 +1333,7 @@ mod tests {
                         memory: 1 << 20,
                     },
                     max_recover: 300,
+                    max_replay_bytes: 1 << 20,
                     http: None,
                     api_key: None,
                     max_http_connections: 16,

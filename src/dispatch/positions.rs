@@ -16,6 +16,12 @@
 //! positions are this node's own (each node's epochs differ, so a client that
 //! reconnects elsewhere is told `recovered:false`, never given offsets that mean
 //! something else there).
+//!
+//! Neither answer may cost more than one connection's worth of memory, whatever the
+//! history holds: a replay that would not fit in `--max-pending` is refused
+//! (`recovered:false`) before it is encoded, and a HISTORY reply carries at most
+//! [`HISTORY_REPLY_BYTES`] of payloads, so a burst of recovering clients or of
+//! unread HISTORY requests cannot make the process hold copies of the whole history.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +34,48 @@ use crate::history::{Position, Recovery};
 use crate::link;
 use crate::ws::envelope;
 use crate::ws::frame::{encode_frame, OpCode};
+
+/// The most payload bytes one HISTORY reply carries (the newest messages that fit,
+/// at least one): the control port's reply pause, so a reply is never much more
+/// than what an unread connection may hold anyway. Each retained message would
+/// otherwise be copied once per request — into the RESP reply, and for
+/// `/api/history` into its JSON (base64 for binary payloads) — so a few dozen
+/// unread requests against a full `--history-memory` held gigabytes and kept the
+/// dispatcher busy for seconds.
+pub const HISTORY_REPLY_BYTES: usize = 1 << 20;
+
+/// Where the newest entries whose payloads fit in `budget` start (at least the
+/// newest one, so any single message can be read).
+fn newest_within<P: AsRef<[u8]>>(entries: &[(u64, P)], budget: usize) -> usize {
+    let mut total = 0usize;
+    for (i, (_, p)) in entries.iter().enumerate().rev() {
+        total = total.saturating_add(p.as_ref().len());
+        if total > budget && i + 1 < entries.len() {
+            return i + 1;
+        }
+    }
+    0
+}
+
+/// The replay's frames, or `None` when together they would pass `max_bytes` (the
+/// client's `--max-pending`): such a replay is queued at once, so it could only end
+/// in a slow-consumer close (or, with `--slow-policy drop`, in a gap after
+/// `recovered:true`). Stops encoding as soon as the bound is passed.
+fn replay_within<'a>(
+    frames: impl Iterator<Item = Arc<[u8]>> + 'a,
+    max_bytes: usize,
+) -> Option<Vec<Arc<[u8]>>> {
+    let mut total = 0usize;
+    let mut out = Vec::new();
+    for f in frames {
+        total = total.saturating_add(f.len());
+        if total > max_bytes {
+            return None;
+        }
+        out.push(f);
+    }
+    Some(out)
+}
 
 impl Dispatcher {
     /// The message as a `wspush.v1` envelope; a room message takes its position here.
@@ -180,18 +228,28 @@ impl Dispatcher {
             self.read_position_from_redis(reactor, req, room, since);
             return;
         }
-        let (pos, recovered, missed) = match since {
+        let (pos, recovered, replay) = match since {
             None => (self.history.position(room, now), None, Vec::new()),
             Some((epoch, offset)) => {
-                match self
-                    .history
-                    .recover(room, &epoch, offset, self.settings.max_recover, now)
-                {
+                let recovery =
+                    self.history
+                        .recover(room, &epoch, offset, self.settings.max_recover, now);
+                let (position, replay) = match recovery {
                     Recovery::Recovered { position, missed } => {
-                        self.stats.recoveries += 1;
-                        (position, Some(true), missed)
+                        let frames = missed.iter().map(|(offset, payload)| {
+                            envelope::room_frame(room, &position.epoch, *offset, payload)
+                        });
+                        let replay = replay_within(frames, self.settings.max_replay_bytes);
+                        (position, replay)
                     }
-                    Recovery::NotRecovered { position } => {
+                    Recovery::NotRecovered { position } => (position, None),
+                };
+                match replay {
+                    Some(replay) => {
+                        self.stats.recoveries += 1;
+                        (position, Some(true), replay)
+                    }
+                    None => {
                         self.stats.recovery_failures += 1;
                         (position, Some(false), Vec::new())
                     }
@@ -199,11 +257,7 @@ impl Dispatcher {
             }
         };
         let joined = joined_frame(room, &pos, recovered);
-        self.stats.replayed += missed.len() as u64;
-        let replay = missed
-            .iter()
-            .map(|(offset, payload)| envelope::room_frame(room, &pos.epoch, *offset, payload))
-            .collect();
+        self.stats.replayed += replay.len() as u64;
         self.add_to_batch(
             reactor,
             link::Command::Position {
@@ -309,11 +363,19 @@ impl Dispatcher {
             Vec::new()
         };
         let first_read = offset + 1 - read.len() as u64;
-        let mut replay: Vec<Arc<[u8]>> = read
+        let frames = read
             .iter()
             .enumerate()
-            .map(|(i, p)| envelope::room_frame(&room, epoch, first_read + i as u64, p))
-            .collect();
+            .map(|(i, p)| envelope::room_frame(&room, epoch, first_read + i as u64, p));
+        let mut replay_bytes = 0usize;
+        let (mut recovered, mut replay) =
+            match replay_within(frames, self.settings.max_replay_bytes) {
+                Some(replay) => {
+                    replay_bytes = replay.iter().map(|f| f.len()).sum();
+                    (recovered, replay)
+                }
+                None => (false, Vec::new()),
+            };
         // Messages routed while the read was in flight: those after `offset` follow,
         // contiguous, or the merge fails (a message was lost on the way).
         let mut last = offset;
@@ -327,7 +389,14 @@ impl Dispatcher {
                 return;
             }
             if recovered {
-                replay.push(envelope::room_frame(&room, epoch, *o, p));
+                let frame = envelope::room_frame(&room, epoch, *o, p);
+                replay_bytes = replay_bytes.saturating_add(frame.len());
+                if replay_bytes > self.settings.max_replay_bytes {
+                    recovered = false;
+                    replay = Vec::new();
+                } else {
+                    replay.push(frame);
+                }
             }
             last = *o;
         }
@@ -371,14 +440,15 @@ impl Dispatcher {
                 resp::write_array_len(out, 0);
             }
             Some((pos, entries)) => {
+                let entries = &entries[newest_within(&entries, HISTORY_REPLY_BYTES)..];
                 resp::write_array_len(out, 3);
                 resp::write_bulk(out, pos.epoch.as_bytes());
                 resp::write_integer(out, pos.offset.min(i64::MAX as u64) as i64);
                 resp::write_array_len(out, entries.len());
                 for (offset, payload) in entries {
                     resp::write_array_len(out, 2);
-                    resp::write_integer(out, offset.min(i64::MAX as u64) as i64);
-                    resp::write_bulk(out, &payload);
+                    resp::write_integer(out, (*offset).min(i64::MAX as u64) as i64);
+                    resp::write_bulk(out, payload);
                 }
             }
         }
@@ -444,7 +514,8 @@ impl Dispatcher {
                         Some((off, p[1].bytes()?))
                     })
                     .collect();
-                c.resolve_raw(tag, history_array(epoch, offset, &entries))
+                let entries = &entries[newest_within(&entries, HISTORY_REPLY_BYTES)..];
+                c.resolve_raw(tag, history_array(epoch, offset, entries))
             }
             Answer::Error(e) => c.resolve(tag, 0, Some(Failure::Refused(e))),
             Answer::Lost => c.resolve(tag, 0, Some(Failure::Lost)),
@@ -494,4 +565,43 @@ fn joined_frame(room: &str, pos: &Position, recovered: Option<bool>) -> Arc<[u8]
         obj.insert("recovered".into(), serde_json::Value::Bool(r));
     }
     encode_frame(OpCode::Text, v.to_string().as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(sizes: &[usize]) -> Vec<(u64, Vec<u8>)> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (i as u64 + 1, vec![b'x'; n]))
+            .collect()
+    }
+
+    #[test]
+    fn history_reply_keeps_the_newest_entries_that_fit() {
+        assert_eq!(newest_within(&entries(&[4, 4, 4, 4]), 8), 2);
+        assert_eq!(newest_within(&entries(&[4, 4, 4, 4]), 9), 2);
+        assert_eq!(newest_within(&entries(&[4, 4, 4, 4]), 16), 0);
+        assert_eq!(newest_within(&entries(&[]), 16), 0);
+    }
+
+    #[test]
+    fn history_reply_keeps_one_entry_larger_than_the_budget() {
+        assert_eq!(newest_within(&entries(&[1, 100]), 10), 1);
+        assert_eq!(newest_within(&entries(&[100]), 10), 0);
+    }
+
+    #[test]
+    fn replay_over_the_bound_is_refused_whole() {
+        let frame = |n: usize| -> Arc<[u8]> { vec![0u8; n].into() };
+        let fits = replay_within([frame(4), frame(4)].into_iter(), 8);
+        assert_eq!(fits.map(|r| r.len()), Some(2));
+        assert!(replay_within([frame(4), frame(5)].into_iter(), 8).is_none());
+        assert_eq!(
+            replay_within(std::iter::empty(), 0).map(|r| r.len()),
+            Some(0)
+        );
+    }
 }
