@@ -251,12 +251,13 @@ async def run_wave(args, w, ctl, src_addrs, rng):
         room = f"{tag}-r{i % rooms_per_wave}"
         kind = ("slow" if i % 50 == 0 else "expire" if i % 50 == 1
                 else "v1" if i % 20 == 2 else "plain")
-        exp_in = 1 if kind == "expire" else 600
+        exp_in = 2 if kind == "expire" else 600
         rooms = [room] if kind != "slow" else [f"{tag}-slow"]
-        tok = token(args, user, exp_in, rooms=rooms,
-                    join=[f"{tag}-g{group}-*"])
-        url = f"{base}?token={tok}&rooms={rooms[0]}"
         async with sem:
+            # Minted once a connection slot is free, so a short token is still valid
+            # at its upgrade however many connections were queued before it.
+            tok = token(args, user, exp_in, rooms=rooms, join=[f"{tag}-g{group}-*"])
+            url = f"{base}?token={tok}&rooms={rooms[0]}"
             try:
                 ws = await open_ws(
                     args, url, src(i), v1=(kind == "v1"), deflate=(i % 2 == 0 and kind != "slow"),
