@@ -53,7 +53,7 @@ SAMPLED = BACK_TO_ZERO + [
 # allocator slack: glibc's per-thread arenas keep freed chunks for reuse and give back
 # only the top of each heap, and what history holds at a wave's end (up to 2.9 MB within
 # the TTL) decides where later blocks land. A leak of 100 bytes per connection would add
-# 0.5 MB per wave, 11-28 MB over these runs. 8 MiB + 10 % is ~2x the largest drift and
+# 0.5 MB per wave, 11-28 MB over these runs. The larger of 8 MiB and 10 % is ~3x the largest drift and
 # the largest swing measured, and below what such a leak adds in a 300 s run.
 RSS_SLACK_BYTES = 8 * 1024 * 1024
 RSS_SLACK_RATIO = 0.10
