@@ -4,7 +4,7 @@
 //! reactor.
 
 use std::fmt::Write;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::Dispatcher;
 use crate::auth::AuthError;
@@ -12,7 +12,7 @@ use crate::link::peers::Refusal;
 
 /// Reads one counter of a reactor's stats.
 type Counter = fn(&ReactorStats) -> u64;
-use crate::link::stats::{ReactorStats, HANDSHAKE_FAILURES, HANDSHAKE_TIMEOUT};
+use crate::link::stats::{Gauges, ReactorStats, HANDSHAKE_FAILURES, HANDSHAKE_TIMEOUT};
 
 /// Renders INFO; `section` (case-insensitive) limits it to one section, like Redis.
 pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
@@ -309,6 +309,28 @@ pub(super) fn render(d: &Dispatcher, section: Option<&str>) -> String {
         line(&mut out, "recoveries", &d.stats.recoveries);
         line(&mut out, "recovery_failures", &d.stats.recovery_failures);
         line(&mut out, "replayed_messages", &d.stats.replayed);
+        out.push_str("\r\n");
+    }
+    if want("tables") {
+        // What the soak test watches come back to zero once every client is gone:
+        // the tables that churn (fresh names, request ids, waits) would grow in.
+        out.push_str("# Tables\r\n");
+        let gauge = |f: fn(&Gauges) -> &AtomicU64| -> u64 {
+            d.reactors.iter().map(|r| f(&r.gauges).load(Relaxed)).sum()
+        };
+        line(&mut out, "reactor_rooms", &gauge(|g| &g.rooms));
+        line(&mut out, "reactor_users", &gauge(|g| &g.users));
+        line(&mut out, "reactor_peer_slots", &gauge(|g| &g.peer_slots));
+        line(
+            &mut out,
+            "reactor_position_waits",
+            &gauge(|g| &g.position_waits),
+        );
+        line(&mut out, "dispatcher_requests", &d.pending.len());
+        let unacked: usize = d.unacked.iter().map(|q| q.len()).sum();
+        line(&mut out, "dispatcher_unacked_requests", &unacked);
+        line(&mut out, "dispatcher_recovering_rooms", &d.recovering.len());
+        line(&mut out, "dispatcher_broker_waits", &d.broker_waits.len());
         out.push_str("\r\n");
     }
     if want("cluster") {

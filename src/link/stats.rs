@@ -195,6 +195,13 @@ pub struct Gauges {
     pub pending_bytes: AtomicU64,
     /// Distinct token grant sets held by this reactor's connections.
     pub grant_sets: AtomicU64,
+    /// Users with a connection in this reactor (its own user table).
+    pub users: AtomicU64,
+    /// Per-address slots held by this reactor's connections.
+    pub peer_slots: AtomicU64,
+    /// `wspush.v1` joins waiting for their position, pushes held back for them, and
+    /// recovery floors not yet passed.
+    pub position_waits: AtomicU64,
 }
 
 #[cfg(test)]

@@ -60,6 +60,12 @@ impl Positions {
         }
     }
 
+    /// Entries held in all three tables (INFO's `reactor_position_waits`: 0 once no
+    /// `wspush.v1` join is in flight and no recovery floor is pending).
+    pub fn len(&self) -> usize {
+        self.pending.len() + self.holding.len() + self.floors.len()
+    }
+
     /// Whether a join waits for its answer (a hand-over waits for none to).
     pub fn in_flight(&self) -> bool {
         !self.pending.is_empty()

@@ -214,6 +214,11 @@ impl Reactor {
         g.pending_bytes.store(pending_bytes, Ordering::Relaxed);
         g.grant_sets
             .store(self.grants.len() as u64, Ordering::Relaxed);
+        g.users.store(self.users.len() as u64, Ordering::Relaxed);
+        g.peer_slots
+            .store(self.peer_slots.len() as u64, Ordering::Relaxed);
+        g.position_waits
+            .store(self.positions.len() as u64, Ordering::Relaxed);
         // After a storm, give back the slot map's capacity.
         if self.peer_slots.capacity() > 1024
             && self.peer_slots.len() * 4 < self.peer_slots.capacity()
