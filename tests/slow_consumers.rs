@@ -281,3 +281,59 @@ fn memory_stays_bounded_while_pushing_five_times_the_bound_at_a_non_reader() {
     assert!(server.info_u64("slow_consumer_drops") > 0);
     assert_eq!(server.info_u64("connected_clients"), 1);
 }
+
+/// A masked Ping frame with a 125-byte payload (the largest a control frame may carry).
+fn masked_ping() -> Vec<u8> {
+    let mut f = vec![0x89, 0x80 | 125, 1, 2, 3, 4];
+    f.extend((0..125).map(|i| b'p' ^ [1, 2, 3, 4][i % 4]));
+    f
+}
+
+#[test]
+fn replies_to_a_client_that_floods_pings_and_never_reads_stay_near_max_pending() {
+    // Every ping is answered with a pong (a reply: never dropped), so a client that
+    // sends pings and reads nothing makes the server queue replies. Reading must stop
+    // once they pass --max-pending, also within one read event (16 reads of 64 KiB of
+    // pings make ~1 MiB of pongs), not only after the turn's writes.
+    const MAX_PENDING: u64 = 64 << 10;
+    let server = Server::start(&["--max-pending", "64KiB"]);
+    let mut s = raw_upgrade_small_rcvbuf(server.ws, "?user=pinger");
+    s.set_nonblocking(true).unwrap();
+    let burst: Vec<u8> = (0..512).flat_map(|_| masked_ping()).collect();
+    let mut sent = 0usize;
+    let mut stuck_since: Option<std::time::Instant> = None;
+    let mut peak = 0u64;
+    // Until the server stops reading (our writes block for a second) or 64 MiB.
+    while sent < 64 << 20 {
+        match std::io::Write::write(&mut s, &burst) {
+            Ok(n) => {
+                sent += n;
+                stuck_since = None;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let t = *stuck_since.get_or_insert_with(std::time::Instant::now);
+                if t.elapsed() > Duration::from_secs(2) {
+                    break;
+                }
+                peak = peak.max(server.info_u64("pending_bytes"));
+                thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    // The gauge is refreshed by the reactors' timer scan, once a second.
+    for _ in 0..3 {
+        thread::sleep(Duration::from_millis(600));
+        peak = peak.max(server.info_u64("pending_bytes"));
+    }
+    assert!(
+        sent > 4 << 20,
+        "the server stopped reading after only {sent} bytes of pings"
+    );
+    // One read (64 KiB of pings) past the bound is the most it may take.
+    assert!(
+        peak <= 2 * MAX_PENDING + (64 << 10),
+        "{peak} bytes of pongs queued for a client that reads nothing (--max-pending {MAX_PENDING})"
+    );
+    assert_eq!(server.info_u64("connected_clients"), 1);
+}

@@ -65,6 +65,13 @@ impl Reactor {
     /// on until `WouldBlock` or EOF, since an EOF that came with the last bytes raises
     /// no further edge.
     pub(super) fn read(&mut self, key: u32, to_end: bool) {
+        // What this turn already queued for it (a read again after a spent read
+        // budget), then what this read's input adds.
+        self.queued_this_read = self
+            .conns
+            .get(key as usize)
+            .map_or(0, |c| self.outbox.chain_bytes(c.chain));
+        let max_pending = self.shared.settings.max_pending;
         for _ in 0..READS_PER_EVENT {
             if self.outbox.over_read_budget() {
                 // Reads had their share of the turn: write first, read next turn.
@@ -75,6 +82,15 @@ impl Reactor {
             };
             if conn.has(flag::READ_PAUSED) {
                 conn.set(flag::READ_PENDING);
+                return;
+            }
+            if conn.phase == Phase::Open && conn.pending() + self.queued_this_read > max_pending {
+                // Its replies (queued and of this read) already pass --max-pending:
+                // read no more until the writes tell how much of them the client took.
+                // The writes resume reading once the queue is back under the bound
+                // (the connection is dirty: it has replies, or a write queue waiting
+                // for a writable event).
+                conn.set(flag::READ_PAUSED | flag::READ_PENDING);
                 return;
             }
             if conn.has(flag::PEER_EOF) {

@@ -116,6 +116,11 @@ pub struct Reactor {
     /// Connections with input left unread (read budget spent, reading resumed, or the
     /// turn's arena full).
     read_again: Vec<u32>,
+    /// Bytes queued this turn for the connection being read (its chain when the
+    /// `read` began, plus what `queue` took since): the replies (pongs, JSON answers)
+    /// of input read this turn are in the turn's arena, not yet in the write queue
+    /// that `--max-pending` is checked against after the writes.
+    queued_this_read: usize,
     /// Shutdown deadline tick, once shutting down.
     shutdown_at: Option<u64>,
     /// Reused buffer for keys the timer scan acts on.
@@ -189,6 +194,7 @@ impl Reactor {
             accept_paused_until: None,
             last_accept_log: None,
             read_again: Vec::new(),
+            queued_this_read: 0,
             shutdown_at: None,
             positions: positions::Positions::default(),
             v1_conns: 0,

@@ -240,6 +240,21 @@ impl Outbox {
         was_empty
     }
 
+    /// Bytes in a connection's chain this turn (walks it: call it where the chain
+    /// is usually empty, as at the start of a read).
+    pub fn chain_bytes(&self, chain: Chain) -> usize {
+        let mut bytes = 0;
+        let mut cursor = chain.head;
+        while let Some(link) = self.links.get(cursor as usize) {
+            bytes += self
+                .frames
+                .get(link.frame as usize)
+                .map_or(0, |f| f.bytes().len());
+            cursor = link.next;
+        }
+        bytes
+    }
+
     /// Forgets this turn's chunks and chains (call after every dirty connection has
     /// been flushed).
     pub fn clear(&mut self) {

@@ -38,6 +38,7 @@ impl Reactor {
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
+        self.queued_this_read += chunk.bytes().len();
         let idx = self.outbox.add_frame(chunk);
         self.outbox.append(&mut conn.chain, idx);
         if !conn.has(flag::DIRTY) {

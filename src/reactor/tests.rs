@@ -449,3 +449,53 @@ fn an_envelope_nobody_here_needs_is_not_kept() {
     member.read_exact(&mut f).unwrap();
     assert_eq!(&f, b"\x81\x05hello");
 }
+
+/// Found by the adversarial probe: replies to one read event's input were checked
+/// against --max-pending only after the turn's writes, so a client that floods pings
+/// and never reads had up to 16 reads of 64 KiB answered per event (~1 MiB of pongs
+/// past the bound, per connection). Reading stops once the connection's replies pass
+/// the bound, within the event: here one read's worth (max_pending is 1 byte).
+#[test]
+fn a_read_event_stops_reading_once_its_replies_pass_max_pending() {
+    use std::os::fd::AsRawFd;
+    let mut rig = rig();
+    let (c, key) = rig.open("");
+    let r = &mut rig.r;
+    // Room for 1 MiB of unread input in the server's socket.
+    socket2::SockRef::from(&r.conns[key as usize].stream)
+        .set_recv_buffer_size(4 << 20)
+        .unwrap();
+    let ping: Vec<u8> = [0x89, 0x80 | 125, 0, 0, 0, 0]
+        .into_iter()
+        .chain(std::iter::repeat_n(b'p', 125))
+        .collect();
+    let flood: Vec<u8> = ping.repeat((2 << 20) / ping.len());
+    let mut writer = c.try_clone().unwrap();
+    let t = std::thread::spawn(move || {
+        let _ = writer.write_all(&flood);
+    });
+    let fd = r.conns[key as usize].stream.as_raw_fd();
+    let unread = || {
+        let mut n: libc::c_int = 0;
+        // SAFETY: a valid socket descriptor and a pointer to an int, as FIONREAD wants.
+        unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+        n as usize
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while unread() < 1 << 20 {
+        assert!(Instant::now() < deadline, "only {} bytes arrived", unread());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    r.read(key, false);
+    let queued = r.outbox.chain_bytes(r.conns[key as usize].chain);
+    assert!(queued > 0, "no pong queued");
+    assert!(
+        queued <= SCRATCH,
+        "{queued} bytes of pongs queued by one read event (--max-pending 1)"
+    );
+    assert!(r.conns[key as usize].has(flag::READ_PAUSED));
+    drop(c);
+    r.before_sleep();
+    drop(rig);
+    let _ = t.join();
+}
