@@ -76,6 +76,56 @@ fn history_reply_keeps_a_single_message_larger_than_the_budget() {
     assert_eq!(history_offsets(&c.cmd(&["HISTORY", "big"])), [2]);
 }
 
+/// Every retained message of `room`, read a page at a time from the newest back:
+/// `HISTORY room count before`, `before` the oldest offset of the previous page.
+fn page_back(c: &mut Resp, room: &str, count: usize) -> Vec<i64> {
+    let mut all: Vec<i64> = Vec::new();
+    let mut page = history_offsets(&c.cmd(&["HISTORY", room, &count.to_string()]));
+    while let Some(&oldest) = page.first() {
+        all.splice(0..0, page.iter().copied());
+        page = history_offsets(&c.cmd(&["HISTORY", room, &count.to_string(), &oldest.to_string()]));
+    }
+    all
+}
+
+#[test]
+fn history_pages_back_past_the_reply_budget() {
+    let s = Server::start(&["--history-size", "100", "--http", "127.0.0.1:0"]);
+    let payload = "x".repeat(60_000);
+    let mut c = s.control();
+    for _ in 0..40 {
+        c.int(&["PUBLISH", "big", &payload]);
+    }
+    // 40 × 60 KB is over two replies' budget: paging reads every one, in order, once.
+    assert_eq!(page_back(&mut c, "big", 100), (1..=40).collect::<Vec<_>>());
+    assert_eq!(page_back(&mut c, "big", 7), (1..=40).collect::<Vec<_>>());
+    assert_eq!(
+        history_offsets(&c.cmd(&["HISTORY", "big", "3", "10"])),
+        [7, 8, 9]
+    );
+    assert_eq!(
+        history_offsets(&c.cmd(&["HISTORY", "big", "3", "1"])),
+        [0i64; 0]
+    );
+    assert_eq!(
+        c.cmd(&["HISTORY", "big", "3", "x"]),
+        Reply::Error("ERR before is not a non-negative integer offset".into())
+    );
+
+    let mut http = Http::connect(s.http.expect("http address"));
+    let r = http.get("/api/history?room=big&count=3&before=10");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let offsets: Vec<i64> = r.json()["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["offset"].as_i64().expect("offset"))
+        .collect();
+    assert_eq!(offsets, [7, 8, 9]);
+    let r = http.get("/api/history?room=big&before=10");
+    assert_eq!(r.status, 400, "{}", r.text());
+}
+
 /// The `joined` reply of a `wspush.v1` connection for `room`.
 fn joined(ws: &mut Ws) -> Value {
     let j = next_json(ws);
@@ -108,6 +158,19 @@ fn in_cluster_mode_recovery_and_history_read_from_redis_are_bounded_too() {
     assert_eq!(
         history_offsets(&ctl.cmd(&["HISTORY", "big"])),
         (20 - fit + 1..=20).collect::<Vec<_>>()
+    );
+    // Paging back reads the stream in Redis below an offset.
+    assert_eq!(
+        page_back(&mut ctl, "big", 100),
+        (1..=20).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        history_offsets(&ctl.cmd(&["HISTORY", "big", "3", "10"])),
+        [7, 8, 9]
+    );
+    assert_eq!(
+        history_offsets(&ctl.cmd(&["HISTORY", "big", "0", "10"])),
+        [0i64; 0]
     );
 }
 

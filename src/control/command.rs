@@ -47,7 +47,13 @@ pub enum Command {
     /// standalone).
     Nodes,
     /// `HISTORY room [count]`: the room's position and retained messages.
-    History { room: String, count: Option<usize> },
+    /// `before`: only messages whose offset is below it (paging back past the reply
+    /// size bound).
+    History {
+        room: String,
+        count: Option<usize>,
+        before: Option<u64>,
+    },
     /// `INFO [section]`. The section is ASCII-lowercased (bytes that are not
     /// UTF-8 become U+FFFD, so the name simply matches nothing). The
     /// dispatcher answers with that section only — `server`, `clients`, `rooms`
@@ -120,6 +126,8 @@ pub enum CommandError {
     PayloadTooLarge,
     /// A count that is not a non-negative integer.
     InvalidCount,
+    /// HISTORY's `before` is not a non-negative integer.
+    InvalidOffset,
     /// A syntax error in a multi-argument command (HELLO, CLIENT, COMMAND).
     Syntax(&'static str),
 }
@@ -138,6 +146,9 @@ impl CommandError {
             }
             CommandError::PayloadTooLarge => "ERR payload exceeds --max-message".to_owned(),
             CommandError::InvalidCount => "ERR count is not a non-negative integer".to_owned(),
+            CommandError::InvalidOffset => {
+                "ERR before is not a non-negative integer offset".to_owned()
+            }
             CommandError::Syntax(why) => format!("ERR {why}"),
         }
     }
@@ -187,9 +198,9 @@ impl Command {
         if given < spec.min_args || given > spec.max_args {
             return Err(CommandError::WrongArity(spec.name));
         }
-        // No command takes more than two arguments, and the arity check above
-        // guarantees the required ones are present.
-        let (a, b) = (args.next(), args.next());
+        // Only HISTORY takes a third argument, and the arity check above guarantees
+        // the required ones are present.
+        let (a, b, c) = (args.next(), args.next(), args.next());
         let payload = |p: Option<Vec<u8>>| {
             let p = p.unwrap_or_default();
             if p.len() > max_payload {
@@ -237,15 +248,12 @@ impl Command {
             Kind::Nodes => Command::Nodes,
             Kind::History => Command::History {
                 room: valid_name(a, "room")?,
-                count: match b {
-                    None => None,
-                    Some(c) => Some(
-                        std::str::from_utf8(&c)
-                            .ok()
-                            .and_then(|c| c.parse::<usize>().ok())
-                            .ok_or(CommandError::InvalidCount)?,
-                    ),
-                },
+                count: b
+                    .map(|b| non_negative(&b).ok_or(CommandError::InvalidCount))
+                    .transpose()?,
+                before: c
+                    .map(|c| non_negative(&c).ok_or(CommandError::InvalidOffset))
+                    .transpose()?,
             },
             Kind::Info => {
                 Command::Info(a.map(|s| String::from_utf8_lossy(&s).to_ascii_lowercase()))
@@ -437,13 +445,18 @@ const TABLE: [Spec; 14] = [
     spec("kick", Kind::Kick, 1, 2),
     spec("online", Kind::Online, 0, 1),
     spec("nodes", Kind::Nodes, 0, 0),
-    spec("history", Kind::History, 1, 2),
+    spec("history", Kind::History, 1, 3),
     spec("ping", Kind::Ping, 0, 1),
     spec("auth", Kind::Auth, 1, 2),
     spec("info", Kind::Info, 0, 1),
     spec("quit", Kind::Quit, 0, usize::MAX),
     spec("upgrade", Kind::Upgrade, 0, 0),
 ];
+
+/// A non-negative decimal integer argument (a count or an offset).
+fn non_negative<T: std::str::FromStr>(arg: &[u8]) -> Option<T> {
+    std::str::from_utf8(arg).ok()?.parse().ok()
+}
 
 /// A room or user name, checked by the one rule in [`crate::names`].
 fn valid_name(name: Option<Vec<u8>>, what: &'static str) -> Result<String, CommandError> {
@@ -600,20 +613,38 @@ mod tests {
             parse(&[b"HISTORY", b"news"]),
             Ok(Command::History {
                 room: "news".into(),
-                count: None
+                count: None,
+                before: None,
             })
         );
         assert_eq!(
             parse(&[b"history", b"news", b"5"]),
             Ok(Command::History {
                 room: "news".into(),
-                count: Some(5)
+                count: Some(5),
+                before: None,
+            })
+        );
+        assert_eq!(
+            parse(&[b"history", b"news", b"5", b"1200"]),
+            Ok(Command::History {
+                room: "news".into(),
+                count: Some(5),
+                before: Some(1200),
             })
         );
         assert_eq!(
             parse(&[b"HISTORY", b"news", b"-1"]),
             Err(CommandError::InvalidCount)
         );
+        assert_eq!(
+            parse(&[b"HISTORY", b"news", b"5", b"x"]),
+            Err(CommandError::InvalidOffset)
+        );
+        assert!(matches!(
+            parse(&[b"HISTORY", b"news", b"5", b"1", b"2"]),
+            Err(CommandError::WrongArity("history"))
+        ));
         assert!(matches!(
             parse(&[b"NODES", b"x"]),
             Err(CommandError::WrongArity("nodes"))

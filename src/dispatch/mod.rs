@@ -937,10 +937,18 @@ impl Dispatcher {
             }
             Command::Online { room } => self.online(key, room),
             Command::Nodes => self.nodes(key),
-            Command::History { room, count } if self.history_in_redis() => {
-                self.history_from_redis(key, &room, count);
+            Command::History {
+                room,
+                count,
+                before,
+            } if self.history_in_redis() => {
+                self.history_from_redis(key, &room, count, before);
             }
-            Command::History { room, count } => self.history_reply(key, &room, count),
+            Command::History {
+                room,
+                count,
+                before,
+            } => self.history_reply(key, &room, count, before),
             Command::Info(section) => {
                 let text = info::render(self, section.as_deref());
                 resp::write_bulk(self.clients[key].out(), text.as_bytes());

@@ -429,10 +429,16 @@ impl Dispatcher {
         );
     }
 
-    /// `HISTORY room [count]`: `[epoch, offset, [[offset, payload], …]]`.
-    pub(super) fn history_reply(&mut self, key: usize, room: &str, count: Option<usize>) {
+    /// `HISTORY room [count [before]]`: `[epoch, offset, [[offset, payload], …]]`.
+    pub(super) fn history_reply(
+        &mut self,
+        key: usize,
+        room: &str,
+        count: Option<usize>,
+        before: Option<u64>,
+    ) {
         let out = self.clients[key].out();
-        match self.history.range(room, count) {
+        match self.history.range_before(room, count, before) {
             None => {
                 resp::write_array_len(out, 3);
                 resp::write_null(out);
@@ -455,7 +461,13 @@ impl Dispatcher {
     }
 
     /// HISTORY when the history is in Redis: the reply waits for the read.
-    pub(super) fn history_from_redis(&mut self, key: usize, room: &str, count: Option<usize>) {
+    pub(super) fn history_from_redis(
+        &mut self,
+        key: usize,
+        room: &str,
+        count: Option<usize>,
+        before: Option<u64>,
+    ) {
         self.next_tag += 1;
         let tag = self.next_tag;
         let Some(cluster) = &mut self.cluster else {
@@ -463,7 +475,11 @@ impl Dispatcher {
         };
         let c = &mut self.clients[key];
         // 0 asks for everything kept; a count of 0 is an empty list, answered here.
-        if count == Some(0) || cluster.read_history(room, count.unwrap_or(0), tag).is_err() {
+        if count == Some(0)
+            || cluster
+                .read_history(room, count.unwrap_or(0), before, tag)
+                .is_err()
+        {
             if count == Some(0) {
                 c.hold(tag, 0, 1, false, None);
                 c.resolve_raw(tag, history_array(None, 0, &[]));

@@ -322,10 +322,24 @@ impl History {
 
     /// The newest `count` retained messages (all if None), oldest first.
     pub fn range(&self, room: &str, count: Option<usize>) -> Option<(Position, Vec<Entry>)> {
+        self.range_before(room, count, None)
+    }
+
+    /// `range` of the messages whose offset is below `before` (all if None): how a
+    /// reader pages back from the oldest offset it has.
+    pub fn range_before(
+        &self,
+        room: &str,
+        count: Option<usize>,
+        before: Option<u64>,
+    ) -> Option<(Position, Vec<Entry>)> {
         let state = self.rooms.get(room)?;
-        let len = state.ring.len();
-        let take = count.map_or(len, |count| count.min(len));
-        let entries = state.ring.iter().skip(len - take).cloned().collect();
+        // Offsets rise along the ring: skip the newest ones at or past `before`.
+        let below = before.map_or(state.ring.len(), |b| {
+            state.ring.partition_point(|(offset, _)| *offset < b)
+        });
+        let take = count.map_or(below, |count| count.min(below));
+        let entries = state.ring.range(below - take..below).cloned().collect();
         Some((state.position(), entries))
     }
 

@@ -128,6 +128,23 @@ fn range_returns_the_newest_count_oldest_first() {
 }
 
 #[test]
+fn range_before_pages_back_from_an_offset() {
+    let t0 = Instant::now();
+    let mut h = History::new(limits(10, 60, LOTS), 1);
+    for i in 0..5 {
+        h.append("a", payload(&i.to_string()), t0);
+    }
+    let page = |count, before| offsets(&h.range_before("a", count, before).expect("room").1);
+    assert_eq!(page(Some(2), Some(4)), [2, 3]);
+    assert_eq!(page(Some(2), Some(2)), [1]);
+    assert_eq!(page(None, Some(3)), [1, 2]);
+    assert_eq!(page(Some(9), Some(99)), [1, 2, 3, 4, 5]);
+    assert_eq!(page(Some(9), Some(1)), [0u64; 0]);
+    assert_eq!(page(Some(9), Some(0)), [0u64; 0]);
+    assert_eq!(page(Some(2), None), [4, 5]);
+}
+
+#[test]
 fn recover_returns_exactly_the_messages_after_offset() {
     let t0 = Instant::now();
     let mut h = History::new(limits(10, 60, LOTS), 1);

@@ -222,7 +222,15 @@ pub trait Engine: Send {
     ) -> Result<(), Unavailable>;
     /// A room's position and its newest `count` retained messages (all for 0):
     /// answered as `List [epoch, offset, id, payload, …]`, oldest first.
-    fn read_history(&mut self, keys: &RoomKeys, count: usize, tag: u64) -> Result<(), Unavailable>;
+    /// The newest `count` (0: all) retained messages of a room, below offset
+    /// `before` when given.
+    fn read_history(
+        &mut self,
+        keys: &RoomKeys,
+        count: usize,
+        before: Option<u64>,
+        tag: u64,
+    ) -> Result<(), Unavailable>;
     /// A no-op command on instance `instance`, answered after everything sent before.
     fn fence(&mut self, instance: usize, tag: u64) -> Result<(), Unavailable>;
     /// Too much is queued for the broker: stop taking control input for now.
@@ -802,9 +810,15 @@ impl Cluster {
     }
 
     /// Reads a room's retained messages from Redis (HISTORY in cluster mode).
-    pub fn read_history(&mut self, room: &str, count: usize, tag: u64) -> Result<(), Unavailable> {
+    pub fn read_history(
+        &mut self,
+        room: &str,
+        count: usize,
+        before: Option<u64>,
+        tag: u64,
+    ) -> Result<(), Unavailable> {
         let keys = self.names.room_keys(room);
-        self.engine.read_history(&keys, count, tag)
+        self.engine.read_history(&keys, count, before, tag)
     }
 
     /// Asks for a room's presence hash; the answer comes as `Inbound::Answer { tag }`.
@@ -969,7 +983,13 @@ mod tests {
         ) -> Result<(), Unavailable> {
             Ok(())
         }
-        fn read_history(&mut self, _: &RoomKeys, _: usize, _: u64) -> Result<(), Unavailable> {
+        fn read_history(
+            &mut self,
+            _: &RoomKeys,
+            _: usize,
+            _: Option<u64>,
+            _: u64,
+        ) -> Result<(), Unavailable> {
             Ok(())
         }
         fn congested(&self) -> bool {

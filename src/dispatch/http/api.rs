@@ -116,7 +116,14 @@ pub fn route(req: &Request, max_message: usize) -> Result<Route, ApiError> {
         "/api/history" => ("GET", |r, _| {
             let room = need(r, None, "room")?;
             let mut args = vec![b"HISTORY".to_vec(), room.into_bytes()];
-            args.extend(param(r, "count").map(String::into_bytes));
+            let count = param(r, "count");
+            let before = param(r, "before");
+            if before.is_some() && count.is_none() {
+                // HISTORY's arguments are positional: the page size comes first.
+                return Err(ApiError::bad("before= needs count= (the page size)"));
+            }
+            args.extend(count.map(String::into_bytes));
+            args.extend(before.map(String::into_bytes));
             Ok(Route::Command {
                 args,
                 shape: Shape::History,

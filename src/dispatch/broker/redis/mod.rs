@@ -495,9 +495,17 @@ impl Engine for RedisEngine {
         Ok(())
     }
 
-    fn read_history(&mut self, keys: &RoomKeys, count: usize, tag: u64) -> Result<(), Unavailable> {
+    fn read_history(
+        &mut self,
+        keys: &RoomKeys,
+        count: usize,
+        before: Option<u64>,
+        tag: u64,
+    ) -> Result<(), Unavailable> {
         let cmd = self.command_conn(&keys.channel)?;
         let count = count.to_string();
+        // Entry ids are `offset-1`; "(" makes the range's end exclusive (Redis 6.2+).
+        let end = before.map_or_else(|| "+".to_string(), |b| format!("({b}-1"));
         cmd.send(
             &[
                 b"EVAL",
@@ -506,6 +514,7 @@ impl Engine for RedisEngine {
                 &keys.pos,
                 &keys.stream,
                 count.as_bytes(),
+                end.as_bytes(),
             ],
             Expect::Tagged(tag),
         );

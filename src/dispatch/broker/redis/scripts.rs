@@ -56,22 +56,24 @@ for _, en in ipairs(entries) do out[#out + 1] = en[2][2] end
 return out
 "#;
 
-/// KEYS: pos hash, stream. ARGV: how many of the newest (0: all). Returns `{epoch
+/// KEYS: pos hash, stream. ARGV: how many of the newest (0: all), the last id (`+`, or
+/// `(O-1` for the entries below offset O). Returns `{epoch
 /// ('' if none), offset, id, payload, id, payload…}`, oldest first.
 pub const HISTORY: &str = r#"
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then return {'', 0} end
 local o = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
 local n = tonumber(ARGV[1])
+local last = ARGV[2]
 local out = {e, o}
 if n > 0 then
-  local entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', n)
+  local entries = redis.call('XREVRANGE', KEYS[2], last, '-', 'COUNT', n)
   for i = #entries, 1, -1 do
     out[#out + 1] = entries[i][1]
     out[#out + 1] = entries[i][2][2]
   end
 else
-  for _, en in ipairs(redis.call('XRANGE', KEYS[2], '-', '+')) do
+  for _, en in ipairs(redis.call('XRANGE', KEYS[2], '-', last)) do
     out[#out + 1] = en[1]
     out[#out + 1] = en[2][2]
   end
