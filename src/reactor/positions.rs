@@ -176,3 +176,38 @@ impl Reactor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A recovery floor that no later push has cleared yet (the room went quiet)
+    /// must go with its connection, or a reused slab key would skip its pushes and
+    /// the table would grow with every such close (the soak cannot see this path:
+    /// its pushes clear the floors first).
+    #[test]
+    fn a_closed_connection_takes_its_floors_and_waits_with_it() {
+        let mut p = Positions::default();
+        p.set_floor(1, 10, 5);
+        p.set_floor(1, 11, 7);
+        p.set_floor(2, 10, 5);
+        p.pending.insert(1, (1, 12));
+        p.holding.insert((1, 12));
+        p.forget_conn(1);
+        assert_eq!(p.len(), 1, "only connection 2's floor is left");
+        assert_eq!(p.floor(2, 10), Some(5));
+        // A new connection on key 1 is not held back by the old one's floor.
+        assert!(!p.skip(1, 10, Some(3)));
+        p.forget(2, 10);
+        assert_eq!(p.len(), 0);
+    }
+
+    #[test]
+    fn the_first_push_above_a_floor_clears_it() {
+        let mut p = Positions::default();
+        p.set_floor(1, 10, 5);
+        assert!(p.skip(1, 10, Some(5)));
+        assert!(!p.skip(1, 10, Some(6)));
+        assert_eq!(p.len(), 0);
+    }
+}
