@@ -65,12 +65,12 @@ impl Reactor {
     /// on until `WouldBlock` or EOF, since an EOF that came with the last bytes raises
     /// no further edge.
     pub(super) fn read(&mut self, key: u32, to_end: bool) {
-        // What this turn already queued for it (a read again after a spent read
-        // budget), then what this read's input adds.
+        // The replies this turn already queued for it (a read again after a spent
+        // read budget), then what this read's input adds.
         self.queued_this_read = self
             .conns
             .get(key as usize)
-            .map_or(0, |c| self.outbox.chain_bytes(c.chain));
+            .map_or(0, |c| self.outbox.chain_reply_bytes(c.chain));
         let max_pending = self.shared.settings.max_pending;
         for _ in 0..READS_PER_EVENT {
             if self.outbox.over_read_budget() {

@@ -116,8 +116,8 @@ pub struct Reactor {
     /// Connections with input left unread (read budget spent, reading resumed, or the
     /// turn's arena full).
     read_again: Vec<u32>,
-    /// Bytes queued this turn for the connection being read (its chain when the
-    /// `read` began, plus what `queue` took since): the replies (pongs, JSON answers)
+    /// Bytes queued this turn for the connection being read (the replies in its
+    /// chain when the `read` began, plus what `queue` took since): the replies (pongs, JSON answers)
     /// of input read this turn are in the turn's arena, not yet in the write queue
     /// that `--max-pending` is checked against after the writes.
     queued_this_read: usize,

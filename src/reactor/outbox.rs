@@ -240,15 +240,19 @@ impl Outbox {
         was_empty
     }
 
-    /// Bytes in a connection's chain this turn (walks it: call it where the chain
-    /// is usually empty, as at the start of a read).
-    pub fn chain_bytes(&self, chain: Chain) -> usize {
+    /// Bytes of replies (every chunk but pushes) in a connection's chain this turn
+    /// (walks it: call it where the chain is short, as at the start of a read).
+    /// Pushes are left out: they have their own bound in `flush`, and counting them
+    /// against a read would stop a client from being read for as long as more than
+    /// `--max-pending` of pushes came for it each turn.
+    pub fn chain_reply_bytes(&self, chain: Chain) -> usize {
         let mut bytes = 0;
         let mut cursor = chain.head;
         while let Some(link) = self.links.get(cursor as usize) {
             bytes += self
                 .frames
                 .get(link.frame as usize)
+                .filter(|f| !f.is_push())
                 .map_or(0, |f| f.bytes().len());
             cursor = link.next;
         }

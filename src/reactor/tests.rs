@@ -487,7 +487,7 @@ fn a_read_event_stops_reading_once_its_replies_pass_max_pending() {
         std::thread::sleep(Duration::from_millis(10));
     }
     r.read(key, false);
-    let queued = r.outbox.chain_bytes(r.conns[key as usize].chain);
+    let queued = r.outbox.chain_reply_bytes(r.conns[key as usize].chain);
     assert!(queued > 0, "no pong queued");
     assert!(
         queued <= SCRATCH,
@@ -498,4 +498,59 @@ fn a_read_event_stops_reading_once_its_replies_pass_max_pending() {
     r.before_sleep();
     drop(rig);
     let _ = t.join();
+}
+
+/// Review of the read bound above: the bytes a read starts from must be this turn's
+/// replies, not pushes. Pushes drained into a connection's chain just before
+/// `read_pending` were counted too, so with more than --max-pending of pushes per
+/// turn a fast-reading client's request that waits in its socket (no new edge: it
+/// arrived earlier) was never read while the pushes went on: each turn paused the
+/// read, the flush wrote everything and resumed it, and the next turn's pushes paused
+/// it again. Pushes have their own bound (the flush's slow-consumer check).
+#[test]
+fn pushes_in_the_chain_do_not_keep_a_reading_client_from_being_read() {
+    let mut s = settings();
+    s.max_pending = 4096;
+    let mut rig = rig_with(s, Capacity::new(100, 100));
+    let (mut c, key) = rig.open("?rooms=r");
+    let r = &mut rig.r;
+    // A masked Ping "x", already in the server's socket when the next turns run.
+    c.write_all(&[0x89, 0x81, 0, 0, 0, 0, b'x']).unwrap();
+    let mut waited = 0;
+    while r.conns[key as usize]
+        .stream
+        .peek(&mut [0u8; 7])
+        .unwrap_or(0)
+        < 7
+    {
+        waited += 1;
+        assert!(waited < 500, "the ping did not arrive");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Its input is left for `read_pending` (a read budget spent, or reading resumed).
+    r.read_again.push(key);
+    let push = crate::ws::frame::encode_frame(crate::ws::frame::OpCode::Text, &[b'p'; 5000]);
+    let turns = 4;
+    for _ in 0..turns {
+        // One turn: the pushes that came, the reads left over, the writes.
+        rig.handle
+            .send(ReactorMsg::Batch(vec![Command::Push {
+                target: crate::link::Target::Room("r".into()),
+                frame: push.clone().into(),
+                envelope: None,
+                offset: None,
+                deflated: Default::default(),
+            }]))
+            .unwrap();
+        r.drain_channel();
+        r.read_pending();
+        r.before_sleep();
+    }
+    // The client reads everything: the pushes and, among them, its pong.
+    let mut got = vec![0u8; turns * push.len() + 3];
+    c.read_exact(&mut got)
+        .expect("the ping was never read while pushes went on");
+    let got = frames(&got);
+    assert_eq!(got.iter().filter(|(op, _)| *op == 0x1).count(), turns);
+    assert!(got.contains(&(0xa, b"x".to_vec())), "no pong: {got:?}");
 }
