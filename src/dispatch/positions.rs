@@ -29,7 +29,7 @@ use std::time::Instant;
 use super::client::Failure;
 use super::{BrokerWait, Dispatcher, Recipients};
 use crate::control::resp;
-use crate::dispatch::broker::{Answer, Item};
+use crate::dispatch::broker::{Answer, HistoryRead, Item};
 use crate::history::{Position, Recovery};
 use crate::link;
 use crate::ws::envelope;
@@ -438,7 +438,10 @@ impl Dispatcher {
         before: Option<u64>,
     ) {
         let out = self.clients[key].out();
-        match self.history.range_before(room, count, before) {
+        match self
+            .history
+            .range_before(room, count, before, HISTORY_REPLY_BYTES)
+        {
             None => {
                 resp::write_array_len(out, 3);
                 resp::write_null(out);
@@ -446,15 +449,14 @@ impl Dispatcher {
                 resp::write_array_len(out, 0);
             }
             Some((pos, entries)) => {
-                let entries = &entries[newest_within(&entries, HISTORY_REPLY_BYTES)..];
                 resp::write_array_len(out, 3);
                 resp::write_bulk(out, pos.epoch.as_bytes());
                 resp::write_integer(out, pos.offset.min(i64::MAX as u64) as i64);
                 resp::write_array_len(out, entries.len());
                 for (offset, payload) in entries {
                     resp::write_array_len(out, 2);
-                    resp::write_integer(out, (*offset).min(i64::MAX as u64) as i64);
-                    resp::write_bulk(out, payload);
+                    resp::write_integer(out, offset.min(i64::MAX as u64) as i64);
+                    resp::write_bulk(out, &payload);
                 }
             }
         }
@@ -477,7 +479,15 @@ impl Dispatcher {
         // 0 asks for everything kept; a count of 0 is an empty list, answered here.
         if count == Some(0)
             || cluster
-                .read_history(room, count.unwrap_or(0), before, tag)
+                .read_history(
+                    room,
+                    HistoryRead {
+                        count: count.unwrap_or(0),
+                        before,
+                        max_bytes: HISTORY_REPLY_BYTES,
+                    },
+                    tag,
+                )
                 .is_err()
         {
             if count == Some(0) {
@@ -530,6 +540,8 @@ impl Dispatcher {
                         Some((off, p[1].bytes()?))
                     })
                     .collect();
+                // The script already kept only what fits; checked again here so the
+                // reply stays bounded whatever the broker answers.
                 let entries = &entries[newest_within(&entries, HISTORY_REPLY_BYTES)..];
                 c.resolve_raw(tag, history_array(epoch, offset, entries))
             }

@@ -322,23 +322,39 @@ impl History {
 
     /// The newest `count` retained messages (all if None), oldest first.
     pub fn range(&self, room: &str, count: Option<usize>) -> Option<(Position, Vec<Entry>)> {
-        self.range_before(room, count, None)
+        self.range_before(room, count, None, usize::MAX)
     }
 
-    /// `range` of the messages whose offset is below `before` (all if None): how a
-    /// reader pages back from the oldest offset it has.
+    /// `range` of the messages whose offset is below `before` (all if None), and of
+    /// those only the newest whose payloads fit in `max_bytes` (always at least one):
+    /// how a reader pages back from the oldest offset it has. Costs what it returns,
+    /// never a pass over the whole ring, so a bounded reply stays cheap however much
+    /// the room retains.
     pub fn range_before(
         &self,
         room: &str,
         count: Option<usize>,
         before: Option<u64>,
+        max_bytes: usize,
     ) -> Option<(Position, Vec<Entry>)> {
         let state = self.rooms.get(room)?;
         // Offsets rise along the ring: skip the newest ones at or past `before`.
         let below = before.map_or(state.ring.len(), |b| {
             state.ring.partition_point(|(offset, _)| *offset < b)
         });
-        let take = count.map_or(below, |count| count.min(below));
+        let most = count.map_or(below, |count| count.min(below));
+        let mut bytes = 0usize;
+        let take = state
+            .ring
+            .range(..below)
+            .rev()
+            .take(most)
+            .enumerate()
+            .take_while(|(i, (_, payload))| {
+                bytes = bytes.saturating_add(payload.len());
+                *i == 0 || bytes <= max_bytes
+            })
+            .count();
         let entries = state.ring.range(below - take..below).cloned().collect();
         Some((state.position(), entries))
     }

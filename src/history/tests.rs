@@ -134,7 +134,13 @@ fn range_before_pages_back_from_an_offset() {
     for i in 0..5 {
         h.append("a", payload(&i.to_string()), t0);
     }
-    let page = |count, before| offsets(&h.range_before("a", count, before).expect("room").1);
+    let page = |count, before| {
+        offsets(
+            &h.range_before("a", count, before, usize::MAX)
+                .expect("room")
+                .1,
+        )
+    };
     assert_eq!(page(Some(2), Some(4)), [2, 3]);
     assert_eq!(page(Some(2), Some(2)), [1]);
     assert_eq!(page(None, Some(3)), [1, 2]);
@@ -142,6 +148,16 @@ fn range_before_pages_back_from_an_offset() {
     assert_eq!(page(Some(9), Some(1)), [0u64; 0]);
     assert_eq!(page(Some(9), Some(0)), [0u64; 0]);
     assert_eq!(page(Some(2), None), [4, 5]);
+    // A byte budget keeps the newest that fit, and always the newest one.
+    let fit =
+        |count, before, max| offsets(&h.range_before("a", count, before, max).expect("room").1);
+    let one = payload("0").len();
+    assert_eq!(fit(None, None, 2 * one), [4, 5]);
+    assert_eq!(fit(None, Some(4), 2 * one), [2, 3]);
+    assert_eq!(fit(None, Some(4), 3 * one), [1, 2, 3]);
+    assert_eq!(fit(Some(1), None, 9 * one), [5]);
+    assert_eq!(fit(None, None, 0), [5]);
+    assert_eq!(fit(None, Some(1), 0), [0u64; 0]);
 }
 
 #[test]

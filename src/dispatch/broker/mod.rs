@@ -220,15 +220,12 @@ pub trait Engine: Send {
         ttl: Duration,
         tag: u64,
     ) -> Result<(), Unavailable>;
-    /// A room's position and its newest `count` retained messages (all for 0):
-    /// answered as `List [epoch, offset, id, payload, …]`, oldest first.
-    /// The newest `count` (0: all) retained messages of a room, below offset
-    /// `before` when given.
+    /// A room's position and the retained messages `read` selects: answered as
+    /// `List [epoch, offset, id, payload, …]`, oldest first.
     fn read_history(
         &mut self,
         keys: &RoomKeys,
-        count: usize,
-        before: Option<u64>,
+        read: HistoryRead,
         tag: u64,
     ) -> Result<(), Unavailable>;
     /// A no-op command on instance `instance`, answered after everything sent before.
@@ -236,6 +233,18 @@ pub trait Engine: Send {
     /// Too much is queued for the broker: stop taking control input for now.
     fn congested(&self) -> bool;
     fn status(&self) -> EngineStatus;
+}
+
+/// Which retained messages of a room HISTORY reads from the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryRead {
+    /// The newest this many (0: all).
+    pub count: usize,
+    /// Only those whose offset is below it.
+    pub before: Option<u64>,
+    /// Of those, the newest whose payloads fit in this many bytes (at least one),
+    /// applied where they are stored, before the answer is sent.
+    pub max_bytes: usize,
 }
 
 /// Who a message from another node is for, on this node.
@@ -813,12 +822,11 @@ impl Cluster {
     pub fn read_history(
         &mut self,
         room: &str,
-        count: usize,
-        before: Option<u64>,
+        read: HistoryRead,
         tag: u64,
     ) -> Result<(), Unavailable> {
         let keys = self.names.room_keys(room);
-        self.engine.read_history(&keys, count, before, tag)
+        self.engine.read_history(&keys, read, tag)
     }
 
     /// Asks for a room's presence hash; the answer comes as `Inbound::Answer { tag }`.
@@ -986,8 +994,7 @@ mod tests {
         fn read_history(
             &mut self,
             _: &RoomKeys,
-            _: usize,
-            _: Option<u64>,
+            _: HistoryRead,
             _: u64,
         ) -> Result<(), Unavailable> {
             Ok(())

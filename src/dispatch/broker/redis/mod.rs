@@ -25,7 +25,7 @@ use mio::{Registry, Token};
 
 use super::placement::instance_of;
 use super::url::RedisUrl;
-use super::{Answer, Engine, EngineStatus, Inbound, Item, RoomKeys, Unavailable};
+use super::{Answer, Engine, EngineStatus, HistoryRead, Inbound, Item, RoomKeys, Unavailable};
 use crate::control::reply::Reply;
 use conn::{Conn, Expect, Input};
 
@@ -498,14 +498,16 @@ impl Engine for RedisEngine {
     fn read_history(
         &mut self,
         keys: &RoomKeys,
-        count: usize,
-        before: Option<u64>,
+        read: HistoryRead,
         tag: u64,
     ) -> Result<(), Unavailable> {
         let cmd = self.command_conn(&keys.channel)?;
-        let count = count.to_string();
+        let count = read.count.to_string();
         // Entry ids are `offset-1`; "(" makes the range's end exclusive (Redis 6.2+).
-        let end = before.map_or_else(|| "+".to_string(), |b| format!("({b}-1"));
+        let end = read
+            .before
+            .map_or_else(|| "+".to_string(), |b| format!("({b}-1"));
+        let max_bytes = read.max_bytes.to_string();
         cmd.send(
             &[
                 b"EVAL",
@@ -515,6 +517,7 @@ impl Engine for RedisEngine {
                 &keys.stream,
                 count.as_bytes(),
                 end.as_bytes(),
+                max_bytes.as_bytes(),
             ],
             Expect::Tagged(tag),
         );

@@ -57,26 +57,32 @@ return out
 "#;
 
 /// KEYS: pos hash, stream. ARGV: how many of the newest (0: all), the last id (`+`, or
-/// `(O-1` for the entries below offset O). Returns `{epoch
-/// ('' if none), offset, id, payload, id, payload…}`, oldest first.
+/// `(O-1` for the entries below offset O), the most payload bytes to return (the newest
+/// that fit, always at least one, so a reply is bounded in Redis, before it is sent).
+/// Returns `{epoch ('' if none), offset, id, payload, id, payload…}`, oldest first.
 pub const HISTORY: &str = r#"
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then return {'', 0} end
 local o = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
 local n = tonumber(ARGV[1])
 local last = ARGV[2]
-local out = {e, o}
+local budget = tonumber(ARGV[3])
+local entries
 if n > 0 then
-  local entries = redis.call('XREVRANGE', KEYS[2], last, '-', 'COUNT', n)
-  for i = #entries, 1, -1 do
-    out[#out + 1] = entries[i][1]
-    out[#out + 1] = entries[i][2][2]
-  end
+  entries = redis.call('XREVRANGE', KEYS[2], last, '-', 'COUNT', n)
 else
-  for _, en in ipairs(redis.call('XRANGE', KEYS[2], '-', last)) do
-    out[#out + 1] = en[1]
-    out[#out + 1] = en[2][2]
-  end
+  entries = redis.call('XREVRANGE', KEYS[2], last, '-')
+end
+local keep, bytes = 0, 0
+for i = 1, #entries do
+  bytes = bytes + #entries[i][2][2]
+  if i > 1 and bytes > budget then break end
+  keep = i
+end
+local out = {e, o}
+for i = keep, 1, -1 do
+  out[#out + 1] = entries[i][1]
+  out[#out + 1] = entries[i][2][2]
 end
 return out
 "#;
