@@ -363,22 +363,10 @@ impl Dispatcher {
             Vec::new()
         };
         let first_read = offset + 1 - read.len() as u64;
-        let frames = read
-            .iter()
-            .enumerate()
-            .map(|(i, p)| envelope::room_frame(&room, epoch, first_read + i as u64, p));
-        let mut replay_bytes = 0usize;
-        let (mut recovered, mut replay) =
-            match replay_within(frames, self.settings.max_replay_bytes) {
-                Some(replay) => {
-                    replay_bytes = replay.iter().map(|f| f.len()).sum();
-                    (recovered, replay)
-                }
-                None => (false, Vec::new()),
-            };
         // Messages routed while the read was in flight: those after `offset` follow,
         // contiguous, or the merge fails (a message was lost on the way).
         let mut last = offset;
+        let mut routed: Vec<(u64, &[u8])> = Vec::new();
         for (e, o, p) in &buffer {
             if e != epoch || *o <= last {
                 continue;
@@ -388,28 +376,26 @@ impl Dispatcher {
                 self.fail_position(reactor, req);
                 return;
             }
-            if recovered {
-                let frame = envelope::room_frame(&room, epoch, *o, p);
-                replay_bytes = replay_bytes.saturating_add(frame.len());
-                if replay_bytes > self.settings.max_replay_bytes {
-                    recovered = false;
-                    replay = Vec::new();
-                } else {
-                    replay.push(frame);
-                }
-            }
+            routed.push((*o, p));
             last = *o;
         }
+        // The replay is what Redis had, then what was routed meanwhile, within one
+        // bound; without recovery the client starts after everything held back.
+        let frames = (first_read..)
+            .zip(read.iter().copied())
+            .chain(routed.iter().copied())
+            .map(|(o, p)| envelope::room_frame(&room, epoch, o, p));
+        let replay = recovered
+            .then(|| replay_within(frames, self.settings.max_replay_bytes))
+            .flatten();
+        let recovered = replay.is_some();
+        let replay = replay.unwrap_or_default();
         if asked {
             if recovered {
                 self.stats.recoveries += 1;
             } else {
                 self.stats.recovery_failures += 1;
             }
-        }
-        if !recovered {
-            // Nothing replayed: the client starts after everything held back.
-            replay.clear();
         }
         self.stats.replayed += replay.len() as u64;
         let pos = Position {
